@@ -1,0 +1,57 @@
+"""`lrs-focus`: one entry point, one module per subcommand under `lrs_focus.commands`.
+
+Each command module defines `register(subparsers)`, which adds its parser and sets
+`func=run`; it imports heavy libraries only inside `run`, so `lrs-focus --help` is instant.
+Every subcommand that prints results accepts `--json`: one JSON document on stdout, progress and
+logs on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import LrsFocusError
+
+COMMANDS = ("pyramid", "sample", "ask", "serve", "health", "bench", "eval", "score", "train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lrs-focus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"lrs-focus {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"lrs_focus.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command still being built: say so, keep the rest
+            if exc.name != f"lrs_focus.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except LrsFocusError as exc:
+        print(f"lrs-focus {args.command}: error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The one public entry point of the method: a raster path and a question -> answer and trace.
+
+`Engine` loads a model once and answers many questions; the CLI (`ask`), the ZeroMQ service,
+the benchmark runners and the training check all go through `Engine.ask`, so they share one code
+path. Service code and tests may substitute any object with the same `ask`/`describe` methods.
+
+Result of `Engine.ask` (the `ask --json` document of DESIGN section 9; more keys may be added):
+
+    {"answer": str,
+     "trace": {"levels": [{"level": i, "scale": s, "grid": [n_rows, n_cols],
+                "tiles": [{"row": r, "col": c, "window": [x0, y0, x1, y1],
+                           "encoded": bool, "score": float, "kept": bool, "rank": int|None}, ...]},
+               ...],                                      # coarse -> fine, base level = 0
+               "thumbnail": {"size": [h, w]}, "stopped_at": level, "mode": str},
+     "counts": {"tiles_encoded": int, "vit_tokens": int, "llm_vision_tokens": int,
+                "prefill_tflops": float},
+     "features": GeoJSON FeatureCollection (one feature per tile of the trace, raster CRS),
+     "crs_wkt": str,                                      # "" when the raster has no CRS
+     "timings": {stage: seconds, ..., "total": seconds},
+     "model": {"name": str, "random_weights": bool, "device": str, "dtype": str},
+     "options": {the AskOptions actually used}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Protocol
+
+from .errors import BadOptions
+
+MODES = ("paper", "released", "thumbnail", "all-tiles")
+
+#: progress(stage, level, fraction, message); stage is one of "open", "pyramid", "encode",
+#: "focus", "generate", "done"; level is None outside per-level work; fraction in [0, 1].
+ProgressFn = Callable[[str, Optional[int], float, str], None]
+#: should_stop() is polled at every stage boundary; True makes `ask` raise errors.Cancelled.
+StopFn = Callable[[], bool]
+
+
+@dataclass
+class AskOptions:
+    mode: str = "paper"
+    alpha: float = 0.25
+    n_max: Optional[int] = None  # None: the model's default (40 Vicuna, 80 Qwen2)
+    bands: Optional[list[int]] = None  # 1-based GDAL band numbers, 1 or 3 of them
+    max_levels: Optional[int] = None  # cap on tiled levels used (None: all)
+    max_new_tokens: int = 64
+    score_reduce: str = "sum"  # how a tile's score is made from its tokens' attention: sum|max
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "AskOptions":
+        if self.mode not in MODES:
+            raise BadOptions(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if not (0.0 < float(self.alpha) <= 1.0):
+            raise BadOptions(f"alpha must be in (0, 1], not {self.alpha!r}")
+        if self.n_max is not None and int(self.n_max) < 1:
+            raise BadOptions(f"n_max must be a positive number of tiles, not {self.n_max!r}")
+        if self.bands is not None and len(self.bands) not in (1, 3):
+            raise BadOptions(f"bands must list 1 or 3 band numbers, not {self.bands!r}")
+        if self.max_levels is not None and int(self.max_levels) < 1:
+            raise BadOptions(f"max_levels must be >= 1, not {self.max_levels!r}")
+        if int(self.max_new_tokens) < 1:
+            raise BadOptions(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
+        if self.score_reduce not in ("sum", "max"):
+            raise BadOptions(f"score_reduce must be sum or max, not {self.score_reduce!r}")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AskOptions":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise BadOptions(f"unknown option(s): {', '.join(unknown)}")
+        return cls(**known).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AskEngine(Protocol):
+    """What the service and the runners need from an engine (the real one or a test fake)."""
+
+    def ask(
+        self,
+        raster: str,
+        question: str,
+        options: AskOptions | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+        job_id: str = "",
+    ) -> dict[str, Any]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """{"model": name, "device": str, "dtype": str, "random_weights": bool}"""
+        ...

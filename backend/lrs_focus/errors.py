@@ -1,0 +1,70 @@
+"""Errors with stable codes.
+
+The service turns any `LrsFocusError` into an `error` reply carrying `code` and the message, so
+codes here are part of the protocol: add new ones, never rename.
+"""
+
+
+class LrsFocusError(Exception):
+    """Base class: `code` is stable and machine-readable, the message is for people."""
+
+    code = "internal"
+
+
+# -- raster input -------------------------------------------------------------------------------
+class RasterError(LrsFocusError):
+    code = "raster_error"
+
+
+class RasterNotFound(RasterError):
+    code = "raster_not_found"
+
+
+class NotARaster(RasterError):
+    """A path that exists but GDAL cannot open as a raster (a directory, a text file...)."""
+
+    code = "not_a_raster"
+
+
+class RasterUnreadable(RasterError):
+    """GDAL opened it but reading pixels fails (truncated TIFF, broken compression...)."""
+
+    code = "raster_unreadable"
+
+
+class EmptyRaster(RasterError):
+    code = "empty_raster"
+
+
+class BandError(RasterError):
+    """Bands asked for that the raster does not have."""
+
+    code = "bad_bands"
+
+
+# -- model -------------------------------------------------------------------------------------
+class ModelError(LrsFocusError):
+    code = "model_error"
+
+
+class ModelNotFound(ModelError):
+    """Neither a local directory nor a reachable hub id."""
+
+    code = "model_not_found"
+
+
+class CheckpointMismatch(ModelError):
+    """Missing or unexpected keys when loading a checkpoint strictly."""
+
+    code = "checkpoint_mismatch"
+
+
+# -- requests ----------------------------------------------------------------------------------
+class BadOptions(LrsFocusError):
+    code = "bad_options"
+
+
+class Cancelled(LrsFocusError):
+    """A job stopped at a stage boundary because its cancel flag was set."""
+
+    code = "cancelled"
