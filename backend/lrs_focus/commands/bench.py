@@ -1,0 +1,40 @@
+"""`lrs-focus bench pyramid|tokens|service`: each measures ours against its baseline in one run.
+
+A benchmark module under `lrs_focus.bench` defines `add_arguments(parser)`, `run(args) -> dict`
+(the `{"cases": [{"name", "ours", "baseline", "ratio"}, ...]}` document) and `format_table(doc)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ._output import add_json_flag, emit
+
+BENCHMARKS = {
+    "pyramid": "lazy DIP reads vs loading the whole raster as float32 (memory, time)",
+    "tokens": "vision tokens and prefill TFLOPs per mode vs anyres-p144; tiny model end to end",
+    "service": "ZeroMQ ping round trip p50/p99 and asks per second with the tiny model",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks against their baselines, with ratios")
+    inner = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, help_text in BENCHMARKS.items():
+        p = inner.add_parser(name, help=help_text)
+        add_json_flag(p)
+        p.set_defaults(func=run, benchmark=name)
+        try:
+            module = importlib.import_module(f"lrs_focus.bench.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"lrs_focus.bench.{name}":
+                raise
+            continue
+        module.add_arguments(p)
+
+
+def run(args) -> int:
+    module = importlib.import_module(f"lrs_focus.bench.{args.benchmark}")
+    document = module.run(args)
+    emit(args, document, module.format_table)
+    return 0
