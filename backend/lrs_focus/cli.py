@@ -20,14 +20,17 @@ COMMANDS = ("pyramid", "sample", "ask", "serve", "health", "bench", "eval", "sco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrs-focus", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lrs-focus",
+        description="Ask questions of very large remote-sensing rasters and see where the model looked.",
+    )
     parser.add_argument("--version", action="version", version=f"lrs-focus {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"lrs_focus.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command still being built: say so, keep the rest
+        except ModuleNotFoundError as exc:  # a command module not installed: keep the others
             if exc.name != f"lrs_focus.commands.{name}":
                 raise
             continue
