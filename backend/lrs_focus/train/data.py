@@ -1,0 +1,99 @@
+"""Training data: LLaVA conversation JSON -> (thumbnail + base-level tiles, question/answer turns).
+
+Why this shape: the paper trains the RFM during SFT on the thumbnail and the base level of the
+Dynamic Image Pyramid only, without pruning (algorithm.md 4.1); the JSON is the format every
+LLaVA SFT set already uses, so real data needs no conversion:
+
+    [{"id": "...", "image": "relative/or/absolute.tif",
+      "conversations": [{"from": "human", "value": "<image>\\nQuestion?"},
+                        {"from": "gpt", "value": "Answer"}, ...]}, ...]
+
+Image paths are resolved against `image_root` (default: the JSON file's folder). Extra keys
+(e.g. the needle set's "boxes") are kept in `Sample.extra`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import BadOptions
+
+IMAGE_TOKEN = "<image>"
+
+
+@dataclass
+class Sample:
+    id: str
+    image: Path
+    turns: list[tuple[str, str]]  # (human text without <image>, assistant answer)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImageViews:
+    """What the model sees during training: the thumbnail and every base-level tile (uint8)."""
+
+    thumbnail: np.ndarray  # (T, T, 3)
+    tiles: np.ndarray  # (n_rows * n_cols, T, T, 3), row-major
+    grid: tuple[int, int]  # base-level (n_rows, n_cols)
+    image_size: tuple[int, int]  # original (h, w)
+
+
+def load_conversations(path: str | Path, image_root: Optional[str | Path] = None) -> list[Sample]:
+    """Parse a LLaVA conversation JSON (list of records) into `Sample`s; checks the turn order."""
+    path = Path(path)
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadOptions(f"cannot read training data {path}: {exc}") from exc
+    if not isinstance(records, list):
+        raise BadOptions(f"{path}: expected a JSON list of conversation records")
+    root = Path(image_root) if image_root else path.parent
+    samples = []
+    for i, rec in enumerate(records):
+        conv = rec.get("conversations") or []
+        if "image" not in rec or len(conv) < 2 or len(conv) % 2:
+            raise BadOptions(f"{path}: record {i} needs an image and human/gpt turn pairs")
+        turns = []
+        for human, gpt in zip(conv[0::2], conv[1::2]):
+            if human.get("from") != "human" or gpt.get("from") != "gpt":
+                raise BadOptions(f"{path}: record {i} turns must alternate human, gpt")
+            text = human["value"].replace(IMAGE_TOKEN, "").strip()
+            turns.append((text, gpt["value"].strip()))
+        image = Path(rec["image"])
+        extra = {k: v for k, v in rec.items() if k not in ("id", "image", "conversations")}
+        samples.append(Sample(str(rec.get("id", i)), image if image.is_absolute() else root / image, turns, extra))
+    return samples
+
+
+def image_views(image: str | Path, pyramid_config: Any) -> ImageViews:
+    """Thumbnail + all base-level tiles of a raster, read lazily through the project's pyramid."""
+    from ..pyramid import ImagePyramid
+    from ..raster import RasterSource
+
+    src = RasterSource.open(str(image))
+    pyr = ImagePyramid(src, pyramid_config)
+    geo = pyr.geometry
+    base = geo.levels[0]
+    n_rows, n_cols = base.grid
+    tiles = np.stack([pyr.tile(base, r, c) for r in range(n_rows) for c in range(n_cols)])
+    return ImageViews(pyr.thumbnail(), tiles, (n_rows, n_cols), (src.height, src.width))
+
+
+class ViewCache:
+    """Reads each image's views once: the needle set is small and epochs revisit every image."""
+
+    def __init__(self, pyramid_config: Any):
+        self.pyramid_config = pyramid_config
+        self._views: dict[Path, ImageViews] = {}
+
+    def __call__(self, image: str | Path) -> ImageViews:
+        key = Path(image)
+        if key not in self._views:
+            self._views[key] = image_views(key, self.pyramid_config)
+        return self._views[key]
