@@ -1,0 +1,95 @@
+"""Pixel windows -> polygons in the raster's CRS, and the focus trace -> GeoJSON features.
+
+The full 6-term geotransform is applied (rotation/shear included), so tiles of a rotated raster
+land where GDAL and QGIS put its pixels. Rasters without georeferencing use (0, 1, 0, 0, 0, -1)
+(see `raster.RasterSource.geotransform`): QGIS draws them with y negative downward.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from shapely.geometry import Polygon, mapping
+from shapely.geometry.polygon import orient
+
+UNGEOREFERENCED = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+
+
+def pixel_to_map(geotransform: Sequence[float], x: float, y: float) -> tuple[float, float]:
+    """GDAL's affine pixel/line -> map transform (same as gdal.ApplyGeoTransform)."""
+    g0, g1, g2, g3, g4, g5 = geotransform
+    return (g0 + x * g1 + y * g2, g3 + x * g4 + y * g5)
+
+
+def window_polygon(window: Iterable[float], geotransform: Sequence[float]) -> Polygon:
+    """Polygon of a pixel window (x0, y0, x1, y1) in map coordinates, counter-clockwise (RFC 7946)."""
+    x0, y0, x1, y1 = (float(v) for v in window)
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return orient(Polygon([pixel_to_map(geotransform, x, y) for x, y in corners]), sign=1.0)
+
+
+def crs_authority(crs_wkt: str) -> str:
+    """'EPSG:32618'-style name of a WKT CRS, or '' (GDAL's osr does the lookup)."""
+    if not crs_wkt:
+        return ""
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    try:
+        srs.ImportFromWkt(crs_wkt)
+        srs.AutoIdentifyEPSG()
+    except RuntimeError:
+        return ""
+    name, code = srs.GetAuthorityName(None), srs.GetAuthorityCode(None)
+    return f"{name}:{code}" if name and code else ""
+
+
+def tile_feature(tile: dict[str, Any], level: int, geotransform: Sequence[float], job_id: str = "",
+                 question: str = "") -> dict[str, Any]:
+    """One GeoJSON Feature for a traced tile, with the DESIGN 5 attributes."""
+    window = [int(v) if float(v).is_integer() else float(v) for v in tile["window"]]
+    score = tile.get("score")
+    return {
+        "type": "Feature",
+        "geometry": mapping(window_polygon(window, geotransform)),
+        "properties": {
+            "level": int(level),
+            "row": int(tile["row"]),
+            "col": int(tile["col"]),
+            "window": window,
+            "score": None if score is None else float(score),
+            "rank": tile.get("rank"),
+            "kept": bool(tile.get("kept", False)),
+            "encoded": bool(tile.get("encoded", False)),
+            "job_id": job_id,
+            "question": question,
+        },
+    }
+
+
+def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_wkt: str, job_id: str = "",
+                      question: str = "") -> dict[str, Any]:
+    """GeoJSON FeatureCollection: one Polygon per tile of every traced level, raster CRS.
+
+    Coordinates are in the raster's CRS (not WGS 84): the collection carries `crs_wkt` and, when
+    the CRS has an authority code, the legacy `crs` member that QGIS and GDAL honour.
+    """
+    gt = tuple(geotransform) if geotransform else UNGEOREFERENCED
+    features = []
+    for level in trace.get("levels", []):
+        index = level.get("level", 0)
+        for tile in level.get("tiles", []):
+            features.append(tile_feature(tile, index, gt, job_id, question))
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features, "crs_wkt": crs_wkt or ""}
+    authority = crs_authority(crs_wkt)
+    if authority:
+        collection["crs"] = {"type": "name", "properties": {"name": authority}}
+    return collection
+
+
+def write_geojson(path, collection: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(collection, ensure_ascii=False), encoding="utf-8")
+    return path

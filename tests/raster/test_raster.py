@@ -1,0 +1,161 @@
+"""RasterSource: band choice, stretch, masks, resampled windowed reads, no full-resolution reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from lrs_focus.pyramid import ImagePyramid, PyramidConfig
+from lrs_focus.raster import STATS_LONG_SIDE, RasterSource
+
+gdal.UseExceptions()
+
+
+def test_sentinel2_vrt(sentinel2_vrt):
+    src = RasterSource.open(sentinel2_vrt)
+    assert (src.height, src.width) == (1947, 1933)
+    assert src.bands == (1, 2, 3) and src.data_type == "UInt16"
+    assert "UTM zone 18N" in src.crs_wkt
+    assert src.geotransform[1] == 10.0 and src.geotransform[5] == -10.0
+    ds = gdal.Open(str(sentinel2_vrt))
+    full = ds.ReadAsArray().astype(np.float64)  # small scene: a full read is fine in a test
+    for i, stretch in enumerate(src.stretch):
+        lo, hi = np.percentile(full[i], [2, 98])
+        assert abs(stretch.low - lo) < 0.05 * (hi - lo) and abs(stretch.high - hi) < 0.05 * (hi - lo)
+    tile = src.read_rgb((0, 0, 336, 336), (336, 336))
+    assert tile.dtype == np.uint8 and tile.shape == (336, 336, 3)
+    assert 20 < tile.mean() < 235 and tile.std() > 10  # stretched, not black or saturated
+
+
+def test_native_size_read_is_exact(rasters):
+    src = RasterSource.open(rasters["rgb8"])
+    ds = gdal.Open(str(rasters["rgb8"]))
+    got = src.read_rgb((672, 336, 1008, 672), (336, 336))
+    want = ds.ReadAsArray(672, 336, 336, 336).transpose(1, 2, 0)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_finest_tile_equals_gdal_window(rasters):
+    # 1344 x 1344: the s=1 level is exactly 4 x 4 tiles of 336, no resize: tiles are raw windows
+    src = RasterSource.open(rasters["rgb8"])
+    pyr = ImagePyramid(src)
+    fine = pyr.geometry.levels[-1]
+    assert fine.resized == (1344, 1344) and fine.grid == (4, 4)
+    ds = gdal.Open(str(rasters["rgb8"]))
+    np.testing.assert_array_equal(pyr.tile(fine, 2, 1), ds.ReadAsArray(336, 672, 336, 336).transpose(1, 2, 0))
+
+
+def test_downsampled_tile_matches_gdal_resampling(rasters):
+    src = RasterSource.open(rasters["rgb8"])
+    pyr = ImagePyramid(src)
+    base = pyr.geometry.levels[0]  # 1008 px: 4/3 source px per tile px
+    ds = gdal.Open(str(rasters["rgb8"]))
+    want = ds.ReadAsArray(448, 0, 448, 448, buf_xsize=336, buf_ysize=336,
+                          resample_alg=gdal.GRIORA_Bilinear).transpose(1, 2, 0)
+    got = pyr.tile(base, 0, 1)
+    assert pyr.geometry.tile_window(base, 0, 1) == (448, 0, 896, 448)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_padding_and_thumbnail(rasters):
+    src = RasterSource.open(rasters["rgb8_ovr"])  # 3000 wide x 2000 high
+    cfg = PyramidConfig(pad_rgb=(7, 8, 9))
+    pyr = ImagePyramid(src, cfg)
+    th = pyr.thumbnail()
+    assert pyr.geometry.thumbnail_size == (224, 336)
+    assert (th[224:] == (7, 8, 9)).all() and not (th[:224] == (7, 8, 9)).all(axis=-1).any()
+    level = pyr.geometry.levels[1]  # 1008 x 1512, grid 3 x 5: right column partly padding
+    ch, cw = pyr.geometry.tile_content(level, 0, 4)
+    assert (ch, cw) == (336, 1512 - 4 * 336)
+    tile = pyr.tile(level, 0, 4)
+    assert (tile[:, cw:] == (7, 8, 9)).all()
+
+
+def test_grey_palette_and_explicit_bands(rasters):
+    grey = RasterSource.open(rasters["grey"])
+    g = grey.read_rgb((0, 0, 100, 100), (50, 50))
+    assert grey.bands == (1,) and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+
+    pal = RasterSource.open(rasters["palette"])
+    p = pal.read_rgb((0, 0, 300, 200), (20, 30))
+    assert pal.palette is not None
+    assert tuple(p[10, 2]) == (255, 0, 0) and tuple(p[10, 10]) == (0, 255, 0)
+    assert tuple(p[10, 17]) == (0, 0, 255) and tuple(p[10, 28]) == (255, 255, 0)
+
+    rgb = RasterSource.open(rasters["rgb8"])
+    swapped = RasterSource.open(rasters["rgb8"], bands=[3, 2, 1])
+    a = rgb.read_rgb((0, 0, 64, 64), (64, 64))
+    b = swapped.read_rgb((0, 0, 64, 64), (64, 64))
+    np.testing.assert_array_equal(a[..., ::-1], b)
+
+    four = RasterSource.open(rasters["four"])  # no colour interpretation: bands 1-2-3
+    assert four.bands == (1, 2, 3)
+    assert RasterSource.open(rasters["four"], bands=[4]).bands == (4,)
+
+
+def test_nodata_excluded_and_painted(rasters):
+    src = RasterSource.open(rasters["nodata"])
+    for stretch in src.stretch:
+        assert stretch.high < 3000  # 65535 nodata pixels would push the 98th percentile up
+    out = src.read_rgb((0, 0, 400, 400), (100, 100), pad_rgb=(1, 2, 3))
+    assert (out[:50, :50] == (1, 2, 3)).all()
+    assert out[60:, 60:].std() > 10
+
+
+def test_vsimem_path(rasters):
+    data = rasters["grey"].read_bytes()
+    gdal.FileFromMemBuffer("/vsimem/lrs_grey.tif", data)
+    try:
+        src = RasterSource.open("/vsimem/lrs_grey.tif")
+        assert (src.height, src.width) == (500, 700)
+        assert src.read_rgb((0, 0, 700, 500), (50, 70)).shape == (50, 70, 3)
+    finally:
+        gdal.Unlink("/vsimem/lrs_grey.tif")
+
+
+def test_overview_choice_matches_gdal(rasters):
+    src = RasterSource.open(rasters["rgb8_ovr"])
+    assert src.overview_sizes[0] == (1000, 1500)
+    assert src.overview_for(1.0) is None and src.overview_for(1.5) is None
+    assert src.overview_for(1.7) == 0 and src.overview_for(2.5) == 0 and src.overview_for(4.0) == 1
+    ds = gdal.Open(str(rasters["rgb8_ovr"]))
+    band = ds.GetRasterBand(1)
+    # make GDAL's choice visible: a read through overview 0 equals that overview's own pixels
+    ov = band.GetOverview(0).ReadAsArray()
+    via = band.ReadAsArray(0, 0, 3000, 2000, buf_xsize=1500, buf_ysize=1000,
+                           resample_alg=gdal.GRIORA_Bilinear)
+    np.testing.assert_array_equal(via, ov)
+
+
+def test_reads_are_windowed_and_small(rasters, monkeypatch):
+    """Spy on every GDAL read: no buffer is bigger than the stats read or a tile."""
+    buffers = []
+    real = gdal.Dataset.ReadRaster
+
+    def spy(self, xoff, yoff, xsize, ysize, buf_xsize=None, buf_ysize=None, *a, **k):
+        buffers.append((buf_xsize, buf_ysize, xsize, ysize))
+        return real(self, xoff, yoff, xsize, ysize, buf_xsize, buf_ysize, *a, **k)
+
+    monkeypatch.setattr(gdal.Dataset, "ReadRaster", spy)
+    src = RasterSource.open(rasters["u16"])
+    pyr = ImagePyramid(src, cache_tiles=4)
+    pyr.thumbnail()
+    for lv in pyr.geometry.levels:
+        pyr.tile(lv, lv.grid[0] - 1, lv.grid[1] - 1)
+    assert buffers and max(max(bx, by) for bx, by, _, _ in buffers) <= STATS_LONG_SIDE
+    assert all(bx * by <= 336 * 336 for bx, by, _, _ in buffers[2:])  # after stats + probe
+
+
+def test_lru_cache_is_bounded(rasters):
+    pyr = ImagePyramid(RasterSource.open(rasters["rgb8"]), cache_tiles=3)
+    fine = pyr.geometry.levels[-1]
+    for c in range(4):
+        pyr.tile(fine, 0, c)
+    assert pyr.cache_info()["cached"] == 3 and pyr.reads == 4
+    pyr.tile(fine, 0, 3)
+    assert pyr.reads == 4  # hit
+    pyr.tile(fine, 0, 0)
+    assert pyr.reads == 5  # evicted earlier, read again
+    t = pyr.tile(fine, 0, 0)
+    assert not t.flags.writeable  # cached arrays are shared: read-only
