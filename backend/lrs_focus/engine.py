@@ -23,10 +23,15 @@ Result of `Engine.ask` (the `ask --json` document of DESIGN section 9; more keys
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from .errors import BadOptions
+from .errors import BadOptions, Cancelled
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 
 MODES = ("paper", "released", "thumbnail", "all-tiles")
 
@@ -93,3 +98,59 @@ class AskEngine(Protocol):
     def describe(self) -> dict[str, Any]:
         """{"model": name, "device": str, "dtype": str, "random_weights": bool}"""
         ...
+
+
+class Engine:
+    """A loaded model that answers questions about rasters (`ask`), one at a time.
+
+    `model`: "tiny" (random weights, offline; also "tiny-llama"), a local directory in the released
+    LLaVA layout, or a hub id (downloaded once). `device`: "cuda", "cuda:1", "cpu" (default: CUDA
+    when available). Heavy imports happen here, not at module import, so the service and the CLI
+    stay light until an engine is really built.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None, seed: int = 0):
+        from .model.loading import load_model
+
+        t0 = time.perf_counter()
+        self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=dtype, seed=seed)
+        self.name = model
+        self.load_seconds = time.perf_counter() - t0
+        log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
+                 self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "device": self.info["device"],
+            "dtype": self.info["dtype"],
+            "random_weights": self.info["random_weights"],
+            "family": self.model.config.family,
+            "n_max": self.model.config.n_max,
+        }
+
+    def ask(
+        self,
+        raster: str,
+        question: str,
+        options: AskOptions | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+        job_id: str = "",
+    ) -> dict[str, Any]:
+        from .answer import answer_question
+
+        options = (options or AskOptions()).validate()
+        return answer_question(self, raster, question, options, progress, should_stop, job_id)
+
+
+def stage_checker(progress: ProgressFn | None, should_stop: StopFn | None) -> Callable[[str, Optional[int], float, str], None]:
+    """progress + cancellation at a stage boundary: reports, then raises Cancelled if asked to stop."""
+
+    def check(stage: str, level: Optional[int], fraction: float, message: str) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled before {stage}" + (f" (level {level})" if level is not None else ""))
+        if progress is not None:
+            progress(stage, level, float(fraction), message)
+
+    return check

@@ -1,0 +1,240 @@
+"""Load and save the model in the released LLaVA repository layout, with a strict key map.
+
+Released keys (DESIGN 3.6) <-> module names here:
+
+    model.vision_tower.vision_tower.vision_model.*   vision_tower.*          (CLIPVisionModel)
+    model.mm_projector.mlp_projector.{0,2}.*         projector.{0,2}.*
+    model.mm_projector.token_pruner.layers.N.*       rfm.layers.N.*
+    model.mm_projector.token_pruner.norm.weight      rfm.norm.weight
+    model.image_newline                              image_newline
+    lm_head.*                                        llm.lm_head.*
+    model.{embed_tokens,layers,norm}.*               llm.model.*
+
+Missing or unexpected keys are an error naming them (`errors.CheckpointMismatch`). Only buffers
+that transformers recomputes (`position_ids`, rotary `inv_freq`) are tolerated as extras. When a
+checkpoint has no vision keys, the tower comes from the config's `mm_vision_tower` (what the
+released code does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import errors
+from .config import LrsFocusConfig
+from .modeling import LrsFocusModel
+from .prompts import separator_id
+
+log = logging.getLogger(__name__)
+
+KEY_MAP = (  # (released prefix, module prefix); first match wins, most specific first
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower."),
+    ("model.mm_projector.mlp_projector.", "projector."),
+    ("model.mm_projector.token_pruner.layers.", "rfm.layers."),
+    ("model.mm_projector.token_pruner.norm.", "rfm.norm."),
+    ("model.image_newline", "image_newline"),
+    ("lm_head.", "llm.lm_head."),
+    ("model.", "llm.model."),
+)
+TOLERATED_EXTRA = ("position_ids", "rotary_emb.inv_freq", "token_pruner.rotary_emb.inv_freq")
+TINY_NAMES = {"tiny": "qwen2", "tiny-qwen2": "qwen2", "tiny-llama": "llama"}
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+
+
+def to_module_key(released: str) -> str | None:
+    for src, dst in KEY_MAP:
+        if released.startswith(src):
+            return dst + released[len(src) :]
+    return None
+
+
+def to_released_key(module_key: str) -> str:
+    for src, dst in KEY_MAP:
+        if module_key.startswith(dst):
+            return src + module_key[len(dst) :]
+    raise KeyError(f"no released key for module key {module_key!r}")
+
+
+def released_state_dict(model: LrsFocusModel) -> dict[str, torch.Tensor]:
+    return {to_released_key(k): v for k, v in model.state_dict().items()}
+
+
+def map_checkpoint(model: LrsFocusModel, released: dict[str, torch.Tensor], vision_from_elsewhere: bool = False) -> dict[str, torch.Tensor]:
+    """Released keys -> module keys, strictly: raises CheckpointMismatch naming missing/unexpected keys."""
+    expected = set(model.state_dict().keys())
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in released.items():
+        target = to_module_key(key)
+        if target is None or target not in expected:
+            if not key.endswith(TOLERATED_EXTRA):
+                unexpected.append(key)
+            continue
+        mapped[target] = value
+    missing = sorted(
+        to_released_key(k) for k in expected - set(mapped) if not (vision_from_elsewhere and k.startswith("vision_tower."))
+    )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            unexpected.sort()
+            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:20])}{' ...' if len(unexpected) > 20 else ''}")
+        raise errors.CheckpointMismatch("checkpoint does not match the model: " + "; ".join(parts))
+    shapes = [k for k, v in mapped.items() if tuple(v.shape) != tuple(model.state_dict()[k].shape)]
+    if shapes:
+        raise errors.CheckpointMismatch(
+            "checkpoint shapes differ from the config for: "
+            + ", ".join(f"{to_released_key(k)} {tuple(mapped[k].shape)} vs {tuple(model.state_dict()[k].shape)}" for k in shapes[:10])
+        )
+    return mapped
+
+
+# -- files -------------------------------------------------------------------------------------
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint directory (safetensors shards or torch .bin, with or without index)."""
+    from safetensors.torch import load_file
+
+    names: list[str]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.exists():
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            break
+    else:
+        names = [n for n in ("model.safetensors", "pytorch_model.bin") if (directory / n).exists()]
+    if not names:
+        raise errors.ModelNotFound(f"no weights in {directory} (expected one of {', '.join(WEIGHT_FILES)})")
+    state: dict[str, torch.Tensor] = {}
+    for name in names:
+        path = directory / name
+        if name.endswith(".safetensors"):
+            state.update(load_file(str(path)))
+        else:
+            state.update(torch.load(str(path), map_location="cpu", weights_only=True))
+    return state
+
+
+def resolve(name: str, what: str = "model") -> Path:
+    """A local directory as is; otherwise a hub id downloaded (cached) with huggingface_hub."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise errors.ModelNotFound(f"{what} {name!r} is not a directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        log.info("fetching %s %s from the Hugging Face hub (cached after the first time)", what, name)
+        return Path(
+            snapshot_download(
+                repo_id=name,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.bin"],
+            )
+        )
+    except Exception as exc:  # offline, unknown repo, auth...
+        raise errors.ModelNotFound(
+            f"cannot get {what} {name!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            f"Without network access, download it on another machine (`huggingface-cli download {name} "
+            f"--local-dir DIR`), copy DIR here and pass the directory instead of the hub id "
+            f"(e.g. --model DIR); or use --model tiny for the offline random-weight model."
+        ) from exc
+
+
+def save_released(model: LrsFocusModel, tokenizer: Any, directory: str | os.PathLike, max_shard_size: str = "5GB") -> Path:
+    """Write config.json, safetensors weights (released key layout) and the tokenizer files."""
+    from huggingface_hub import save_torch_state_dict
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.config.to_released_dict(), indent=2, default=str))
+    state = {k: v.detach().contiguous() for k, v in released_state_dict(model).items()}
+    save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    return out
+
+
+# -- the one loader ------------------------------------------------------------------------------
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on CUDA, float32 on CPU."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None, seed: int = 0):
+    """(model, tokenizer, info) for `tiny[-qwen2|-llama]`, a local directory or a hub id.
+
+    info = {"name", "random_weights", "device", "dtype", "attention"}. On CUDA the attention is
+    sdpa (fused flash kernels in bf16) or flash_attention_2 when the flash-attn package is present.
+    """
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    if name in TINY_NAMES:
+        from .tiny import build_tiny
+
+        model, tokenizer = build_tiny(TINY_NAMES[name], seed=seed, dtype=dtype)
+        random_weights = True
+    else:
+        model, tokenizer = _load_directory(resolve(name), dtype)
+        random_weights = False
+    attention = "sdpa"
+    if str(device).startswith("cuda"):
+        try:
+            import flash_attn  # noqa: F401
+
+            attention = "flash_attention_2"
+        except ImportError:
+            pass
+    model.set_attention(attention)
+    model.to(device=device, dtype=dtype).eval()
+    info = {"name": name, "random_weights": random_weights, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "attention": attention}
+    return model, tokenizer, info
+
+
+def _load_directory(directory: Path, dtype: torch.dtype):
+    from accelerate import init_empty_weights
+    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise errors.ModelNotFound(f"{directory} has no config.json: not a model directory")
+    raw = json.loads(config_path.read_text())
+    weights = read_weights(directory)
+    has_vision = any(k.startswith("model.vision_tower.vision_tower.") for k in weights)
+    vision_config = None
+    tower_dir = None
+    if "vision_config" not in (raw.get("lrs_focus") or {}):
+        tower_dir = resolve(str(raw.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")), what="vision tower")
+        vision_config = CLIPVisionConfig.from_pretrained(str(tower_dir))
+    config = LrsFocusConfig.from_released_dict(raw, vision_config=vision_config)
+    for cfg in (config.text_config, config.vision_config):
+        cfg._attn_implementation = "sdpa"
+    with init_empty_weights(include_buffers=False):
+        model = LrsFocusModel(config)
+    state = map_checkpoint(model, weights, vision_from_elsewhere=not has_vision)
+    if not has_vision:
+        if tower_dir is None:
+            tower_dir = resolve(config.vision_tower_name, what="vision tower")
+        tower = CLIPVisionModel.from_pretrained(str(tower_dir), torch_dtype=dtype)
+        state.update({f"vision_tower.{k}": v for k, v in tower.state_dict().items() if f"vision_tower.{k}" in model.state_dict()})
+    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
+    except Exception as exc:
+        raise errors.ModelNotFound(f"cannot load the tokenizer of {directory}: {exc}") from exc
+    try:
+        model.separator_token_id = separator_id(tokenizer)
+    except ValueError as exc:
+        raise errors.ModelError(str(exc)) from exc
+    return model, tokenizer

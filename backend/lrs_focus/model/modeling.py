@@ -1,0 +1,360 @@
+"""The LVLM of the paper assembled from transformers parts (DESIGN 3.1, 3.3).
+
+    vision_tower   CLIPVisionModel; features of layer `vision_select_layer` (-2), CLS dropped
+    projector      Linear(mm_hidden, d) -> GELU -> Linear(d, d)
+    image_newline  one learned d-vector closing every row of tile tokens
+    llm            LlamaForCausalLM (Vicuna) or Qwen2ForCausalLM
+    rfm            RegionFocusModule: R decoder layers of the LLM's own class + RMSNorm
+
+Nothing here is a home-made transformer: decoder layers, norms, rotary embeddings and masks are
+the family's own classes; this file only wires them and computes the one attention row the RFM
+score needs (the last prompt token over the tile tokens) instead of full attention maps.
+
+Sequence layout (the training engineer builds on `build_sequence`):
+    [prefix text] [thumbnail P*P] [':'] [tile tokens, one newline per row] [suffix text] [answer]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM
+from transformers.masking_utils import create_causal_mask
+from transformers.models.llama.modeling_llama import (
+    LlamaDecoderLayer,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    repeat_kv,
+)
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from .config import LrsFocusConfig
+from .prompts import PromptIds
+
+_PARTS = {
+    "llama": (LlamaForCausalLM, LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding),
+    "qwen2": (Qwen2ForCausalLM, Qwen2DecoderLayer, Qwen2RMSNorm, Qwen2RotaryEmbedding),
+}
+IGNORE_INDEX = -100
+
+#: pad colour of tiles and thumbnail: the CLIP mean, i.e. 0 after normalisation, as released.
+CLIP_MEAN_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)
+
+
+def rfm_text_config(text_config: Any, num_layers: int, head_dim: int) -> Any:
+    """The LLM config with the RFM's head layout (heads = hidden // head_dim, released rule)."""
+    cfg = copy.deepcopy(text_config)
+    heads = cfg.hidden_size // head_dim
+    kv = min(getattr(cfg, "num_key_value_heads", heads) or heads, heads)
+    if heads % kv:
+        kv = heads
+    cfg.num_attention_heads = heads
+    cfg.num_key_value_heads = kv
+    cfg.head_dim = head_dim
+    cfg.num_hidden_layers = num_layers
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = ["full_attention"] * num_layers
+    cfg._attn_implementation = text_config._attn_implementation or "sdpa"
+    return cfg
+
+
+def qk_logits(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    query_index: torch.Tensor,
+    key_index: torch.Tensor,
+) -> torch.Tensor:
+    """Scaled attention logits of decoder `layer` for chosen queries and keys, without computing the rest.
+
+    hidden_states: (1, n, d), the layer's *input* (before its input norm). position_embeddings:
+    (cos, sin) of the whole sequence, shape (1, n, head_dim). Returns (heads, n_q, n_k) in float32:
+    q.k / sqrt(head_dim) with RoPE at the tokens' true positions and KV heads repeated (GQA); no mask,
+    no softmax. Used for the RFM score and for the teacher/student signals of distillation.
+    """
+    attn = layer.self_attn
+    head_dim = attn.head_dim
+    x = layer.input_layernorm(hidden_states)
+    cos, sin = position_embeddings
+    xq, xk = x[:, query_index], x[:, key_index]
+    q = attn.q_proj(xq).view(1, xq.shape[1], -1, head_dim).transpose(1, 2)
+    k = attn.k_proj(xk).view(1, xk.shape[1], -1, head_dim).transpose(1, 2)
+    q, _ = apply_rotary_pos_emb(q, q, cos[:, query_index], sin[:, query_index])
+    k, _ = apply_rotary_pos_emb(k, k, cos[:, key_index], sin[:, key_index])
+    k = repeat_kv(k, q.shape[1] // k.shape[1])
+    return (q.float() @ k.float().transpose(-1, -2))[0] / math.sqrt(head_dim)
+
+
+class RegionFocusModule(nn.Module):
+    """R decoder layers of the LLM's family plus RMSNorm, reading the LLM's input sequence.
+
+    Checkpoint keys `model.mm_projector.token_pruner.{layers.N.*, norm.weight}` map to
+    `layers.N.*` and `norm.weight` here. The final norm is loaded but unused at inference.
+    """
+
+    def __init__(self, config: LrsFocusConfig):
+        super().__init__()
+        _, layer_cls, norm_cls, rope_cls = _PARTS[config.family]
+        self.config = rfm_text_config(config.text_config, config.rfm_layers, config.rfm_head_dim)
+        self.layers = nn.ModuleList(layer_cls(self.config, i) for i in range(config.rfm_layers))
+        self.norm = norm_cls(self.config.hidden_size, eps=self.config.rms_norm_eps)
+        self.rotary_emb = rope_cls(config=self.config)
+
+    def hidden_states(
+        self, embeds: torch.Tensor, position_ids: torch.Tensor, upto: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Run layers [0, upto) causally (default: all but the last).
+
+        Returns (last hidden, [input of layer 0, output of layer 0, ...], (cos, sin)). The 2-D
+        all-ones mask makes transformers treat gapped position ids as one sequence (released stage B
+        keeps the positions of unselected tiles), not as packed sequences.
+        """
+        upto = len(self.layers) - 1 if upto is None else upto
+        pos_emb = self.rotary_emb(embeds, position_ids=position_ids)
+        ones = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        mask = create_causal_mask(
+            config=self.config, inputs_embeds=embeds, attention_mask=ones, cache=None, position_ids=position_ids
+        )
+        h = embeds
+        states = [h]
+        for layer in self.layers[:upto]:
+            h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=pos_emb)
+            states.append(h)
+        return h, states, pos_emb
+
+    def score(self, embeds: torch.Tensor, position_ids: torch.Tensor, query_index: int, key_index: torch.Tensor) -> torch.Tensor:
+        """RFM score: softmax over `key_index` of the last layer's attention from `query_index`, mean over heads.
+
+        Only that one query row is computed (DESIGN 3.3); returns float32 (n_keys,), summing to 1.
+        """
+        h, _, pos_emb = self.hidden_states(embeds, position_ids)
+        q_idx = torch.tensor([query_index], device=embeds.device)
+        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index.to(embeds.device))
+        return torch.softmax(logits, dim=-1).mean(dim=0)[0]
+
+
+@dataclass
+class MultimodalSequence:
+    """One sample as the LLM/RFM read it. Spans index the sequence dimension of `embeds`."""
+
+    embeds: torch.Tensor  # (1, n, d)
+    position_ids: torch.Tensor  # (1, n) long
+    labels: torch.Tensor | None  # (1, n) long, IGNORE_INDEX except answer tokens
+    thumbnail: slice
+    separator: int | None  # index of the ':' embedding (None without tiles)
+    tiles: slice  # tile tokens incl. newline tokens (empty when none)
+    query_index: int  # last prompt token (the RFM query; the token before the answer)
+
+    @property
+    def length(self) -> int:
+        return int(self.embeds.shape[1])
+
+    def truncated(self, max_length: int) -> "MultimodalSequence":
+        """Cut at `max_length` as the released code does after pruning (the question may be lost)."""
+        if self.length <= max_length:
+            return self
+        return MultimodalSequence(
+            self.embeds[:, :max_length],
+            self.position_ids[:, :max_length],
+            None if self.labels is None else self.labels[:, :max_length],
+            self.thumbnail,
+            self.separator,
+            self.tiles,
+            min(self.query_index, max_length - 1),
+        )
+
+
+class LrsFocusModel(nn.Module):
+    def __init__(self, config: LrsFocusConfig):
+        super().__init__()
+        self.config = config
+        llm_cls = _PARTS[config.family][0]
+        d = config.hidden_size
+        self.vision_tower = CLIPVisionModel(config.vision_config)
+        self.projector = nn.Sequential(nn.Linear(config.mm_hidden_size, d), nn.GELU(), nn.Linear(d, d))
+        self.image_newline = nn.Parameter(torch.randn(d) / math.sqrt(d))
+        self.llm = llm_cls(config.text_config)
+        self.rfm = RegionFocusModule(config)
+        self.separator_token_id: int | None = None  # set by the loader from the tokenizer (':')
+        self.register_buffer("_pixel_mean", torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_pixel_std", torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.image_newline.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.image_newline.dtype
+
+    def set_attention(self, implementation: str) -> None:
+        """"sdpa" (default), "eager" (attention maps) or "flash_attention_2", on every part."""
+        for cfg in (self.config.text_config, self.config.vision_config, self.rfm.config, self.llm.config, self.vision_tower.config):
+            cfg._attn_implementation = implementation
+
+    # -- (a) vision: pixels -> projected tokens ---------------------------------------------------
+    def pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, B, B, 3) RGB -> normalised float (N, 3, B, B) on the model's device/dtype."""
+        x = torch.from_numpy(np.array(images, copy=True)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x[None]
+        x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self._pixel_mean.float()) / self._pixel_std.float()
+        return x.to(self.dtype)
+
+    def project_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """CLIP layer `vision_select_layer`, CLS dropped, projected: (N, P, P, d)."""
+        px = self.pixels(images)
+        out = self.vision_tower(pixel_values=px, output_hidden_states=True)
+        feats = out.hidden_states[self.config.vision_select_layer][:, 1:]
+        n, p2, _ = feats.shape
+        p = int(math.isqrt(p2))
+        return self.projector(feats).view(n, p, p, -1)
+
+    def encode_thumbnail(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The thumbnail's P*P tokens (576 for CLIP-L/14-336), not pooled: (P*P, d)."""
+        return self.project_images(image)[0].flatten(0, 1)
+
+    def encode_tiles(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Tiles -> projected -> 2x2 pooled (bilinear to ceil(P/2), as released): (N, T, T, d)."""
+        feats = self.project_images(images).permute(0, 3, 1, 2)
+        t = -(-feats.shape[-1] // 2)
+        pooled = F.interpolate(feats.float(), size=(t, t), mode="bilinear", align_corners=False)
+        return pooled.to(feats.dtype).permute(0, 2, 3, 1)
+
+    def stitch(self, tile_tokens: torch.Tensor, token_grid: tuple[int, int]) -> torch.Tensor:
+        """All tiles of a level (n_rows, n_cols, T, T, d) -> unpadded grid + newline column (rows, cols+1, d)."""
+        nr, nc, t, _, d = tile_tokens.shape
+        grid = tile_tokens.permute(0, 2, 1, 3, 4).reshape(nr * t, nc * t, d)
+        rows, cols = token_grid
+        grid = grid[:rows, :cols]
+        newline = self.image_newline.to(grid.dtype).expand(rows, 1, d)
+        return torch.cat([grid, newline], dim=1)
+
+    # -- (b) the multimodal sequence --------------------------------------------------------------
+    def text_embeds(self, ids: Sequence[int]) -> torch.Tensor:
+        t = torch.as_tensor(list(ids), dtype=torch.long, device=self.device)
+        return self.llm.get_input_embeddings()(t)
+
+    def build_sequence(
+        self,
+        prompt: PromptIds,
+        thumbnail: torch.Tensor | None,
+        tiles: torch.Tensor | None = None,
+        tile_offsets: torch.Tensor | None = None,
+        tile_span: int | None = None,
+        with_answer: bool = False,
+    ) -> MultimodalSequence:
+        """[prefix][thumbnail][':'][tiles][suffix](+answer) as embeddings, labels and positions.
+
+        thumbnail: (P*P, d) or None (text only). tiles: (m, d) tile tokens in raster order incl.
+        newline tokens, or None (thumbnail only: no ':' either). Positions are contiguous unless
+        `tile_offsets` (m,) gives each tile token's offset inside a canvas of `tile_span` positions
+        (released stage B: unselected tiles keep their positions but are absent). Labels are set on
+        the answer tokens when `with_answer` (training), IGNORE_INDEX elsewhere.
+        """
+        parts = [self.text_embeds(prompt.prefix)]
+        pos = [torch.arange(len(prompt.prefix))]
+        cursor = len(prompt.prefix)
+        thumb_start = cursor
+        if thumbnail is not None:
+            parts.append(thumbnail.to(self.dtype))
+            pos.append(torch.arange(cursor, cursor + thumbnail.shape[0]))
+            cursor += thumbnail.shape[0]
+        thumb = slice(thumb_start, cursor)
+        separator = None
+        tile_start = tile_end = cursor
+        n_seq = cursor
+        if tiles is not None:
+            if self.separator_token_id is None:
+                raise RuntimeError("separator_token_id (':') is not set on the model")
+            parts.append(self.text_embeds([self.separator_token_id]))
+            pos.append(torch.tensor([cursor]))
+            separator = cursor
+            cursor += 1
+            n_seq = cursor
+            parts.append(tiles.to(self.dtype))
+            if tile_offsets is None:
+                pos.append(torch.arange(cursor, cursor + tiles.shape[0]))
+                cursor += tiles.shape[0]
+            else:
+                pos.append(cursor + tile_offsets.cpu().long())
+                cursor += int(tile_span if tile_span is not None else int(tile_offsets.max()) + 1)
+            tile_start, tile_end = n_seq, n_seq + tiles.shape[0]
+            n_seq = tile_end
+        parts.append(self.text_embeds(prompt.suffix))
+        pos.append(torch.arange(cursor, cursor + len(prompt.suffix)))
+        cursor += len(prompt.suffix)
+        n_seq += len(prompt.suffix)
+        query_index = n_seq - 1
+        labels = None
+        if with_answer:
+            if not prompt.answer:
+                raise ValueError("with_answer needs prompt.answer token ids")
+            parts.append(self.text_embeds(prompt.answer))
+            pos.append(torch.arange(cursor, cursor + len(prompt.answer)))
+            labels = torch.full((1, n_seq + len(prompt.answer)), IGNORE_INDEX, dtype=torch.long)
+            labels[0, n_seq:] = torch.as_tensor(prompt.answer)
+            labels = labels.to(self.device)
+        embeds = torch.cat(parts, dim=0)[None]
+        position_ids = torch.cat(pos).long()[None].to(self.device)
+        return MultimodalSequence(embeds, position_ids, labels, thumb, separator, slice(tile_start, tile_end), query_index)
+
+    # -- (c) LLM and RFM ----------------------------------------------------------------------------
+    def llm_forward(self, seq: MultimodalSequence, **kwargs: Any) -> Any:
+        """The stock `...ForCausalLM.forward` on the sequence's embeddings (logits, loss when labelled)."""
+        ones = torch.ones(seq.embeds.shape[:2], dtype=torch.long, device=seq.embeds.device)
+        return self.llm(
+            inputs_embeds=seq.embeds,
+            attention_mask=ones,
+            position_ids=seq.position_ids,
+            labels=seq.labels,
+            use_cache=False,
+            **kwargs,
+        )
+
+    def rfm_scores(self, seq: MultimodalSequence) -> torch.Tensor:
+        """RFM scores of the sequence's tile tokens (newline tokens included), float32 (m,)."""
+        keys = torch.arange(seq.tiles.start, seq.tiles.stop, device=seq.embeds.device)
+        return self.rfm.score(seq.embeds.detach(), seq.position_ids, seq.query_index, keys)
+
+    @torch.no_grad()
+    def generate(self, seq: MultimodalSequence, tokenizer: Any, max_new_tokens: int = 64) -> tuple[str, list[int]]:
+        """Greedy decoding from the sequence (contiguous positions from 0, as in the released final pass)."""
+        ones = torch.ones(seq.embeds.shape[:2], dtype=torch.long, device=seq.embeds.device)
+        eos = [i for i in {tokenizer.eos_token_id, self.llm.config.eos_token_id} if isinstance(i, int)]
+        out = self.llm.generate(
+            inputs_embeds=seq.embeds,
+            attention_mask=ones,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos or None,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0),
+        )
+        ids = out[0].tolist()
+        return tokenizer.decode(ids, skip_special_tokens=True).strip(), ids
+
+    # -- (d) RFM initialisation for training -----------------------------------------------------------
+    @torch.no_grad()
+    def init_rfm_from_llm(self, llm_layers: Sequence[int] | None = None) -> list[int]:
+        """Copy LLM decoder layers into the RFM (default [l0-1] + llm_layer_list = {0,1,5,11,14}) and the
+        final norm into the RFM norm, as the released `load_pruner_weight_from_llm`. Returns the layers used."""
+        layers = list(llm_layers) if llm_layers is not None else self.config.rfm_init_layers
+        if len(layers) != len(self.rfm.layers):
+            raise ValueError(f"{len(self.rfm.layers)} RFM layers need as many LLM layer indices, got {layers}")
+        src = self.llm.model.layers
+        for dst, i in zip(self.rfm.layers, layers):
+            dst.load_state_dict(src[i].state_dict())
+        self.rfm.norm.load_state_dict(self.llm.model.norm.state_dict())
+        return layers

@@ -1,0 +1,81 @@
+"""Conversation templates of the released models, split around the image.
+
+The released code builds "<image>\\n{question}\\n" as the user message, renders the template and
+tokenizes the text before and after `<image>` separately (BOS only on the first chunk); the image
+tokens are spliced in between. The last prompt token is the RFM's query (`llm_use_last_text`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE = "<image>"
+
+VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+CHATML_SYSTEM = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    add_bos: bool  # Llama tokenizers prepend <s>; Qwen2 has no BOS
+    stop: str  # text that ends the assistant's turn
+
+    def render(self, question: str) -> tuple[str, str]:
+        """(text before the image, text after it up to and including the assistant prefix)."""
+        message = f"{IMAGE}\n{question}\n"
+        if self.name == "vicuna_v1":
+            full = f"{VICUNA_SYSTEM} USER: {message} ASSISTANT:"
+        elif self.name == "chatml":
+            full = (
+                f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n"
+                f"<|im_start|>user\n{message}<|im_end|>\n<|im_start|>assistant\n"
+            )
+        else:  # pragma: no cover - guarded by TEMPLATES
+            raise ValueError(f"unknown template {self.name!r}")
+        before, after = full.split(IMAGE, 1)
+        return before, after
+
+    def answer_text(self, answer: str) -> str:
+        """The assistant turn appended for training (answer plus the end-of-turn marker)."""
+        return f" {answer}{self.stop}" if self.name == "vicuna_v1" else f"{answer}{self.stop}\n"
+
+
+TEMPLATES = {
+    "vicuna_v1": Template("vicuna_v1", add_bos=True, stop="</s>"),
+    "chatml": Template("chatml", add_bos=False, stop="<|im_end|>"),
+}
+
+
+@dataclass
+class PromptIds:
+    """Token ids of the text around the image; `answer` only for training."""
+
+    prefix: list[int]
+    suffix: list[int]
+    answer: list[int] | None = None
+
+
+def encode_prompt(tokenizer: Any, template: str, question: str, answer: str | None = None) -> PromptIds:
+    tpl = TEMPLATES[template]
+    before, after = tpl.render(question)
+    prefix = tokenizer(before, add_special_tokens=False)["input_ids"]
+    if tpl.add_bos and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id] + prefix
+    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
+    answer_ids = None
+    if answer is not None:
+        answer_ids = tokenizer(tpl.answer_text(answer), add_special_tokens=False)["input_ids"]
+    return PromptIds(prefix=list(prefix), suffix=list(suffix), answer=answer_ids)
+
+
+def separator_id(tokenizer: Any) -> int:
+    """The ':' token whose embedding separates thumbnail and tiles (must be a single token)."""
+    ids = tokenizer(":", add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer splits ':' into {len(ids)} tokens; the released layout needs one")
+    return int(ids[0])
