@@ -1,0 +1,1 @@
+"""Processing provider and its "Ask raster" algorithm (batch runs and graphical models)."""

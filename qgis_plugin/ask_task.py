@@ -1,0 +1,142 @@
+"""One question = one QgsTask that owns its own ZeroMQ socket.
+
+`run()` executes in a worker thread: it creates the socket there (sockets are not thread-safe),
+checks the backend's health, sends the question, streams progress and polls `isCanceled()`;
+it never touches layers or widgets and never raises (the error is kept for `finished()`).
+`finished()` runs on the main thread and is the only place that adds layers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from qgis.core import QgsCoordinateReferenceSystem, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from .backend_process import BackendLauncher
+from .params import AskRequest, BackendSettings
+
+
+class AskTask(QgsTask):
+    #: stage, human text; emitted from the worker thread, delivered on the main thread
+    stageChanged = pyqtSignal(str, str)  # noqa: N815 (Qt naming)
+    #: result document (with job_id) and the layers that were added
+    answered = pyqtSignal(dict, list)
+    #: error code and message ("cancelled" when the user cancelled)
+    failed = pyqtSignal(str, str)
+
+    def __init__(
+        self,
+        request: AskRequest,
+        backend: BackendSettings,
+        raster_crs: QgsCoordinateReferenceSystem,
+        launcher: Optional[BackendLauncher] = None,
+        add_layers: bool = True,
+    ):
+        super().__init__(f"LRS Focus: {request.question[:60]}", QgsTask.Flag.CanCancel)
+        self.request = request
+        self.backend = backend
+        self.raster_crs = QgsCoordinateReferenceSystem(raster_crs)  # a copy owned by the task
+        self.launcher = launcher if backend.start_command else None
+        self.add_layers = add_layers
+        self.result: Optional[dict[str, Any]] = None
+        self.error: tuple[str, str] = ("", "")
+        self.layers: list = []
+        self.seconds = 0.0
+
+    # -- worker thread ------------------------------------------------------------------------
+    def run(self) -> bool:
+        from .client import BackendError, Client  # zmq is imported on first use only
+
+        started = time.monotonic()
+        try:
+            with Client(self.backend.endpoint, self.backend.timeouts) as client:
+                self.stageChanged.emit("connect", f"contacting the backend at {self.backend.endpoint}")
+                health = self._healthy_backend(client)
+                self.stageChanged.emit(
+                    "connect", f"backend ready: model {health.get('model', '?')} on {health.get('device', '?')}"
+                )
+                self.result = client.ask(self.request, self._on_progress, self.isCanceled)
+            return True
+        except BackendError as exc:
+            self.error = (exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - run() must never raise into QGIS
+            self.error = ("internal", f"{type(exc).__name__}: {exc}")
+        finally:
+            self.seconds = time.monotonic() - started
+        return False
+
+    def _healthy_backend(self, client) -> dict[str, Any]:
+        """Health reply; starts the configured local backend when nothing answers."""
+        from .client import BackendError
+        from .protocol import TIMEOUT
+
+        try:
+            return client.wait_healthy(self.backend.timeouts.health, self.isCanceled)
+        except BackendError as exc:
+            if exc.code != TIMEOUT or self.launcher is None:
+                raise
+        self.stageChanged.emit("start", f"nothing answers; starting: {self.backend.start_command}")
+        try:
+            self.launcher.start(self.backend.start_command)
+        except (OSError, ValueError) as exc:
+            raise BackendError("backend_start_failed", f"cannot start the backend command: {exc}") from None
+        return client.wait_healthy(self.backend.timeouts.start, self.isCanceled, self._launch_failed)
+
+    def _launch_failed(self) -> Optional[str]:
+        code = self.launcher.exit_code() if self.launcher else None
+        if code is None:
+            return None
+        return f"the backend command exited with code {code}; its log ({self.launcher.log_path}) ends with:\n{self.launcher.log_tail()}"
+
+    def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str) -> None:
+        self.setProgress(max(self.progress(), 100.0 * min(max(fraction, 0.0), 1.0)))
+        where = f" (level {level})" if level is not None else ""
+        self.stageChanged.emit(stage, f"{stage}{where}: {message}" if message else f"{stage}{where}")
+
+    # -- main thread --------------------------------------------------------------------------
+    def finished(self, ok: bool) -> None:
+        if ok and self.result is not None:
+            if self.add_layers:
+                from .result_layers import add_result_group
+
+                _, self.layers = add_result_group(self.result, self.request.question, self.raster_crs)
+            self.answered.emit(self.result, self.layers)
+            return
+        code, message = self.error
+        if self.isCanceled() or code == "cancelled":
+            code, message = "cancelled", message if code == "cancelled" else "cancelled"
+        self.failed.emit(code or "internal", message or "the task stopped without a result")
+
+
+class HealthTask(QgsTask):
+    """Checks the backend from a worker thread (the settings dialog's Test button)."""
+
+    checked = pyqtSignal(bool, str)
+
+    def __init__(self, backend: BackendSettings, budget: Optional[float] = None):
+        super().__init__("LRS Focus: backend health", QgsTask.Flag.CanCancel)
+        self.backend = backend
+        self.budget = backend.timeouts.health if budget is None else budget
+        self.text = ""
+
+    def run(self) -> bool:
+        from .client import BackendError, Client
+
+        try:
+            with Client(self.backend.endpoint, self.backend.timeouts) as client:
+                h = client.wait_healthy(self.budget, self.isCanceled)
+            self.text = (
+                f"lrs-focus {h.get('version')} at {self.backend.endpoint}: model {h.get('model')} on "
+                f"{h.get('device')} ({h.get('dtype')}), queue {h.get('queue_length')}/{h.get('queue_size')}"
+            )
+            return True
+        except BackendError as exc:
+            self.text = str(exc)
+        except Exception as exc:  # noqa: BLE001
+            self.text = f"{type(exc).__name__}: {exc}"
+        return False
+
+    def finished(self, ok: bool) -> None:
+        self.checked.emit(ok, self.text)

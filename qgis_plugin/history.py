@@ -1,0 +1,48 @@
+"""This project's questions and answers, saved in the .qgz (per-project entry).
+
+The history belongs to the project, not to the user: reopening a project shows what was asked
+of its rasters, and the layer groups of those questions are saved alongside.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from qgis.core import QgsProject
+
+SCOPE, KEY = "lrs_focus", "history"
+MAX_ENTRIES = 200
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    question: str
+    answer: str
+    raster: str
+    job_id: str = ""
+    when: str = ""  # ISO time, local
+    seconds: float = 0.0
+
+
+def load(project: Optional[QgsProject] = None) -> list[HistoryEntry]:
+    project = project or QgsProject.instance()
+    text, found = project.readEntry(SCOPE, KEY, "[]")
+    try:
+        rows = json.loads(text) if found else []
+    except ValueError:
+        return []
+    fields = HistoryEntry.__dataclass_fields__
+    return [HistoryEntry(**{k: v for k, v in row.items() if k in fields}) for row in rows if isinstance(row, dict)]
+
+
+def append(entry: HistoryEntry, project: Optional[QgsProject] = None) -> list[HistoryEntry]:
+    project = project or QgsProject.instance()
+    entries = (load(project) + [entry])[-MAX_ENTRIES:]
+    project.writeEntry(SCOPE, KEY, json.dumps([asdict(e) for e in entries], ensure_ascii=False))
+    return entries
+
+
+def clear(project: Optional[QgsProject] = None) -> None:
+    (project or QgsProject.instance()).removeEntry(SCOPE, KEY)

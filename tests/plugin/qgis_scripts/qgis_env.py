@@ -1,0 +1,113 @@
+"""Shared set-up of the QGIS-side test scripts (run by /usr/bin/python3, not the venv).
+
+Each script starts a headless QgsApplication, imports the plugin from the extracted zip (on
+PYTHONPATH as `lrs_focus_plugin`), does its work, and prints ONE JSON line last on stdout for
+the venv test to assert on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+sys.path.append("/usr/share/qgis/python/plugins")
+
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer  # noqa: E402
+from qgis.gui import QgsMapCanvas, QgsMessageBar  # noqa: E402
+from qgis.PyQt.QtCore import QCoreApplication  # noqa: E402
+from qgis.PyQt.QtWidgets import QMainWindow  # noqa: E402
+
+_APP = None
+
+
+def start_qgis(processing: bool = False):
+    global _APP
+    QgsApplication.setPrefixPath("/usr", True)
+    _APP = QgsApplication([], True)  # GUI app (offscreen platform): the dock has widgets
+    _APP.initQgis()
+    if processing:
+        from processing.core.Processing import Processing
+
+        Processing.initialize()
+    return _APP
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.02)
+    QCoreApplication.processEvents()
+    return predicate()
+
+
+def add_raster(path: str, name: str = "raster") -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, name, "gdal")
+    assert layer.isValid(), f"QGIS cannot open {path}"
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+class FakeIface:
+    """The few QgisInterface calls the plugin makes, on real widgets."""
+
+    def __init__(self):
+        self.window = QMainWindow()
+        self.canvas = QgsMapCanvas(self.window)
+        self.window.setCentralWidget(self.canvas)
+        self.bar = QgsMessageBar(self.window)
+        self.messages = []
+        self.bar.widgetAdded.connect(self._record)
+
+    def _record(self, _widget):
+        item = self.bar.currentItem()
+        if item is not None:
+            self.messages.append(f"{item.title()}: {item.text()}")
+
+    def mainWindow(self):  # noqa: N802
+        return self.window
+
+    def mapCanvas(self):  # noqa: N802
+        return self.canvas
+
+    def messageBar(self):  # noqa: N802
+        return self.bar
+
+    def addDockWidget(self, area, dock):  # noqa: N802
+        self.window.addDockWidget(area, dock)
+
+    def removeDockWidget(self, dock):  # noqa: N802
+        self.window.removeDockWidget(dock)
+
+    def addToolBarIcon(self, action):  # noqa: N802
+        pass
+
+    removeToolBarIcon = addToolBarIcon  # noqa: N815
+
+    def addPluginToRasterMenu(self, menu, action):  # noqa: N802
+        pass
+
+    removePluginRasterMenu = addPluginToRasterMenu  # noqa: N815
+
+
+def load_plugin(iface):
+    import lrs_focus_plugin
+
+    plugin = lrs_focus_plugin.classFactory(iface)
+    plugin.initGui()
+    return plugin
+
+
+def bbox(geom) -> list[float]:
+    r = geom.boundingBox()
+    return [r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()]
+
+
+def emit(document: dict) -> None:
+    sys.stdout.write("\n" + json.dumps(document) + "\n")
+    sys.stdout.flush()
