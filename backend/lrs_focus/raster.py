@@ -110,8 +110,11 @@ class RasterSource:
     @classmethod
     def open(cls, path, bands: Optional[Sequence[int]] = None,
              percentiles: Optional[tuple[float, float]] = (2.0, 98.0),
-             resampling: str = "bilinear") -> "RasterSource":
-        """Open `path` (anything GDAL opens, `/vsi...` included) or raise a specific RasterError."""
+             resampling: str = "bilinear", open_options: Optional[Sequence[str]] = None) -> "RasterSource":
+        """Open `path` (anything GDAL opens, `/vsi...` included) or raise a specific RasterError.
+
+        `open_options` go to GDAL (e.g. ["OVERVIEW_LEVEL=NONE"] to ignore overviews).
+        """
         path = os.fspath(path)
         if resampling not in RESAMPLING:
             raise ValueError(f"resampling must be one of {sorted(RESAMPLING)}")
@@ -121,7 +124,7 @@ class RasterSource:
         if stat is not None and stat.IsDirectory():
             raise NotARaster(f"{path}: is a directory, not a raster file")
         try:
-            ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+            ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, open_options=list(open_options or []))
         except RuntimeError as exc:
             msg = str(exc)
             if "dimension" in msg.lower():

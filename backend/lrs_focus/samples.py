@@ -119,16 +119,32 @@ def write_synthetic_raster(
             ds.GetRasterBand(b).WriteArray(_pattern_rows(y0, rows, width, height, b - 1, np_dtype, seed), 0, y0)
     ds.FlushCache()
     if overviews:
-        factors, f = [], 2
-        while max(width, height) / f >= 256:
-            factors.append(f)
-            f *= 2
-        if factors:
-            gdal.SetConfigOption("COMPRESS_OVERVIEW", compress or "NONE")
-            try:
-                ds.BuildOverviews("AVERAGE", factors)
-            finally:
-                gdal.SetConfigOption("COMPRESS_OVERVIEW", None)
+        _build_overviews(ds, compress)
     ds = None
     os.replace(tmp, path)
     return path
+
+
+def _build_overviews(ds: gdal.Dataset, compress: Optional[str]) -> None:
+    factors, f = [], 2
+    while max(ds.RasterXSize, ds.RasterYSize) / f >= 256:
+        factors.append(f)
+        f *= 2
+    if factors:
+        gdal.SetConfigOption("COMPRESS_OVERVIEW", compress or "NONE")
+        try:
+            ds.BuildOverviews("AVERAGE", factors)
+        finally:
+            gdal.SetConfigOption("COMPRESS_OVERVIEW", None)
+
+
+def add_external_overviews(path, compress: Optional[str] = "DEFLATE") -> Path:
+    """Build AVERAGE overviews into `path.ovr` (the raster itself is untouched); return the .ovr.
+
+    Opening the raster with the GDAL open option OVERVIEW_LEVEL=NONE then ignores them, so one
+    file serves both the "with overviews" and the "without overviews" cases of the benchmark.
+    """
+    ds = gdal.Open(str(path), gdal.GA_ReadOnly)
+    _build_overviews(ds, compress)
+    ds = None
+    return Path(str(path) + ".ovr")
