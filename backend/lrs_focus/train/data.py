@@ -41,7 +41,9 @@ class ImageViews:
     thumbnail: np.ndarray  # (T, T, 3)
     tiles: np.ndarray  # (n_rows * n_cols, T, T, 3), row-major
     grid: tuple[int, int]  # base-level (n_rows, n_cols)
+    token_grid: tuple[int, int]  # base-level stitched token grid after unpadding (no newline column)
     image_size: tuple[int, int]  # original (h, w)
+    geometry: Any = None  # the PyramidGeometry (token -> pixel windows for focus recall)
 
 
 def load_conversations(path: str | Path, image_root: Optional[str | Path] = None) -> list[Sample]:
@@ -82,7 +84,7 @@ def image_views(image: str | Path, pyramid_config: Any) -> ImageViews:
     base = geo.levels[0]
     n_rows, n_cols = base.grid
     tiles = np.stack([pyr.tile(base, r, c) for r in range(n_rows) for c in range(n_cols)])
-    return ImageViews(pyr.thumbnail(), tiles, (n_rows, n_cols), (src.height, src.width))
+    return ImageViews(pyr.thumbnail(), tiles, (n_rows, n_cols), tuple(geo.token_grid(base)), (src.height, src.width), geo)
 
 
 class ViewCache:
