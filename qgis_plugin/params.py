@@ -41,7 +41,7 @@ class Timeouts:
 
     health: float = 5.0
     start: float = 120.0
-    silence: float = 10.0
+    silence: float = 5.0
     cancel: float = 5.0
     poll: float = 0.2
 

@@ -35,14 +35,14 @@ def check_layer(layer: Optional[QgsMapLayer]) -> RasterCheck:
     name = layer.name()
     if not isinstance(layer, QgsRasterLayer):
         return RasterCheck(reason=f"'{name}' is not a raster layer; only raster files can be asked.")
-    if not layer.isValid():
-        return RasterCheck(reason=f"'{name}' is not a valid layer (its source could not be opened).")
     provider = layer.providerType()
     if provider != "gdal":
         return RasterCheck(
             reason=f"'{name}' comes from the '{provider}' provider (a web, database or generated "
             f"source), but the backend reads raster files only. {EXPORT_HINT}"
         )
+    if not layer.isValid():
+        return RasterCheck(reason=f"'{name}' is not a valid layer (its source could not be opened).")
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     path = parts.get("path") or ""
     if path.startswith("/vsi") and not path.startswith(("/vsizip/", "/vsitar/", "/vsigzip/")):

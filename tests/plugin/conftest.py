@@ -65,17 +65,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _real_engine_exists() -> bool:
-    import lrs_focus.engine as engine
-
-    return hasattr(engine, "Engine")
+@pytest.fixture
+def unused_endpoint() -> str:
+    """A loopback endpoint where nothing listens."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def backend_command(endpoint: str) -> list[str]:
-    if _real_engine_exists():
-        return [str(LRS_FOCUS), "serve", "--model", "tiny", "--endpoint", endpoint]
-    # TEMPORARY: the real Engine is not merged yet (see standin_backend.py).
-    return [sys.executable, str(Path(__file__).with_name("standin_backend.py")), "--endpoint", endpoint]
+    """The real backend with the tiny random-weight model (offline, CPU)."""
+    return [str(LRS_FOCUS), "serve", "--model", "tiny", "--endpoint", endpoint]
 
 
 class Backend:

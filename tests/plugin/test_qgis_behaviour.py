@@ -1,0 +1,81 @@
+"""Real QGIS (offscreen) against a real backend: cancel, dead backend, refused layers,
+Processing, non-georeferenced rasters."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.qgis
+
+
+def test_cancel_from_dock(run_qgis, backend, sentinel2_vrt):
+    doc = run_qgis("dock_cancel.py", backend.endpoint, sentinel2_vrt)
+    assert doc["finished"]
+    assert not doc["answered"], "the job finished before the cancel reached it"
+    assert doc["error"][0] == "cancelled"
+    assert doc["cancel_seconds"] < 10
+    assert doc["groups"] == []
+    assert doc["ask_enabled"] and doc["dock_stage"] == "cancelled"
+
+
+def test_no_backend_gives_message_within_seconds(run_qgis, unused_endpoint, sentinel2_vrt):
+    doc = run_qgis("dock_dead_backend.py", unused_endpoint, sentinel2_vrt)
+    assert doc["finished"] and doc["error"][0] == "timeout"
+    assert doc["seconds"] < 3.0 + 3.0  # health timeout set to 3 s in the script
+    assert "No answer from the backend" in doc["error"][1] and "lrs-focus serve" in doc["error"][1]
+    assert any("No answer from the backend" in m for m in doc["messages"])
+    assert doc["ticks"] >= 0.5 * doc["seconds"] / 0.05, "the main thread was blocked"
+
+
+@pytest.mark.slow
+def test_backend_killed_during_job(run_qgis, fresh_backend, sentinel2_vrt):
+    doc = run_qgis("dock_dead_backend.py", fresh_backend.endpoint, sentinel2_vrt, fresh_backend.process.pid)
+    assert doc["finished"] and doc["error"][0] == "timeout", doc
+    assert "stopped answering" in doc["error"][1]
+    # Timeouts.silence (5 s) + the health probe (3 s here) + polling slack
+    assert doc["seconds_after_kill"] < 5 + 3 + 3
+    assert doc["ticks"] >= 0.5 * doc["seconds"] / 0.05
+
+
+def test_web_and_memory_layers_refused(run_qgis, sentinel2_vrt):
+    doc = run_qgis("refuse_layers.py", sentinel2_vrt)
+    assert doc["combo"] == ["file raster"]
+    assert "'wms' provider" in doc["reasons"]["a WMS layer"] and "GeoTIFF" in doc["reasons"]["a WMS layer"]
+    assert "'wms' provider" in doc["reasons"]["xyz tiles"]
+    assert "not a raster layer" in doc["reasons"]["a memory layer"]
+    assert doc["reasons"]["file raster"] == "" and doc["good_path"] == str(sentinel2_vrt)
+    assert not doc["task_started"]
+    assert any("'wms' provider" in m for m in doc["messages"])
+
+
+def test_processing_algorithm(run_qgis, backend, sentinel2_vrt, tmp_path):
+    doc = run_qgis("processing_ask.py", backend.endpoint, sentinel2_vrt, tmp_path / "focus.gpkg")
+    assert doc["algorithm"] == "Ask raster"
+    assert doc["answer"] and doc["job_id"]
+    assert doc["tiles"] == len(doc["features"]) > 0
+    assert doc["crs"] == doc["raster_crs"] == "EPSG:32618"
+    assert any(line.startswith("Answer: ") for line in doc["log"])
+    base = [f["bbox"] for f in doc["features"] if f["level"] == 0]
+    union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
+    assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
+
+
+def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
+    from osgeo import gdal
+
+    import numpy as np
+
+    path = tmp_path / "plain.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 1500, 1000, 3, gdal.GDT_Byte)
+    for b in range(1, 4):
+        ds.GetRasterBand(b).WriteArray((np.indices((1000, 1500)).sum(0) * b % 255).astype("uint8"))
+    ds = None
+    doc = run_qgis("dock_ask.py", backend.endpoint, path, "What is in the top left corner?")
+    assert doc["finished"] and doc["error"] is None, doc["error"]
+    assert doc["raster_crs"] == ""
+    assert doc["raster_extent"] == [0.0, -1000.0, 1500.0, 0.0]  # how QGIS draws it
+    layers = doc["groups"][0]["layers"]
+    assert all(not l["crs_valid"] for l in layers)
+    base = [f["bbox"] for l in layers for f in l["features"] if f["level"] == 0]
+    union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
+    assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
