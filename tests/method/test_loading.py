@@ -1,0 +1,85 @@
+"""Released key layout: save -> strict load gives identical outputs; wrong keys fail by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lrs_focus import errors
+from lrs_focus.model.loading import load_model, released_state_dict, save_released, to_module_key
+from lrs_focus.model.prompts import encode_prompt
+
+
+def _outputs(model, tok):
+    g = torch.Generator().manual_seed(0)
+    prompt = encode_prompt(tok, model.config.template, "Is this a rural or urban area?")
+    img = (torch.rand(3, 56, 56, 3, generator=g) * 255).to(torch.uint8).numpy()
+    with torch.no_grad():
+        thumb = model.encode_thumbnail(img[0])
+        tiles = model.encode_tiles(img).reshape(-1, model.config.hidden_size)
+        seq = model.build_sequence(prompt, thumb, tiles)
+        return model.llm_forward(seq).logits, model.rfm_scores(seq)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_round_trip_is_exact(tiny_models, tmp_path, family):
+    model, tok = tiny_models[family]
+    save_released(model, tok, tmp_path)
+    keys = set(load_file(str(tmp_path / "model.safetensors")))
+    assert "model.image_newline" in keys
+    assert "model.mm_projector.mlp_projector.0.weight" in keys and "model.mm_projector.mlp_projector.2.bias" in keys
+    assert "model.mm_projector.token_pruner.layers.2.self_attn.q_proj.weight" in keys
+    assert "model.mm_projector.token_pruner.norm.weight" in keys
+    assert "model.vision_tower.vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
+    assert "model.layers.0.mlp.gate_proj.weight" in keys and "lm_head.weight" in keys
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["llm_layer_list"] == [1, 3] and config["mm_vision_select_layer"] == -2
+    assert config["mm_projector_type"] == "mlp2x_gelu_after_distillpruner"
+    assert ("qwen" in config["architectures"][0].lower()) == (family == "qwen2")
+
+    loaded, tok2, info = load_model(str(tmp_path), device="cpu")
+    assert not info["random_weights"] and loaded.config.family == family
+    assert loaded.separator_token_id == model.separator_token_id
+    a, b = _outputs(model, tok), _outputs(loaded, tok2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_key_map_is_a_bijection(tiny_models):
+    model, _ = tiny_models["qwen2"]
+    released = released_state_dict(model)
+    assert {to_module_key(k) for k in released} == set(model.state_dict())
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("drop", "model.mm_projector.token_pruner.norm.weight"),
+        ("drop", "model.layers.1.self_attn.k_proj.bias"),
+        ("extra", "model.mm_projector.token_pruner.layers.9.mlp.up_proj.weight"),
+        ("extra", "model.vision_resampler.weight"),
+    ],
+)
+def test_missing_or_unexpected_key_fails_naming_it(tiny_models, tmp_path, change, named):
+    model, tok = tiny_models["qwen2"]
+    save_released(model, tok, tmp_path)
+    path = tmp_path / "model.safetensors"
+    state = load_file(str(path))
+    if change == "drop":
+        del state[named]
+    else:
+        state[named] = torch.zeros(2)
+    save_file(state, str(path), metadata={"format": "pt"})
+    with pytest.raises(errors.CheckpointMismatch) as info:
+        load_model(str(tmp_path), device="cpu")
+    assert named in str(info.value)
+    assert ("missing" if change == "drop" else "unexpected") in str(info.value)
+
+
+def test_offline_hub_id_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(errors.ModelNotFound) as info:
+        load_model("ll-13/llava-largeimg-Qwen2-7B-not-cached", device="cpu")
+    assert "--model" in str(info.value) and "local" in str(info.value).lower()
