@@ -79,6 +79,7 @@ class AskDock(QgsDockWidget):
             options.addWidget(QLabel(label, body))
             options.addWidget(widget, 1)
         form.addRow("Options", options)
+        self.set_options(AskOptions())
         layout.addLayout(form)
 
         buttons = QHBoxLayout()

@@ -1,0 +1,49 @@
+"""The plugin's ZeroMQ client (Qt-free) in the venv's Python against the real backend."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+def test_health_and_ask(plugin_import, backend, sentinel2_vrt):
+    from lrs_focus_plugin.params import AskOptions, AskRequest
+
+    stages = []
+    with plugin_import.Client(backend.endpoint) as client:
+        health = client.health()
+        assert health["model"] and health["protocol"] == 1
+        result = client.ask(AskRequest(str(sentinel2_vrt), "Is there water?", AskOptions(mode="paper")),
+                            on_progress=lambda stage, level, fraction, message: stages.append((stage, fraction)))
+    assert result["job_id"] and isinstance(result["answer"], str)
+    assert result["features"]["type"] == "FeatureCollection" and result["features"]["features"]
+    props = result["features"]["features"][0]["properties"]
+    assert {"level", "row", "col", "window", "score", "rank", "kept", "encoded", "job_id", "question"} <= set(props)
+    assert stages[0][0] == "queued" and len(stages) > 2
+
+
+def test_backend_error_is_reported(plugin_import, backend, tmp_path):
+    from lrs_focus_plugin.params import AskRequest
+
+    with plugin_import.Client(backend.endpoint) as client:
+        with pytest.raises(plugin_import.BackendError) as err:
+            client.ask(AskRequest(str(tmp_path / "missing.tif"), "anything?"))
+    assert err.value.code == "raster_not_found"
+
+
+def test_dead_endpoint_times_out_quickly(plugin_import, unused_endpoint):
+    from lrs_focus_plugin.params import Timeouts
+
+    started = time.monotonic()
+    with plugin_import.Client(unused_endpoint, Timeouts(health=1.5)) as client:
+        with pytest.raises(plugin_import.BackendError) as err:
+            client.wait_healthy(1.5)
+    assert err.value.code == "timeout"
+    assert time.monotonic() - started < 3.0
+
+
+def test_bad_endpoint(plugin_import):
+    with pytest.raises(plugin_import.BackendError) as err:
+        plugin_import.Client("not-an-endpoint")
+    assert err.value.code == "bad_endpoint"

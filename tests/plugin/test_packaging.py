@@ -1,0 +1,96 @@
+"""The installable zip, metadata.txt, LICENSE, the protocol contract and bandit."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "repository")
+
+
+def _metadata(text: str) -> dict:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read_string(text)
+    return dict(parser["general"])
+
+
+def test_zip_layout(plugin_zip):
+    meta = _metadata((REPO / "metadata.txt").read_text(encoding="utf-8"))
+    assert plugin_zip.name == f"lrs_focus_plugin-{meta['version']}.zip"
+    with zipfile.ZipFile(plugin_zip) as zf:
+        names = zf.namelist()
+        assert all(n.startswith("lrs_focus_plugin/") for n in names)
+        for required in ("__init__.py", "metadata.txt", "LICENSE", "protocol.py", "icon.svg",
+                         "algorithms/ask_raster.py"):
+            assert f"lrs_focus_plugin/{required}" in names
+        assert "def classFactory(iface)" in zf.read("lrs_focus_plugin/__init__.py").decode()
+        assert not [n for n in names if n.endswith((".pyc", ".qrc")) or "__pycache__" in n
+                    or n.endswith("resources_rc.py") or "/ui_" in n]
+        assert zf.read("lrs_focus_plugin/metadata.txt") == (REPO / "metadata.txt").read_bytes()
+
+
+def test_zip_protocol_is_the_backend_protocol(plugin_zip):
+    """Contract: the plugin ships exactly the backend's message shapes."""
+    link = REPO / "qgis_plugin" / "protocol.py"
+    assert link.is_symlink() and os.readlink(link) == "../backend/lrs_focus/protocol.py"
+    with zipfile.ZipFile(plugin_zip) as zf:
+        shipped = zf.read("lrs_focus_plugin/protocol.py")
+    assert shipped == (REPO / "backend" / "lrs_focus" / "protocol.py").read_bytes()
+
+
+def test_metadata_fields():
+    meta = _metadata((REPO / "metadata.txt").read_text(encoding="utf-8"))
+    assert all(meta.get(k, "").strip() for k in REQUIRED)
+    assert meta["qgisMinimumVersion"] == "3.22" and meta["qgisMaximumVersion"] == "4.99"
+    assert meta["category"] == "Raster" and meta["hasProcessingProvider"] == "yes"
+    assert meta["icon"] == "icon.svg" and (REPO / "qgis_plugin" / "icon.svg").is_file()
+    assert "supportsQt6" not in meta  # deprecated flag, no longer recognised by plugins.qgis.org
+
+
+def test_license_is_gpl2_text():
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert text.lstrip().startswith("GNU GENERAL PUBLIC LICENSE") and "Version 2, June 1991" in text
+    assert "TERMS AND CONDITIONS FOR COPYING, DISTRIBUTION AND MODIFICATION" in text
+    debian = Path("/usr/share/common-licenses/GPL-2")
+    if debian.is_file():
+        assert text == debian.read_text(encoding="utf-8")
+
+
+def test_plugin_code_rules():
+    """No torch/backend/direct PyQt imports, no pickle, no exec_(), no shell (AST, not grep)."""
+    banned_modules = ("torch", "lrs_focus", "PyQt5", "PyQt6", "pickle", "marshal")
+    for path in (REPO / "qgis_plugin").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                names = []
+            for name in names:
+                assert name.split(".")[0] not in banned_modules, f"{path.name} imports {name}"
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in ("send_pyobj", "recv_pyobj", "exec_"), f"{path.name} uses {node.attr}"
+            if isinstance(node, ast.keyword) and node.arg == "shell":
+                assert isinstance(node.value, ast.Constant) and node.value.value is False, path.name
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("eval", "exec"), f"{path.name} calls {node.func.id}"
+
+
+def test_bandit_medium_clean():
+    bandit = shutil.which("bandit", path=str(Path(sys.executable).parent)) or shutil.which("bandit")
+    if bandit is None:
+        pytest.skip("bandit is not installed (pip install -e '.[test]')")
+    done = subprocess.run([bandit, "-r", str(REPO / "qgis_plugin"), "-ll", "-q"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
