@@ -21,8 +21,8 @@ def layer_flops(n_tokens: int, hidden: int, intermediate: int) -> float:
     return n * (4.0 * hidden * hidden + 3.0 * hidden * intermediate) + 2.0 * n * n * hidden
 
 
-def llm_prefill_flops(n_tokens: int, hidden: int, intermediate: int, layers: int) -> float:
-    return layers * layer_flops(n_tokens, hidden, intermediate)
+def llm_prefill_flops(n_tokens: int, hidden: int, intermediate: int, llm_layers: int) -> float:
+    return llm_layers * layer_flops(n_tokens, hidden, intermediate)
 
 
 def method_prefill_tflops(

@@ -1,0 +1,115 @@
+"""`lrs-focus ask RASTER QUESTION`: answer + trace, in process or through a running backend."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ._output import add_json_flag, emit
+
+DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
+RANDOM_NOTICE = "NOTE: model 'tiny' has RANDOM WEIGHTS (offline test model): the answer is noise, not a prediction."
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be comma-separated band numbers, not {text!r}") from None
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ask", help="answer a question about a raster; print the answer and the focused tiles")
+    p.add_argument("raster", help="raster path (anything GDAL opens)")
+    p.add_argument("question")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"released checkpoint dir or hub id (default {DEFAULT_MODEL}); 'tiny' = random weights, offline")
+    p.add_argument("--mode", default="paper", choices=["paper", "released", "thumbnail", "all-tiles"])
+    p.add_argument("--alpha", type=float, default=0.25, help="fraction of tile tokens kept per level (default 0.25)")
+    p.add_argument("--n-max", type=int, default=None, help="tile budget to zoom further (default 40 Vicuna, 80 Qwen2)")
+    p.add_argument("--max-levels", type=int, default=None, help="use at most this many tiled levels")
+    p.add_argument("--bands", type=_bands, default=None, help="1 or 3 GDAL band numbers, e.g. 4,3,2")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--score-reduce", choices=["sum", "max"], default="sum")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--out", default=None, metavar="FILE.geojson", help="write the tiles as GeoJSON (raster CRS)")
+    p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for --endpoint (default 600)")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def _progress(stage: str, level, fraction: float, message: str) -> None:
+    where = f" level {level}" if level is not None else ""
+    print(f"[{stage}{where} {fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+
+
+def _options(args) -> dict[str, Any]:
+    return {
+        "mode": args.mode,
+        "alpha": args.alpha,
+        "n_max": args.n_max,
+        "bands": args.bands,
+        "max_levels": args.max_levels,
+        "max_new_tokens": args.max_new_tokens,
+        "score_reduce": args.score_reduce,
+    }
+
+
+def format_text(doc: dict[str, Any]) -> str:
+    lines = []
+    model = doc.get("model", {})
+    if model.get("random_weights"):
+        lines.append(RANDOM_NOTICE)
+    lines.append(f"answer: {doc['answer']}")
+    c = doc["counts"]
+    lines.append(
+        f"tiles encoded {c['tiles_encoded']}, ViT tokens {c['vit_tokens']}, vision tokens into the LLM "
+        f"{c['llm_vision_tokens']}, prefill {c['prefill_tflops']:.4g} TFLOPs (analytic)"
+    )
+    trace = doc["trace"]
+    lines.append(f"mode {trace.get('mode')}, stopped at level {trace.get('stopped_at')}")
+    for lv in trace["levels"]:
+        enc = [t for t in lv["tiles"] if t["encoded"]]
+        kept = sorted((t for t in lv["tiles"] if t["kept"]), key=lambda t: -t["score"])
+        if not enc:
+            continue
+        top = ", ".join(f"({t['row']},{t['col']}) {t['score']:.3f}" for t in kept[:5])
+        lines.append(f"  level {lv['level']} grid {lv['grid'][0]}x{lv['grid'][1]}: {len(enc)} encoded, "
+                     f"{len(kept)} kept; top: {top}")
+    t = doc.get("timings", {})
+    if "total" in t:
+        lines.append(f"time {t['total']:.2f} s on {model.get('device', '?')}")
+    if doc.get("out"):
+        lines.append(f"tiles written to {doc['out']}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..errors import BadOptions, LrsFocusError
+
+    options = _options(args)
+    if args.endpoint:
+        try:
+            from ..client import ask_remote
+        except ImportError as exc:
+            raise LrsFocusError(f"--endpoint needs lrs_focus.client.ask_remote, which is not available: {exc}") from exc
+        doc = ask_remote(args.endpoint, args.raster, args.question, options, progress=_progress, timeout_s=args.timeout)
+    else:
+        from ..engine import AskOptions, Engine
+
+        try:
+            ask_options = AskOptions.from_dict(options)
+        except TypeError as exc:
+            raise BadOptions(str(exc)) from exc
+        if args.model.startswith("tiny"):
+            print(RANDOM_NOTICE, file=sys.stderr)
+        engine = Engine(args.model, device=args.device)
+        doc = engine.ask(args.raster, args.question, ask_options, progress=_progress)
+    if args.out:
+        from ..geo import write_geojson
+
+        doc["out"] = str(write_geojson(args.out, doc["features"]))
+    emit(args, doc, format_text)
+    return 0
