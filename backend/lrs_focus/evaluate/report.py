@@ -10,14 +10,14 @@ from .records import LRS_SUBSETS
 
 
 def comparison_rows(benchmark: str, docs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per scored run; `accuracy` is the headline number (mean AA or micro acc)."""
+    """One flat row per scored run; the headline number is "mean AA" (LRS) or "accuracy" (MME)."""
     rows = []
     for doc in docs:
         row: dict[str, Any] = {"mode": doc.get("mode", "")}
         if benchmark == "lrs":
             for subset in LRS_SUBSETS:
                 row[f"{subset} AA"] = doc["subsets"].get(subset, {}).get("AA")
-            row["accuracy"] = doc.get("mean_AA")
+            row["mean AA"] = doc.get("mean_AA")
             row["OA"] = doc.get("OA")
         else:
             for cat, acc in doc.get("categories", {}).items():
@@ -66,7 +66,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 def plot_accuracy_vs_tokens(benchmark: str, rows: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
     """One point per mode; None when no run has both numbers."""
-    points = [r for r in rows if r.get("accuracy") is not None and r.get("LLM vision tokens") is not None]
+    key = "mean AA" if benchmark == "lrs" else "accuracy"
+    points = [r for r in rows if r.get(key) is not None and r.get("LLM vision tokens") is not None]
     if not points:
         return None
     import matplotlib
@@ -76,8 +77,12 @@ def plot_accuracy_vs_tokens(benchmark: str, rows: Sequence[dict[str, Any]], path
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in points:
-        ax.scatter(r["LLM vision tokens"], r["accuracy"], s=40)
-        ax.annotate(r["mode"], (r["LLM vision tokens"], r["accuracy"]), textcoords="offset points", xytext=(5, 4))
+        ax.scatter(r["LLM vision tokens"], r[key], s=45, label=r["mode"])
+    values = [r[key] for r in points]
+    low, high = min(values), max(values)
+    if high - low < 2.0:  # identical accuracies: show a readable band instead of +-0.05
+        ax.set_ylim(max(0.0, low - 1.0), high + 1.0)
+    ax.legend(title="mode", fontsize=8)
     ax.set_xlabel("mean vision tokens into the LLM per question")
     ax.set_ylabel("mean AA (%)" if benchmark == "lrs" else "accuracy (%)")
     ax.set_title({"lrs": "LRS-VQA", "mme": "MME-RealWorld-RS"}.get(benchmark, benchmark))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -57,10 +58,19 @@ def lexnames_text() -> str:
 
 
 def default_data_dir() -> Path:
+    """$LRS_FOCUS_CACHE/nltk_data, else ~/.cache/lrs-focus/nltk_data, else a per-user temp dir
+    (CI runners with a read-only home)."""
     base = os.environ.get("LRS_FOCUS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lrs-focus"
     )
-    return Path(base) / "nltk_data"
+    candidate = Path(base) / "nltk_data"
+    try:
+        candidate.mkdir(parents=True, exist_ok=True)
+        if os.access(candidate, os.W_OK):
+            return candidate
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"lrs-focus-{os.getuid()}" / "nltk_data"
 
 
 def build_wordnet_corpus(data_dir: Path | None = None, source: Path = DEBIAN_WORDNET) -> Path:
