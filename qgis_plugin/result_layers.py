@@ -123,20 +123,24 @@ def level_layers(result: dict[str, Any], crs: QgsCoordinateReferenceSystem, pref
         if shown(feature):
             by_level[int(feature["properties"]["level"])].append(feature)
     layers = []
-    for level in sorted(by_level, reverse=True):
+    for i, level in enumerate(sorted(by_level, reverse=True)):
         grid = grids.get(level)
         label = f"level {level}" + (f" ({grid[0]}x{grid[1]} tiles)" if grid else "")
         layer = memory_layer(f"{prefix}{label}", crs)
         feats = [to_feature(layer, f) for f in by_level[level]]
         layer.dataProvider().addFeatures(feats)
         layer.updateExtents()
-        style_layer(layer, [f.get("properties", {}).get("score") for f in by_level[level]])
+        style_layer(layer, [f.get("properties", {}).get("score") for f in by_level[level]], finest=i == 0)
         layers.append(layer)
     return layers
 
 
-def style_layer(layer: QgsVectorLayer, scores: Iterable[Optional[float]]) -> None:
-    """Fill graduated by score, kept tiles with a thick dark outline, kept tiles labelled by rank."""
+def style_layer(layer: QgsVectorLayer, scores: Iterable[Optional[float]], finest: bool = True) -> None:
+    """Fill graduated by score, kept tiles with a thick dark outline, kept tiles labelled by rank.
+
+    Coarser levels are drawn half transparent and unlabelled, so the finest level (where the
+    model finally looked) reads first and the raster stays visible through the rest.
+    """
     values = []
     for s in scores:
         try:
@@ -154,6 +158,7 @@ def style_layer(layer: QgsVectorLayer, scores: Iterable[Optional[float]]) -> Non
     renderer = QgsGraduatedSymbolRenderer("score", ranges)
     renderer.setSourceSymbol(_tile_symbol(SCORE_COLORS[-1]))
     layer.setRenderer(renderer)
+    layer.setOpacity(1.0 if finest else 0.45)
 
     label = QgsPalLayerSettings()
     label.isExpression = True
@@ -170,7 +175,7 @@ def style_layer(layer: QgsVectorLayer, scores: Iterable[Optional[float]]) -> Non
         (Qgis, "LabelPlacement.OverPoint"), (QgsPalLayerSettings, "Placement.OverPoint"), (QgsPalLayerSettings, "OverPoint")
     )
     layer.setLabeling(QgsVectorLayerSimpleLabeling(label))
-    layer.setLabelsEnabled(True)
+    layer.setLabelsEnabled(finest)
 
 
 def _tile_symbol(color: str) -> QgsFillSymbol:
@@ -185,7 +190,7 @@ def _tile_symbol(color: str) -> QgsFillSymbol:
     # kept tiles nearly opaque, looked-at-but-pruned tiles faint
     fill.setDataDefinedProperty(
         fill_color,
-        QgsProperty.fromExpression(f"set_color_part('{color}', 'alpha', if(\"kept\", 190, 70))"),
+        QgsProperty.fromExpression(f"set_color_part('{color}', 'alpha', if(\"kept\", 170, 30))"),
     )
     return symbol
 
@@ -202,6 +207,7 @@ def add_result_group(
     title = question if len(question) <= 60 else question[:57] + "..."
     group = project.layerTreeRoot().insertGroup(0, f"Q: {title}")
     group.setCustomProperty("lrs_focus/job_id", (result.get("job_id") or ""))
+    group.setExpanded(True)
     for layer in layers:
         project.addMapLayer(layer, False)
         group.addLayer(layer)

@@ -76,6 +76,12 @@ def backend_command(endpoint: str) -> list[str]:
     return [str(LRS_FOCUS), "serve", "--model", "tiny", "--endpoint", endpoint]
 
 
+@pytest.fixture(scope="session")
+def backend_argv():
+    """endpoint -> the argument list that starts the real backend there."""
+    return backend_command
+
+
 class Backend:
     def __init__(self, endpoint: str, process: subprocess.Popen, log: Path):
         self.endpoint, self.process, self.log = endpoint, process, log

@@ -35,7 +35,8 @@ def test_dock_ask_adds_group_matching_result(run_qgis, backend, sentinel2_vrt):
     # finest level first, one layer per level, styled and labelled
     levels = [l["features"][0]["level"] for l in layers]
     assert levels == sorted(set(levels), reverse=True)
-    assert all(l["renderer"] == "graduatedSymbol" and l["labels"] for l in layers)
+    assert all(l["renderer"] == "graduatedSymbol" for l in layers)
+    assert [l["labels"] for l in layers] == [True] + [False] * (len(layers) - 1)  # finest level labelled
     assert len(doc["history"]) == 1 and doc["answer"] in doc["history"][0]
     # zoomed to the focus: the canvas lies inside the raster's neighbourhood
     cx0, cy0, cx1, cy1 = doc["canvas_extent"]

@@ -79,3 +79,23 @@ def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
     base = [f["bbox"] for l in layers for f in l["features"] if f["level"] == 0]
     union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
     assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_start_command_starts_checks_and_stops_backend(run_qgis, unused_endpoint, sentinel2_vrt, backend_argv):
+    import shlex
+
+    command = shlex.join(backend_argv(unused_endpoint))
+    doc = run_qgis("start_command.py", unused_endpoint, sentinel2_vrt, command, timeout=300)
+    assert doc["finished"] and doc["error"] is None, doc["error"]
+    assert "start" in doc["stages"] and doc["answer"] and doc["layers"] >= 1
+    assert doc["running_after_answer"] and doc["pid"]
+    assert doc["exit_code_after_unload"] is not None  # stopped by unload()
+
+
+def test_start_command_never_goes_through_a_shell(run_qgis, unused_endpoint, sentinel2_vrt, tmp_path):
+    marker = tmp_path / "shell-ran"
+    doc = run_qgis("start_command.py", unused_endpoint, sentinel2_vrt, f"echo hi; touch {marker}", timeout=60)
+    assert doc["error"][0] == "backend_exited" and "exited with code 0" in doc["error"][1]
+    assert "hi; touch" in doc["error"][1]  # echo got the ';' as an argument: no shell parsed it
+    assert not marker.exists()
