@@ -1,0 +1,307 @@
+"""ZeroMQ message shapes of the lrs-focus service: the single source of truth for both sides.
+
+Stdlib only, on purpose: the QGIS plugin ships a byte-identical copy of this file and runs it
+in QGIS's own Python, which has neither torch nor the backend package. Nothing here touches a
+socket; this module only builds, encodes, decodes and validates messages.
+
+Wire format. A client (DEALER) sends ONE frame: a UTF-8 JSON object. The server (ROUTER) sees
+``[identity, frame]`` and answers with ``[identity, frame]``, so the client receives one frame
+per reply. Every message, in both directions, carries the envelope
+
+    {"v": PROTOCOL_VERSION, "type": <message type>, "id": <request id chosen by the client>}
+
+Replies copy the request's ``id`` (``null`` when the request was too broken to have one), so a
+client can match replies to requests; every reply about a job also carries ``job_id``.
+JSON only: never pickle, never eval. Unknown or malformed input gets an ``error`` reply.
+
+Requests (client -> server)       Replies (server -> client)
+  ping                              pong
+  health                            health
+  status   [job_id]                 status
+  ask      raster question options  accepted, then progress*, then ONE terminal:
+                                    result | error (code "cancelled" when cancelled)
+  cancel   job_id                   cancelling
+  shutdown                          bye | error (code "forbidden" unless from loopback)
+Any request may instead get ``error`` (bad_json, bad_request, unsupported_version, busy...).
+docs/protocol.md lists every field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any, Dict, Optional
+
+PROTOCOL_VERSION = 1
+
+#: The server refuses (drops the connection of) any frame larger than this (zmq.MAXMSGSIZE).
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_ID_CHARS = 128
+MAX_PATH_CHARS = 4096
+MAX_QUESTION_CHARS = 8192
+
+REQUEST_TYPES = ("ping", "health", "status", "ask", "cancel", "shutdown")
+REPLY_TYPES = ("pong", "health", "status", "accepted", "progress", "result", "error", "cancelling", "bye")
+#: Replies after which no further message about the same job (or request) will come.
+TERMINAL_TYPES = ("result", "error")
+
+STAGES = ("queued", "open", "pyramid", "encode", "focus", "generate", "done")
+JOB_STATES = ("queued", "running", "finished", "unknown", "other_worker")
+
+# -- error codes ------------------------------------------------------------------------------
+# Protocol-level codes. Engine failures pass through with the stable code of the backend's
+# `errors.LrsFocusError` subclass (raster_not_found, not_a_raster, bad_options, model_error,
+# cancelled, ...): clients must treat unknown codes as plain errors.
+BAD_JSON = "bad_json"  # the frame is not a UTF-8 JSON object
+BAD_FRAMES = "bad_frames"  # not exactly one frame after the identity
+BAD_REQUEST = "bad_request"  # JSON, but a field is missing, of the wrong type or too long
+UNSUPPORTED_VERSION = "unsupported_version"
+UNKNOWN_TYPE = "unknown_type"
+BUSY = "busy"  # the job queue is full: try again later
+UNKNOWN_JOB = "unknown_job"
+FORBIDDEN = "forbidden"  # e.g. shutdown from a non-loopback peer
+CANCELLED = "cancelled"
+OUT_OF_MEMORY = "out_of_memory"
+INTERNAL = "internal"
+TIMEOUT = "timeout"  # client side only: no reply within the timeout
+SHUTTING_DOWN = "shutting_down"  # the server stopped before the job could finish
+ERROR_CODES = (
+    BAD_JSON, BAD_FRAMES, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_TYPE, BUSY, UNKNOWN_JOB,
+    FORBIDDEN, CANCELLED, OUT_OF_MEMORY, INTERNAL, TIMEOUT, SHUTTING_DOWN,
+)
+
+#: Options an `ask` may carry, with the JSON types each accepts (None = JSON null).
+ASK_OPTION_TYPES: Dict[str, tuple] = {
+    "mode": (str,),
+    "alpha": (int, float),
+    "n_max": (int, type(None)),
+    "bands": (list, type(None)),
+    "max_levels": (int, type(None)),
+    "max_new_tokens": (int,),
+    "score_reduce": (str,),
+}
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow this protocol; `code` is the error code to answer with."""
+
+    def __init__(self, code: str, message: str, request_id: Optional[str] = None):
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+# -- encoding ---------------------------------------------------------------------------------
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; NaN/Infinity are not JSON, so they are refused rather than sent."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+def decode(frame: bytes) -> Dict[str, Any]:
+    """Bytes -> JSON object, or ProtocolError(bad_json). Never raises anything else."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(BAD_JSON, f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        text = bytes(frame).decode("utf-8")
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(BAD_JSON, f"not a UTF-8 JSON document: {type(exc).__name__}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(BAD_JSON, f"a message must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- builders ---------------------------------------------------------------------------------
+def _message(kind: str, request_id: Optional[str], **fields: Any) -> Dict[str, Any]:
+    msg: Dict[str, Any] = {"v": PROTOCOL_VERSION, "type": kind, "id": request_id}
+    msg.update(fields)
+    return msg
+
+
+def ping(request_id: Optional[str] = None) -> Dict[str, Any]:
+    return _message("ping", request_id or new_id())
+
+
+def health(request_id: Optional[str] = None) -> Dict[str, Any]:
+    return _message("health", request_id or new_id())
+
+
+def status(job_id: Optional[str] = None, request_id: Optional[str] = None) -> Dict[str, Any]:
+    msg = _message("status", request_id or new_id())
+    if job_id is not None:
+        msg["job_id"] = job_id
+    return msg
+
+
+def ask(raster: str, question: str, options: Optional[Dict[str, Any]] = None,
+        request_id: Optional[str] = None) -> Dict[str, Any]:
+    return _message("ask", request_id or new_id(), raster=raster, question=question, options=dict(options or {}))
+
+
+def cancel(job_id: str, request_id: Optional[str] = None) -> Dict[str, Any]:
+    return _message("cancel", request_id or new_id(), job_id=job_id)
+
+
+def shutdown(request_id: Optional[str] = None) -> Dict[str, Any]:
+    return _message("shutdown", request_id or new_id())
+
+
+def pong(request_id: Optional[str], server_time: float) -> Dict[str, Any]:
+    return _message("pong", request_id, server_time=server_time)
+
+
+def health_reply(request_id: Optional[str], *, version: str, model: str, device: str, dtype: str,
+                 random_weights: bool, queue_length: int, queue_size: int, running: bool,
+                 uptime_s: float, worker: str = "", **extra: Any) -> Dict[str, Any]:
+    return _message("health", request_id, protocol=PROTOCOL_VERSION, version=version, model=model,
+                    device=device, dtype=dtype, random_weights=random_weights, queue_length=queue_length,
+                    queue_size=queue_size, running=running, uptime_s=uptime_s, worker=worker, **extra)
+
+
+def status_reply(request_id: Optional[str], *, running: Optional[Dict[str, Any]], queued: list,
+                 queue_size: int, jobs_done: int, job: Optional[Dict[str, Any]] = None,
+                 worker: str = "") -> Dict[str, Any]:
+    msg = _message("status", request_id, running=running, queued=queued, queue_size=queue_size,
+                   jobs_done=jobs_done, worker=worker)
+    if job is not None:
+        msg["job"] = job
+    return msg
+
+
+def accepted(request_id: Optional[str], job_id: str, position: int) -> Dict[str, Any]:
+    return _message("accepted", request_id, job_id=job_id, position=position)
+
+
+def progress(request_id: Optional[str], job_id: str, stage: str, level: Optional[int],
+             fraction: float, message: str = "") -> Dict[str, Any]:
+    return _message("progress", request_id, job_id=job_id, stage=stage, level=level,
+                    fraction=float(fraction), message=message)
+
+
+def result(request_id: Optional[str], job_id: str, document: Dict[str, Any]) -> Dict[str, Any]:
+    """`document` is the engine's ask result (answer, trace, features, timings, counts, ...)."""
+    return _message("result", request_id, job_id=job_id, result=document)
+
+
+def error(request_id: Optional[str], code: str, message: str, job_id: Optional[str] = None) -> Dict[str, Any]:
+    msg = _message("error", request_id, code=code, message=message)
+    if job_id is not None:
+        msg["job_id"] = job_id
+    return msg
+
+
+def cancelling(request_id: Optional[str], job_id: str, state: str) -> Dict[str, Any]:
+    """Acknowledges a cancel; the job itself still ends with exactly one terminal message."""
+    return _message("cancelling", request_id, job_id=job_id, state=state)
+
+
+def bye(request_id: Optional[str]) -> Dict[str, Any]:
+    return _message("bye", request_id)
+
+
+# -- validators -------------------------------------------------------------------------------
+def _field(msg: Dict[str, Any], name: str, types: tuple, rid: Optional[str], *, max_chars: int = 0,
+           required: bool = True) -> Any:
+    if name not in msg:
+        if required:
+            raise ProtocolError(BAD_REQUEST, f"missing field {name!r}", rid)
+        return None
+    value = msg[name]
+    if isinstance(value, bool) and bool not in types:  # bool is an int in Python, not in the protocol
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} must not be a boolean", rid)
+    if not isinstance(value, types):
+        wanted = "/".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} must be {wanted}, not {type(value).__name__}", rid)
+    if max_chars and isinstance(value, str) and len(value) > max_chars:
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} is longer than {max_chars} characters", rid)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} must be finite", rid)
+    return value
+
+
+def _envelope(msg: Dict[str, Any], allowed: tuple) -> Optional[str]:
+    """Checks v/type/id; returns the request id. The id is read first so errors can carry it."""
+    rid = msg.get("id")
+    if not (isinstance(rid, str) and 0 < len(rid) <= MAX_ID_CHARS):
+        rid = None
+        if "id" in msg and msg["id"] is not None:
+            raise ProtocolError(BAD_REQUEST, f"field 'id' must be a string of 1..{MAX_ID_CHARS} characters")
+    if msg.get("v") != PROTOCOL_VERSION or isinstance(msg.get("v"), bool):
+        raise ProtocolError(UNSUPPORTED_VERSION,
+                            f"protocol version {msg.get('v')!r} is not supported (this side speaks {PROTOCOL_VERSION})",
+                            rid)
+    kind = msg.get("type")
+    if not isinstance(kind, str) or kind not in allowed:
+        shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(kind).__name__
+        raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {shown!r}; expected one of {', '.join(allowed)}", rid)
+    return rid
+
+
+def validate_ask_options(options: Any, rid: Optional[str] = None) -> Dict[str, Any]:
+    """Type checks only (known names, JSON types); value ranges are the engine's job."""
+    if not isinstance(options, dict):
+        raise ProtocolError(BAD_REQUEST, f"field 'options' must be an object, not {type(options).__name__}", rid)
+    unknown = sorted(k if len(k) <= 40 else k[:40] + "..." for k in options if k not in ASK_OPTION_TYPES)
+    if unknown:
+        raise ProtocolError(BAD_REQUEST, f"unknown option(s): {', '.join(unknown)}", rid)
+    for name in options:
+        _field(options, name, ASK_OPTION_TYPES[name], rid, max_chars=64)
+    bands = options.get("bands")
+    if bands is not None and not (len(bands) <= 16 and all(isinstance(b, int) and not isinstance(b, bool) for b in bands)):
+        raise ProtocolError(BAD_REQUEST, "option 'bands' must be a short list of integers", rid)
+    return options
+
+
+def validate_request(msg: Dict[str, Any]) -> Dict[str, Any]:
+    """Raises ProtocolError unless `msg` is a well-formed request; returns it unchanged."""
+    rid = _envelope(msg, REQUEST_TYPES)
+    if rid is None:
+        raise ProtocolError(BAD_REQUEST, "a request needs an 'id' string")
+    kind = msg["type"]
+    if kind == "ask":
+        _field(msg, "raster", (str,), rid, max_chars=MAX_PATH_CHARS)
+        _field(msg, "question", (str,), rid, max_chars=MAX_QUESTION_CHARS)
+        if not msg["raster"] or not msg["question"].strip():
+            raise ProtocolError(BAD_REQUEST, "'raster' and 'question' must not be empty", rid)
+        validate_ask_options(msg.get("options", {}), rid)
+    elif kind == "cancel":
+        _field(msg, "job_id", (str,), rid, max_chars=MAX_ID_CHARS)
+    elif kind == "status":
+        _field(msg, "job_id", (str,), rid, max_chars=MAX_ID_CHARS, required=False)
+    return msg
+
+
+_REPLY_FIELDS: Dict[str, tuple] = {
+    "pong": (("server_time", (int, float)),),
+    "health": (("version", (str,)), ("model", (str,)), ("device", (str,)), ("queue_length", (int,)),
+               ("queue_size", (int,)), ("uptime_s", (int, float))),
+    "status": (("queued", (list,)), ("queue_size", (int,)), ("jobs_done", (int,))),
+    "accepted": (("job_id", (str,)), ("position", (int,))),
+    "progress": (("job_id", (str,)), ("stage", (str,)), ("level", (int, type(None))), ("fraction", (int, float))),
+    "result": (("job_id", (str,)), ("result", (dict,))),
+    "error": (("code", (str,)), ("message", (str,))),
+    "cancelling": (("job_id", (str,)), ("state", (str,))),
+    "bye": (),
+}
+
+
+def validate_reply(msg: Dict[str, Any]) -> Dict[str, Any]:
+    """Raises ProtocolError unless `msg` is a well-formed reply (used by clients and tests)."""
+    rid = _envelope(msg, REPLY_TYPES)
+    for name, types in _REPLY_FIELDS[msg["type"]]:
+        _field(msg, name, types, rid)
+    return msg
+
+
+def is_terminal(msg: Dict[str, Any]) -> bool:
+    """True for the one message that ends a job (result, or error carrying the job's id)."""
+    return msg.get("type") in TERMINAL_TYPES
