@@ -32,6 +32,11 @@ def test_two_process_run_merge_and_score(tmp_path, lrs_questions, evalkit, capsy
     doc = json.loads(proc.stdout)  # only rank 0 prints
     assert doc["world_size"] == 2 and doc["rank"] == 0
     assert doc["model"]["random_weights"] is True
+    # counts gathered from both ranks: 7 lines x 2 modes, each line handled by exactly one rank
+    for mode in ("paper", "thumbnail"):
+        per_rank = [counts[mode] for counts in doc["rank_counts"]]
+        assert sum(c["answered"] + c["failed"] for c in per_rank) == 7
+        assert sum(c["failed"] for c in per_rank) == 3 and all(c["skipped"] == 0 for c in per_rank)
 
     # each rank wrote its own shard; shares are disjoint and together cover every line
     for mode in ("paper", "thumbnail"):

@@ -75,6 +75,7 @@ def test_crafted_numbers(crafted_file):
     assert doc["OA"] == pytest.approx(58.333333, abs=1e-4)
     assert doc["n"] == 12
     assert doc["n_failed"] == 1
+    assert doc["n_synonym_matches"] == 4  # FAIR_1, FAIR_2, FAIR_4, STAR_2
     assert doc["n_unknown"] == 2 and set(doc["unknown_ids"]) == {"XYZ_1", "STAR_9"}
     assert doc["n_duplicates"] == 1
     assert doc["n_malformed"] == 1

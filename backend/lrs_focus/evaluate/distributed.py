@@ -2,8 +2,8 @@
 
 Both launchers export RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); a plain
 `python` run is rank 0 of 1. Rank r takes items r, r+n, r+2n... of the question file, so the
-shares are disjoint and cover the file whatever the order of completion. The only collective is
-a barrier before rank 0 merges the shards, done with a gloo process group (works with and
+shares are disjoint and cover the file whatever the order of completion. The only collectives are
+a barrier and a gather of per-rank counts before rank 0 merges the shards, done with a gloo process group (works with and
 without GPUs).
 """
 
@@ -79,6 +79,16 @@ class ProcessGroup:
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()
+
+    def gather(self, obj):
+        """Every rank's `obj`, in rank order (a list of one without a process group)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            out = [None] * self.shard.world_size
+            dist.all_gather_object(out, obj)
+            return out
+        return [obj]
 
     def close(self) -> None:
         if self._owned:

@@ -212,6 +212,7 @@ def run_eval(config: EvalConfig, engine: Optional[AskEngine] = None, shard: Opti
         model_id = str(described.get("model") or config.model)
         per_mode = {mode: run_shard(engine, items, config, mode, shard, model_id) for mode in config.modes}
         group.barrier()
+        all_counts = group.gather(per_mode)
         doc: dict[str, Any] = {
             "benchmark": config.benchmark,
             "model": described or {"model": config.model},
@@ -219,6 +220,7 @@ def run_eval(config: EvalConfig, engine: Optional[AskEngine] = None, shard: Opti
             "world_size": shard.world_size,
             "n_selected": len(items),
             "shard_counts": per_mode,
+            "rank_counts": all_counts,  # every rank's answered/failed/skipped per mode
         }
         if shard.is_main:
             doc.update(merge_and_report(config, items))

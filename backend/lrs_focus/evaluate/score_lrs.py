@@ -27,10 +27,17 @@ from .summary import cost_summary, focus_summary, run_label
 from .wordnet import are_synonyms
 
 
-def is_correct(prediction: Optional[str], ground_truth: str, wordnet=None) -> bool:
+def match_kind(prediction: Optional[str], ground_truth: str, wordnet=None) -> Optional[str]:
+    """"exact", "synonym" or None (wrong)."""
     gt = (ground_truth or "").lower()
     pred = (prediction or "").lower()
-    return pred == gt or are_synonyms(gt, pred, wordnet)
+    if pred == gt:
+        return "exact"
+    return "synonym" if are_synonyms(gt, pred, wordnet) else None
+
+
+def is_correct(prediction: Optional[str], ground_truth: str, wordnet=None) -> bool:
+    return match_kind(prediction, ground_truth, wordnet) is not None
 
 
 def score_records(
@@ -41,7 +48,7 @@ def score_records(
     """Score deduplicated answer records (question id -> record)."""
     correct: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     total: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    unknown, failed, scored = [], 0, []
+    unknown, failed, synonyms, scored = [], 0, 0, []
     for qid, rec in records.items():
         reference = questions.get(qid) if questions is not None else rec
         subset = lrs_subset(qid)
@@ -56,7 +63,9 @@ def score_records(
         category = reference["category"]
         answered = rec.get("status") != STATUS_FAILED
         failed += not answered
-        ok = answered and is_correct(rec.get("text"), reference["ground_truth"], wordnet)
+        kind = match_kind(rec.get("text"), reference["ground_truth"], wordnet) if answered else None
+        ok = kind is not None
+        synonyms += kind == "synonym"
         total[subset][category] += 1
         correct[subset][category] += ok
         scored.append(rec)
@@ -85,6 +94,7 @@ def score_records(
         "OA": 100.0 * sum(s["correct"] for s in subsets.values()) / n_all if n_all else None,
         "n": n_all,
         "n_failed": failed,
+        "n_synonym_matches": synonyms,
         "n_unknown": len(unknown),
         "unknown_ids": unknown[:20],
         "focus": focus_summary(scored),
