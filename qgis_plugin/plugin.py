@@ -131,6 +131,8 @@ class LrsFocusPlugin:
 
     def _answered(self, task, result: dict, layers: list) -> None:
         self.task = None
+        if self.dock is None:  # unloaded while the task ran
+            return
         self.last_layers = layers
         answer = str(result.get("answer", ""))
         self.dock.show_running(False)
@@ -157,6 +159,8 @@ class LrsFocusPlugin:
 
     def _failed(self, code: str, message: str) -> None:
         self.task = None
+        if self.dock is None:
+            return
         self.dock.show_running(False)
         if code == "cancelled":
             self.dock.show_stage("cancelled", 0)
