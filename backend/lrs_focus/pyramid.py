@@ -286,6 +286,9 @@ class ImagePyramid:
         self.cache_tiles = max(0, int(cache_tiles))
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._thumbnail: np.ndarray | None = None
+        self._base: np.ndarray | None = None
+        # nodata pixels take the pad colour; plain `read_rgb(window, out_size)` sources still work
+        self._pad_kw = {"pad_rgb": self.cfg.pad_rgb} if tuple(self.cfg.pad_rgb) != (0, 0, 0) else {}
         self.reads = 0  # GDAL reads issued (cache misses), for tests and benchmarks
 
     def _blank(self) -> np.ndarray:
@@ -294,13 +297,39 @@ class ImagePyramid:
         tile[...] = np.asarray(self.cfg.pad_rgb, dtype=np.uint8)
         return tile
 
-    def thumbnail(self) -> np.ndarray:
-        """Whole image, long side = tile_size, pasted top-left on a pad_rgb square."""
-        if self._thumbnail is None:
-            th, tw = self.geometry.thumbnail_size
-            out = self._blank()
-            out[:th, :tw] = self.src.read_rgb((0.0, 0.0, float(self.src.width), float(self.src.height)), (th, tw))
+    def base_image(self) -> np.ndarray:
+        """The whole base level (rh, rw, 3), read once: at most base_long_side^2 pixels (~3 MB).
+
+        One GDAL pass serves the thumbnail and every base tile; without overviews this halves the
+        full-resolution decoding a 27k raster needs (each pass reads the whole file).
+        """
+        if self._base is None:
+            base = self.geometry.levels[0]
+            img = self.src.read_rgb((0.0, 0.0, float(self.src.width), float(self.src.height)), base.resized,
+                                    **self._pad_kw)
             self.reads += 1
+            img.setflags(write=False)
+            self._base = img
+        return self._base
+
+    def thumbnail(self) -> np.ndarray:
+        """Whole image, long side = tile_size, pasted top-left on a pad_rgb square.
+
+        Resampled by GDAL from the base level (a 3x reduction, like reading a close overview).
+        """
+        if self._thumbnail is None:
+            from osgeo import gdal_array
+
+            th, tw = self.geometry.thumbnail_size
+            base = self.base_image()
+            planes = np.ascontiguousarray(base.transpose(2, 0, 1))  # must outlive the MEM dataset
+            mem = gdal_array.OpenArray(planes)
+            raw = mem.ReadRaster(0, 0, base.shape[1], base.shape[0], tw, th,
+                                 resample_alg=gdal_array.gdal.GRIORA_Bilinear)
+            mem = None
+            del planes
+            out = self._blank()
+            out[:th, :tw] = np.frombuffer(raw, dtype=np.uint8).reshape(3, th, tw).transpose(1, 2, 0)
             out.setflags(write=False)
             self._thumbnail = out
         return self._thumbnail
@@ -315,8 +344,13 @@ class ImagePyramid:
             return hit
         ch, cw = self.geometry.tile_content(lv, row, col)
         out = self._blank()
-        out[:ch, :cw] = self.src.read_rgb(self.geometry.tile_window_float(lv, row, col), (ch, cw))
-        self.reads += 1
+        if lv.index == 0:
+            b = self.cfg.tile_size
+            out[:ch, :cw] = self.base_image()[row * b: row * b + ch, col * b: col * b + cw]
+        else:
+            out[:ch, :cw] = self.src.read_rgb(self.geometry.tile_window_float(lv, row, col), (ch, cw),
+                                              **self._pad_kw)
+            self.reads += 1
         out.setflags(write=False)
         if self.cache_tiles:
             self._cache[key] = out

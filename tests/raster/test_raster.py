@@ -129,22 +129,24 @@ def test_overview_choice_matches_gdal(rasters):
 
 
 def test_reads_are_windowed_and_small(rasters, monkeypatch):
-    """Spy on every GDAL read: no buffer is bigger than the stats read or a tile."""
+    """Spy on every raster read (all GDAL reads go through _read_raw): buffers stay small."""
     buffers = []
-    real = gdal.Dataset.ReadRaster
+    real = RasterSource._read_raw
 
-    def spy(self, xoff, yoff, xsize, ysize, buf_xsize=None, buf_ysize=None, *a, **k):
-        buffers.append((buf_xsize, buf_ysize, xsize, ysize))
-        return real(self, xoff, yoff, xsize, ysize, buf_xsize, buf_ysize, *a, **k)
+    def spy(self, window, out_size, resampling=None):
+        buffers.append(tuple(out_size))
+        return real(self, window, out_size, resampling)
 
-    monkeypatch.setattr(gdal.Dataset, "ReadRaster", spy)
+    monkeypatch.setattr(RasterSource, "_read_raw", spy)
     src = RasterSource.open(rasters["u16"])
     pyr = ImagePyramid(src, cache_tiles=4)
     pyr.thumbnail()
     for lv in pyr.geometry.levels:
         pyr.tile(lv, lv.grid[0] - 1, lv.grid[1] - 1)
-    assert buffers and max(max(bx, by) for bx, by, _, _ in buffers) <= STATS_LONG_SIDE
-    assert all(bx * by <= 336 * 336 for bx, by, _, _ in buffers[2:])  # after stats + probe
+    assert len(buffers) == 2 + 1 + (len(pyr.geometry.levels) - 1)  # probe, stats, base, finer tiles
+    assert max(max(b) for b in buffers) <= STATS_LONG_SIDE
+    assert all(h * w <= 1008 * 1008 for h, w in buffers[2:])  # the base level, then single tiles
+    assert all(h * w <= 336 * 336 for h, w in buffers[3:])
 
 
 def test_lru_cache_is_bounded(rasters):
@@ -159,3 +161,33 @@ def test_lru_cache_is_bounded(rasters):
     assert pyr.reads == 5  # evicted earlier, read again
     t = pyr.tile(fine, 0, 0)
     assert not t.flags.writeable  # cached arrays are shared: read-only
+
+
+def test_thumbnail_from_base_level_matches_direct_read(sentinel2_vrt):
+    src = RasterSource.open(sentinel2_vrt)
+    pyr = ImagePyramid(src)
+    th, tw = pyr.geometry.thumbnail_size
+    direct = src.read_rgb((0, 0, src.width, src.height), (th, tw))
+    got = pyr.thumbnail()[:th, :tw]
+    assert np.abs(got.astype(int) - direct.astype(int)).mean() < 3.0
+    assert pyr.reads == 1  # one base-level read served the thumbnail
+    base = pyr.geometry.levels[0]
+    for r in range(base.grid[0]):
+        for c in range(base.grid[1]):
+            pyr.tile(base, r, c)
+    assert pyr.reads == 1  # ... and every base tile
+
+
+def test_plain_source_without_pad_keyword():
+    """ImagePyramid needs only height, width and read_rgb(window, out_size) from its source."""
+
+    class Flat:
+        height, width = 700, 900
+
+        def read_rgb(self, window, out_size):
+            return np.full((*out_size, 3), 200, dtype=np.uint8)
+
+    pyr = ImagePyramid(Flat())
+    assert pyr.thumbnail()[0, 0].tolist() == [200, 200, 200] and pyr.thumbnail()[-1, -1].tolist() == [0, 0, 0]
+    fine = pyr.geometry.levels[-1]
+    assert pyr.tile(fine, fine.grid[0] - 1, fine.grid[1] - 1)[-1, -1].tolist() == [0, 0, 0]

@@ -10,7 +10,7 @@ tile, and N random finest-level tiles (default 80, the Qwen2 N_max).
   torch bilinear interpolation and crop the tiles. It is a lower bound of the released code's
   memory: the released code also materialises every intermediate level.
 
-Each measurement runs in a fresh child process, so `peak_mb` (the child's ru_maxrss) is honest
+Each measurement runs in a fresh child process, so `peak_mb` (the child's VmHWM) is honest
 and includes the interpreter and its libraries (`import_mb` says how much of it that is).
 The synthetic rasters (tiled 3-band DEFLATE GeoTIFF + external .ovr) are cached in --cache-dir.
 """
@@ -149,9 +149,21 @@ def format_table(doc: dict) -> str:
 
 # -- child processes ---------------------------------------------------------------------------
 def _peak_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    VmHWM belongs to the process's own address space; ru_maxrss is not used on Linux because it
+    keeps the parent's high-water mark across fork + exec.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _random_tiles(grid: tuple[int, int], n: int, seed: int) -> list[tuple[int, int]]:
