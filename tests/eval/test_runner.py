@@ -130,3 +130,19 @@ def test_coverage_of_hbox():
     # stopped at the base level: its kept tiles count
     assert covers_box(_trace(set(), stopped_at=0), [600, 500, 700, 600])
     assert covers_box({"levels": [], "stopped_at": None}, [0, 0, 1, 1]) is None
+
+
+def test_resume_after_a_partial_run_with_another_world_size(tmp_path, small_benchmark, evalkit):
+    """Rank 0 of 2 ran alone (rank 1 died); a later single-process run answers only the rest."""
+    questions, good_ids = small_benchmark
+    out = tmp_path / "out"
+    config = EvalConfig("lrs", questions, out, modes=["paper"], progress=False, report=False)
+    first = evalkit.FakeEngine()
+    run_eval(config, engine=first, shard=Shard(0, 2))
+    second = evalkit.FakeEngine()
+    doc = run_eval(config, engine=second, shard=Shard())
+    answered_first = {q for q in first.asked if q in good_ids}
+    assert answered_first and not answered_first & set(second.asked)
+    assert set(good_ids) <= answered_first | set(second.asked)
+    merged = _read(doc["answers"]["paper"])
+    assert len(merged) == 7 and {r["question_id"] for r in merged if r["status"] == "ok"} == set(good_ids)

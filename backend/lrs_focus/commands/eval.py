@@ -12,6 +12,8 @@ MODES_HELP = "comma-separated modes to compare: paper, released, thumbnail, all-
 
 
 def register(subparsers) -> None:
+    from ..engine import DEFAULT_MODEL  # light module: no torch at import
+
     parser = subparsers.add_parser("eval", help="benchmark runners (resumable, shardable)")
     inner = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, help_text, questions_help in (
@@ -22,7 +24,7 @@ def register(subparsers) -> None:
         p.add_argument("questions", help=questions_help)
         p.add_argument("--image-root", default=None, help="folder the records' image paths are relative to")
         p.add_argument("--out", default=f"eval-{name}", help="output folder: answers, shards, report (default: %(default)s)")
-        p.add_argument("--model", default="ll-13/llava-largeimg-Qwen2-7B", help="checkpoint dir or hub id; `tiny` = random weights")
+        p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint dir or hub id; `tiny` = random weights")
         p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when GPUs exist, else cpu")
         p.add_argument("--modes", "--mode", dest="modes", default="paper", help=MODES_HELP)
         p.add_argument("--alpha", type=float, default=None, help="kept fraction per level (default 0.25)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..engine import MODES, AskEngine, AskOptions
+from ..engine import DEFAULT_MODEL, MODES, AskEngine, AskOptions
 from ..errors import LrsFocusError
 from . import answers as answer_files
 from .coverage import covers_box, kept_tiles
@@ -36,7 +36,7 @@ class EvalConfig:
     out_dir: Path
     image_root: Optional[Path] = None
     modes: Sequence[str] = ("paper",)
-    model: str = "ll-13/llava-largeimg-Qwen2-7B"
+    model: str = DEFAULT_MODEL
     device: Optional[str] = None
     options: dict[str, Any] = field(default_factory=dict)  # AskOptions fields except mode
     limit: Optional[int] = None  # first N questions (after --subset), for quick runs
