@@ -129,6 +129,21 @@ class Client:
             if is_canceled():
                 raise Cancelled()
 
+    def _check_job_alive(self, status: dict[str, Any], job_id: str) -> None:
+        """A status reply proves the backend lives; it must also still know our job.
+
+        Replies travel in order on one connection, so "finished" without a result before it
+        means the result is lost; "unknown" means the backend restarted and forgot the job.
+        """
+        state = (status.get("job") or {}).get("state")
+        if state == "unknown":
+            raise BackendError(
+                protocol.UNKNOWN_JOB,
+                f"the backend at {self.endpoint} no longer knows job {job_id} (was it restarted?); ask again",
+            )
+        if state == "finished":
+            raise BackendError("result_lost", f"job {job_id} finished but its result never arrived; ask again")
+
     def cancel(self, job_id: str) -> None:
         self.send(protocol.cancel(job_id))
 
@@ -168,8 +183,11 @@ class Client:
             if reply is None:
                 continue
             last_heard, probe_sent = time.monotonic(), None
+            if reply["type"] == "status":
+                self._check_job_alive(reply, job_id)
+                continue
             if reply.get("id") != rid and reply.get("job_id") != job_id:
-                continue  # a pong/status answering a probe: the backend is alive
+                continue
             kind = reply["type"]
             if kind == "progress" and on_progress:
                 on_progress(reply["stage"], reply.get("level"), float(reply["fraction"]), reply.get("message", ""))

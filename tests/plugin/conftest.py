@@ -100,9 +100,9 @@ class Backend:
         self.process.wait(10)
 
 
-def start_backend(tmp_dir: Path, plugin_root: Path, ready_timeout: float = 180.0) -> Backend:
-    """Start a backend on a free loopback port; wait until it answers `health`."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+def start_backend(tmp_dir: Path, plugin_root: Path, ready_timeout: float = 180.0, endpoint: str = "") -> Backend:
+    """Start a backend (on a free loopback port by default); wait until it answers `health`."""
+    endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
     log = tmp_dir / f"backend-{endpoint.rsplit(':', 1)[1]}.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "wb") as out:
@@ -133,6 +133,20 @@ def backend(tmp_path_factory, plugin_root):
     b = start_backend(tmp_path_factory.mktemp("backend"), plugin_root)
     yield b
     b.stop()
+
+
+@pytest.fixture
+def backend_starter(tmp_path, plugin_root):
+    """start(endpoint="") -> a new Backend; all are stopped after the test."""
+    started = []
+
+    def start(endpoint: str = "") -> Backend:
+        started.append(start_backend(tmp_path, plugin_root, endpoint=endpoint))
+        return started[-1]
+
+    yield start
+    for b in started:
+        b.stop()
 
 
 @pytest.fixture

@@ -47,3 +47,22 @@ def test_bad_endpoint(plugin_import):
     with pytest.raises(plugin_import.BackendError) as err:
         plugin_import.Client("not-an-endpoint")
     assert err.value.code == "bad_endpoint"
+
+
+@pytest.mark.slow
+def test_restarted_backend_forgets_job(plugin_import, backend_starter, sentinel2_vrt):
+    """The backend is killed and a new one takes its endpoint mid-job: the client's status
+    probe gets "unknown" and reports it instead of waiting forever."""
+    from lrs_focus_plugin.params import AskRequest, Timeouts
+
+    first = backend_starter()
+
+    def on_progress(stage, level, fraction, message):
+        if stage == "queued":
+            first.kill()
+            backend_starter(first.endpoint)
+
+    with plugin_import.Client(first.endpoint, Timeouts(silence=1.0, health=5.0)) as client:
+        with pytest.raises(plugin_import.BackendError) as err:
+            client.ask(AskRequest(str(sentinel2_vrt), "Is there water?"), on_progress=on_progress)
+    assert err.value.code == "unknown_job" and "restarted" in str(err.value)
