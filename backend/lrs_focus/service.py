@@ -126,7 +126,7 @@ class Job:
         self.state = "queued"  # queued -> running -> finished (each transition under Server._lock)
         self.stage, self.level, self.fraction = "queued", None, 0.0
         self.accepted_at = time.monotonic()
-        self._last_progress: tuple[str, float] = ("", 0.0)
+        self._last_progress: tuple[tuple, float] = ((), 0.0)
 
     def summary(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state, "stage": self.stage, "level": self.level,
@@ -490,10 +490,10 @@ class Server:
         def progress(stage: str, level: Optional[int], fraction: float, message: str = "") -> None:
             job.stage, job.level, job.fraction = stage, level, float(fraction)
             now = time.monotonic()
-            if (stage == job._last_progress[0] and now - job._last_progress[1] < _PROGRESS_MIN_INTERVAL_S
-                    and fraction < 1.0):
-                return  # rate limit a chatty engine within a stage; stage changes always go out
-            job._last_progress = (stage, now)
+            key = (stage, level)
+            if key == job._last_progress[0] and now - job._last_progress[1] < _PROGRESS_MIN_INTERVAL_S and fraction < 1.0:
+                return  # rate limit a chatty engine within a stage; stage/level changes always go out
+            job._last_progress = (key, now)
             push(job.identity, protocol.progress(job.request_id, job.job_id, stage, level, fraction, message))
 
         def should_stop() -> bool:

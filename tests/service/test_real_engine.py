@@ -1,0 +1,94 @@
+"""The service around the real `Engine("tiny")` on the real Sentinel-2 sample, in process and via the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lrs_focus import protocol as P
+from lrs_focus.client import Client, ServiceError, ask_remote
+
+QUESTION = "How many ships are docked at the northern pier?"
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    from lrs_focus.engine import Engine
+
+    return Engine("tiny")
+
+
+@pytest.mark.slow
+def test_ask_over_zeromq_equals_in_process_ask(tiny_engine, sentinel2_vrt, make_server):
+    from lrs_focus.engine import AskOptions
+
+    server = make_server(engine=tiny_engine)
+    stages = []
+    remote = ask_remote(server.endpoint, str(sentinel2_vrt), QUESTION, {"mode": "paper", "alpha": 0.25},
+                        progress=lambda *a: stages.append(a), timeout_s=60)
+    local = tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="paper", alpha=0.25))
+    assert remote["answer"] == local["answer"]
+    assert remote["trace"] == json.loads(json.dumps(local["trace"]))
+    assert remote["features"]["type"] == "FeatureCollection" and remote["features"]["features"]
+    assert "UTM" in remote["crs_wkt"] or "32618" in remote["crs_wkt"]
+    assert remote["model"]["random_weights"] is True and remote["timings"]["total"] > 0
+    assert remote["counts"]["llm_vision_tokens"] > 0
+    names = [s[0] for s in stages]
+    assert names[0] == "open" and names[-1] == "done" and "generate" in names and "focus" in names
+    with Client(server.endpoint, timeout_s=60) as c:
+        h = c.health()
+        assert (h["model"], h["random_weights"]) == ("tiny", True)
+        # a real job cancelled at its first stage boundary, then a failing raster: server keeps serving
+        with pytest.raises(ServiceError) as info:
+            c.ask(str(sentinel2_vrt), QUESTION, progress=lambda *a: None, should_cancel=lambda: True)
+        assert info.value.code == P.CANCELLED
+        with pytest.raises(ServiceError) as info:
+            c.ask(str(sentinel2_vrt) + ".missing.tif", QUESTION)
+        assert info.value.code == "raster_not_found"
+        assert c.ping()["type"] == "pong"
+
+
+@pytest.mark.slow
+def test_cli_serve_health_ask_shutdown(sentinel2_vrt, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "lrs_focus.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    serve = subprocess.Popen([*cli, "serve", "--model", "tiny", "--endpoint", endpoint, "--queue-size", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            health = subprocess.run([*cli, "health", "--endpoint", endpoint, "--json", "--timeout", "1"],
+                                    capture_output=True, text=True, env=env)
+            if health.returncode == 0 or time.monotonic() > deadline or serve.poll() is not None:
+                break
+        assert health.returncode == 0, health.stderr + serve.stderr.read() if serve.poll() is not None else health.stderr
+        doc = json.loads(health.stdout)
+        assert doc["model"] == "tiny" and doc["random_weights"] is True and doc["queue_size"] == 2
+        out = tmp_path / "focus.geojson"
+        ask = subprocess.run([*cli, "ask", str(sentinel2_vrt), QUESTION, "--endpoint", endpoint, "--model", "tiny",
+                              "--json", "--out", str(out), "--timeout", "60"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert ask.returncode == 0, ask.stderr
+        answer = json.loads(ask.stdout)
+        assert isinstance(answer["answer"], str) and answer["features"]["features"]
+        written = json.loads(out.read_text())
+        assert written["type"] == "FeatureCollection" and len(written["features"]) == len(answer["features"]["features"])
+        assert "[generate" in ask.stderr or "generate" in ask.stderr, "progress must stream to stderr"
+        with Client(endpoint, timeout_s=10) as c:
+            assert c.shutdown()["type"] == "bye"
+        assert serve.wait(30) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(10)
