@@ -46,7 +46,7 @@ REPLY_TYPES = ("pong", "health", "status", "accepted", "progress", "result", "er
 #: Replies after which no further message about the same job (or request) will come.
 TERMINAL_TYPES = ("result", "error")
 
-STAGES = ("queued", "open", "pyramid", "encode", "focus", "generate", "done")
+STAGES = ("open", "pyramid", "encode", "focus", "generate", "done")
 JOB_STATES = ("queued", "running", "finished", "unknown", "other_worker")
 
 # -- error codes ------------------------------------------------------------------------------

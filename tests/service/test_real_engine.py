@@ -92,3 +92,20 @@ def test_cli_serve_health_ask_shutdown(sentinel2_vrt, tmp_path):
         if serve.poll() is None:
             serve.kill()
             serve.wait(10)
+
+
+@pytest.mark.slow
+def test_bench_service_document(sentinel2_vrt):
+    import argparse
+
+    from lrs_focus.bench import service as bench
+
+    args = argparse.Namespace(pings=200, asks=1, model="tiny", device=None, raster=str(sentinel2_vrt), mode="paper")
+    doc = bench.run(args)
+    ping, asks = doc["cases"]
+    assert 0 < ping["ours"]["p50_ms"] <= ping["ours"]["p99_ms"] and ping["ours"]["n"] == 200
+    assert 0 < ping["baseline"]["p50_ms"] and ping["ratio"] > 0
+    assert "1933x1947" in asks["name"] or "x" in asks["name"]
+    assert asks["ours"]["asks_per_s"] > 0 and asks["baseline"]["asks_per_s"] > 0 and asks["ratio"] > 0
+    assert asks["ours"]["result_bytes"] > 1000
+    assert "RANDOM" in bench.format_table(doc)
