@@ -74,3 +74,20 @@ def test_dataset_roundtrip_llava_format(tmp_path):
     views = image_views(s.image, PyramidConfig(tile_size=64, base_long_side=192, tokens_per_tile=4))
     assert views.thumbnail.shape == (64, 64, 3)
     assert views.tiles.shape[1:] == (64, 64, 3) and len(views.tiles) == views.grid[0] * views.grid[1]
+
+
+def test_decoys_are_dull_other_shapes_and_never_asked_about():
+    from lrs_focus.train.synthetic import DECOY_COLOURS
+
+    spec = SceneSpec(size_range=(600, 700), object_size_range=(20, 30), n_objects=(1, 1), n_decoys=(2, 2))
+    for seed in range(10):
+        scene = make_scene(seed, spec)
+        target = [o for o in scene.objects if not o.decoy]
+        decoys = [o for o in scene.objects if o.decoy]
+        assert len(target) == 1 and len(decoys) == 2
+        assert all(d.shape != target[0].shape and d.colour in DECOY_COLOURS for d in decoys)
+        (q,) = scene_questions(scene)
+        assert q.answer == target[0].colour and q.boxes == (target[0].box,)
+        img = render_scene(scene)
+        x0, y0, x1, y1 = decoys[0].box
+        assert tuple(img[(y0 + y1) // 2, (x0 + x1) // 2 + 1]) == DECOY_COLOURS[decoys[0].colour]

@@ -61,3 +61,27 @@ def test_short_training_lowers_distill_loss_and_checkpoint_runs(needle_json, tmp
 
     result = Engine(str(out)).ask(str(items[0].sample.image), items[0].question, AskOptions(mode="paper", max_new_tokens=3))
     assert isinstance(result["answer"], str) and result["counts"]["llm_vision_tokens"] > 0
+
+
+def test_batched_losses_equal_per_sample_losses(needle_json):
+    """Padding a batch must not change any sample's LM or distillation loss."""
+    from lrs_focus.train.distill import batch_losses
+    from lrs_focus.train.trainer import build_training_batch
+
+    model, tok, _ = load_model("tiny", seed=2)
+    model.init_rfm_from_llm()
+    items = expand(load_conversations(needle_json))[:3]
+    views = ViewCache(pyramid_config(model))
+    pairs = layer_pairs(model.config.rfm_layer_list)
+    with torch.no_grad():
+        seqs = build_training_batch(model, tok, [views(i.sample.image) for i in items], [(i.question, i.answer) for i in items])
+        assert len({s.length for s in seqs}) > 1 or len(items) == 1  # really padded
+        single = [sequence_losses(model, s, pairs) for s in seqs]
+        for item, one in zip(items, single):  # one vision-tower call for the batch = per-image calls
+            seq = build_training_sequence(model, tok, views(item.sample.image), item.question, item.answer)
+            torch.testing.assert_close(one.total, sequence_losses(model, seq, pairs).total, atol=1e-4, rtol=1e-4)
+        both = batch_losses(model, seqs, pairs)
+        n_answer = [int((s.labels >= 0).sum()) for s in seqs]
+        lm = sum(o.lm * k for o, k in zip(single, n_answer)) / sum(n_answer)
+        torch.testing.assert_close(both.lm, lm, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(both.distill, torch.stack([o.distill for o in single]).mean(), atol=1e-5, rtol=1e-4)

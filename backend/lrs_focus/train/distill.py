@@ -96,6 +96,64 @@ def student_logits(model: Any, seq: MultimodalSequence, pairs: Sequence[PairSpec
     return out
 
 
+def batch_losses(
+    model: Any,
+    seqs: Sequence[MultimodalSequence],
+    pairs: Sequence[PairSpec],
+    distill_weight: float = 1.0,
+    lm_weight: float = 1.0,
+    weights: DistillWeights = DistillWeights(),
+) -> "StepLosses":
+    """`sequence_losses` for several labelled sequences in one padded forward of the LLM and the RFM.
+
+    Right padding under a causal mask leaves every real token's attention unchanged (pads come
+    after it), so the teacher/student rows of each sample equal its unbatched ones. The LM loss is
+    the mean over all answer tokens of the batch (transformers' convention).
+    """
+    from ..model.modeling import IGNORE_INDEX
+
+    device = seqs[0].embeds.device
+    n = max(s.length for s in seqs)
+    d = seqs[0].embeds.shape[-1]
+    embeds = seqs[0].embeds.new_zeros(len(seqs), n, d)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=device)
+    pos = torch.zeros(len(seqs), n, dtype=torch.long, device=device)
+    labels = torch.full((len(seqs), n), IGNORE_INDEX, dtype=torch.long, device=device)
+    for b, s in enumerate(seqs):
+        embeds[b, : s.length] = s.embeds[0]
+        mask[b, : s.length] = 1
+        pos[b, : s.length] = s.position_ids[0]
+        pos[b, s.length :] = torch.arange(1, n - s.length + 1, device=device) + s.position_ids[0, -1]
+        if s.labels is not None:
+            labels[b, : s.length] = s.labels[0]
+    need_lm = lm_weight != 0.0
+    with torch.set_grad_enabled(need_lm and torch.is_grad_enabled()):
+        out = model.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                        labels=labels if need_lm else None, use_cache=False, output_hidden_states=True)
+    lm = out.loss if need_lm else torch.zeros((), device=device)
+    distill = torch.zeros((), device=device)
+    if distill_weight != 0.0 and pairs:
+        t_pos = model.llm.model.rotary_emb(embeds, position_ids=pos)
+        upto = max(p.student for p in pairs)
+        _, states, s_pos = model.rfm.hidden_states(embeds.detach(), pos, upto=upto)
+        terms = []
+        for b, s in enumerate(seqs):
+            vis, _ = _keys(s)
+            n_thumb = s.thumbnail.stop - s.thumbnail.start
+            q = torch.tensor([s.query_index], device=device)
+            tb = (t_pos[0][b : b + 1], t_pos[1][b : b + 1])
+            sb = (s_pos[0][b : b + 1], s_pos[1][b : b + 1])
+            for p in pairs:
+                with torch.no_grad():
+                    t = qk_logits(model.llm.model.layers[p.teacher], out.hidden_states[p.teacher][b : b + 1].detach(), tb, q, vis)
+                st = qk_logits(model.rfm.layers[p.student], states[p.student][b : b + 1], sb, q, vis)
+                tv, sv = _match_heads(t, st)
+                th, sh = _match_heads(t[..., n_thumb:], st[..., n_thumb:])  # tile keys follow the thumbnail
+                terms.append((tv, sv, th, sh))
+        distill = distillation_loss(terms, weights)
+    return StepLosses(lm_weight * lm + distill_weight * distill, lm.detach(), distill.detach())
+
+
 @dataclass
 class StepLosses:
     total: torch.Tensor

@@ -24,6 +24,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (245, 225, 30),
     "white": (250, 250, 250),
 }
+#: dull colours of decoy objects: clutter the scene, never asked about
+DECOY_COLOURS: dict[str, tuple[int, int, int]] = {"black": (25, 25, 25), "brown": (120, 70, 30)}
 SHAPES = ("circle", "square", "triangle")
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
@@ -34,6 +36,7 @@ class SceneObject:
     shape: str
     colour: str
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
+    decoy: bool = False
 
     @property
     def size(self) -> int:
@@ -59,7 +62,8 @@ class SceneSpec:
     size_range: tuple[int, int] = (2048, 3072)  # long side of the raster
     aspect_range: tuple[float, float] = (0.75, 1.0)  # short side / long side
     object_size_range: tuple[int, int] = (48, 96)
-    n_objects: tuple[int, int] = (3, 4)  # inclusive range
+    n_objects: tuple[int, int] = (3, 4)  # inclusive range of coloured objects (questions are about these)
+    n_decoys: tuple[int, int] = (0, 0)  # inclusive range of dull decoys, shapes unlike every coloured object
     shapes: tuple[str, ...] = SHAPES
     colours: tuple[str, ...] = tuple(COLOURS)
 
@@ -89,6 +93,19 @@ def make_scene(seed: int, spec: SceneSpec = SceneSpec()) -> Scene:
                 break
         boxes.append(box)
         objects.append(SceneObject(shape=shapes[i], colour=str(colours[i]), box=box))
+    decoy_shapes = [s for s in spec.shapes if s not in shapes]
+    n_decoys = int(rng.integers(spec.n_decoys[0], spec.n_decoys[1] + 1)) if decoy_shapes else 0
+    for _ in range(n_decoys):
+        for _ in range(200):
+            size = int(rng.integers(spec.object_size_range[0], spec.object_size_range[1] + 1))
+            x0 = int(rng.integers(size, width - 2 * size))
+            y0 = int(rng.integers(size, height - 2 * size))
+            box = (x0, y0, x0 + size, y0 + size)
+            if all(_far_apart(box, other) for other in boxes):
+                break
+        boxes.append(box)
+        objects.append(SceneObject(shape=str(rng.choice(decoy_shapes)), colour=str(rng.choice(list(DECOY_COLOURS))),
+                                   box=box, decoy=True))
     return Scene(seed=seed, height=height, width=width, objects=tuple(objects), background_seed=seed * 7919 + 1)
 
 
@@ -135,7 +152,7 @@ def render_scene(scene: Scene) -> np.ndarray:
     for obj in scene.objects:
         x0, y0, x1, y1 = obj.box
         mask = shape_mask(obj.shape, x1 - x0)
-        img[y0:y1, x0:x1][mask] = COLOURS[obj.colour]
+        img[y0:y1, x0:x1][mask] = DECOY_COLOURS[obj.colour] if obj.decoy else COLOURS[obj.colour]
     return img
 
 
@@ -173,18 +190,21 @@ class Question:
 def scene_questions(scene: Scene, kinds: Sequence[str] = ("colour",)) -> list[Question]:
     """Questions answerable only by looking at small objects, with the boxes they need.
 
-    colour: "What colour is the triangle?" for every shape that occurs exactly once.
-    count:  "How many circles are there?" for every shape (answers may be "zero").
+    colour: "What colour is the triangle?" for every coloured object whose shape occurs exactly once
+            among the coloured objects (decoys have other shapes).
+    count:  "How many circles are there?" for every shape (answers may be "zero"), decoys included.
     """
     out: list[Question] = []
     by_shape: dict[str, list[SceneObject]] = {s: [] for s in SHAPES}
     for obj in scene.objects:
-        by_shape[obj.shape].append(obj)
+        if not obj.decoy:
+            by_shape[obj.shape].append(obj)
     if "colour" in kinds:
         for shape, objs in by_shape.items():
             if len(objs) == 1:
                 out.append(Question(f"What colour is the {shape}?", objs[0].colour, "colour", (objs[0].box,)))
     if "count" in kinds:
+        by_shape = {s: [o for o in scene.objects if o.shape == s] for s in SHAPES}
         for shape, objs in by_shape.items():
             out.append(
                 Question(f"How many {PLURAL[shape]} are there?", NUMBER_WORDS[len(objs)], "count",

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +27,7 @@ from ..model.modeling import CLIP_MEAN_RGB, MultimodalSequence
 from ..model.prompts import encode_prompt
 from ..pyramid import PyramidConfig
 from .data import ImageViews, Sample, ViewCache
-from .distill import PairSpec, layer_pairs, sequence_losses
+from .distill import PairSpec, batch_losses, layer_pairs
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,29 @@ class DistillStep(nn.Module):
         self.cfg = cfg
 
     def forward(self, batch: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        totals, lms, dists = [], [], []
         distill_weight = 0.0 if self.cfg.train == "no-rfm" else self.cfg.distill_weight
         lm_weight = 0.0 if self.cfg.train == "rfm" else self.cfg.lm_weight
-        for item in batch:
-            seq = build_training_sequence(self.model, self.tokenizer, self.views(item.sample.image), item.question, item.answer)
-            out = sequence_losses(self.model, seq, self.pairs, distill_weight=distill_weight, lm_weight=lm_weight)
-            totals.append(out.total)
-            lms.append(out.lm)
-            dists.append(out.distill)
-        return torch.stack(totals).mean(), torch.stack(lms).mean(), torch.stack(dists).mean()
+        seqs = build_training_batch(self.model, self.tokenizer, [self.views(i.sample.image) for i in batch],
+                                    [(i.question, i.answer) for i in batch])
+        out = batch_losses(self.model, seqs, self.pairs, distill_weight=distill_weight, lm_weight=lm_weight)
+        return out.total, out.lm, out.distill
+
+
+def build_training_batch(model: Any, tokenizer: Any, views: Sequence[ImageViews],
+                         turns: Sequence[tuple[str, Optional[str]]]) -> list[MultimodalSequence]:
+    """`build_training_sequence` for a batch, with one vision-tower call for all images of the batch."""
+    n_tiles = [len(v.tiles) for v in views]
+    thumbs = model.project_images(np.stack([v.thumbnail for v in views])).flatten(1, 2)
+    tiles = model.encode_tiles(np.concatenate([v.tiles for v in views]))
+    seqs, start = [], 0
+    for v, (question, answer), k, thumb in zip(views, turns, n_tiles, thumbs):
+        n_rows, n_cols = v.grid
+        t = tiles.shape[1]
+        grid = model.stitch(tiles[start : start + k].reshape(n_rows, n_cols, t, t, -1), v.token_grid)
+        start += k
+        prompt = encode_prompt(tokenizer, model.config.template, question, answer)
+        seqs.append(model.build_sequence(prompt, thumb, grid.reshape(-1, grid.shape[-1]), with_answer=answer is not None))
+    return seqs
 
 
 def _trainable(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
