@@ -141,6 +141,14 @@ def _error_code(exc: BaseException) -> str:
     return protocol.INTERNAL
 
 
+def _peer_address(frame: zmq.Frame) -> str:
+    """The sender's IP for tcp (used to allow `shutdown` from loopback only); "" if unknown."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return ""
+
+
 # -- the server -------------------------------------------------------------------------------
 class Server:
     """ROUTER server (or, with `connect=True`, one worker behind a `ProxyFrontend`).
@@ -316,7 +324,7 @@ class Server:
             if len(frames) != 2:
                 raise protocol.ProtocolError(protocol.BAD_FRAMES,
                                              f"expected one frame per message, got {len(frames) - 1}")
-            peer = frames[1].get("Peer-Address") if not self._connect else ""
+            peer = _peer_address(frames[1]) if not self._connect else ""
             msg = protocol.validate_request(protocol.decode(frames[1].bytes))
             rid = msg["id"]
             self._dispatch(identity, msg, peer)
