@@ -38,7 +38,8 @@ from .errors import Cancelled, LrsFocusError
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-SERVER_SECRET_FILE = "server.key_secret"
+# a file name of the zmq.auth layout, not a secret:
+SERVER_SECRET_FILE = "server.key_secret"  # nosec B105
 CLIENTS_DIR = "clients"
 _POLL_MS = 100
 _PROGRESS_MIN_INTERVAL_S = 0.05

@@ -114,3 +114,25 @@ def test_cancel_reaches_the_owning_worker_through_the_proxy(two_workers):
             assert info.value.code == P.CANCELLED
             assert time.monotonic() - t0 < 1.0
         assert c.ask("/a.tif", "quick")["answer"]
+
+
+def test_worker_behind_a_public_proxy_refuses_shutdown(fake):
+    """A worker cannot see the peer address through the proxy: with a public frontend it says no."""
+    from lrs_focus.service import Server
+
+    ctx = zmq.Context.instance()
+    proxy_side = ctx.socket(zmq.DEALER)
+    proxy_side.linger = 0
+    port = proxy_side.bind_to_random_port("tcp://127.0.0.1")
+    worker = Server(fake.FakeEngine(), f"tcp://127.0.0.1:{port}", connect=True, worker_name="w0",
+                    frontend_is_loopback=False, context=ctx).start()
+    try:
+        proxy_side.send_multipart([b"client-identity", P.encode(P.shutdown("r1"))])
+        assert proxy_side.poll(5000)
+        identity, payload = proxy_side.recv_multipart()
+        reply = P.validate_reply(P.decode(payload))
+        assert identity == b"client-identity" and reply["code"] == P.FORBIDDEN and reply["id"] == "r1"
+        assert not worker.stopped
+    finally:
+        worker.stop()
+        proxy_side.close()
