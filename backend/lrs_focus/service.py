@@ -241,7 +241,7 @@ class Server:
         return self._stopped.wait(timeout)
 
     def serve_forever(self) -> None:
-        log.info("lrs-focus service %s on %s (model %s on %s)", self.worker_name or "", self.endpoint,
+        log.info("lrs-focus service%s on %s (model %s on %s)", f" {self.worker_name}" if self.worker_name else "", self.endpoint,
                  self._describe.get("model"), self._describe.get("device"))
         self._worker.start()
         poller = zmq.Poller()
