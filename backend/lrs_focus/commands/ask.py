@@ -35,7 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--out", default=None, metavar="FILE.geojson", help="write the tiles as GeoJSON (raster CRS)")
     p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for --endpoint (default 600)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="with --endpoint: seconds of silence from the server before giving up; progress events "
+                        "reset it, so long jobs are fine (default 30)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
