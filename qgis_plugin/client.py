@@ -77,7 +77,7 @@ class Client:
             return None
         frames = self._socket.recv_multipart()
         try:
-            return protocol.validate_reply(protocol.decode(frames[-1]))
+            return protocol.validate_reply(protocol.decode(frames[-1], protocol.MAX_REPLY_BYTES))
         except protocol.ProtocolError as exc:
             raise BackendError(exc.code, f"the backend sent a malformed reply: {exc}") from None
 

@@ -98,7 +98,7 @@ class Client:
                 return None
             frame = self._sock.recv()
             try:
-                return protocol.validate_reply(protocol.decode(frame))
+                return protocol.validate_reply(protocol.decode(frame, protocol.MAX_REPLY_BYTES))
             except protocol.ProtocolError:
                 continue
 

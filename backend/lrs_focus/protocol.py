@@ -37,6 +37,9 @@ PROTOCOL_VERSION = 1
 
 #: The server refuses (drops the connection of) any frame larger than this (zmq.MAXMSGSIZE).
 MAX_MESSAGE_BYTES = 1 << 20
+#: Clients accept replies up to this size: a result carries one GeoJSON feature per traced tile,
+#: which is several MB for a 27k-pixel raster, far above what any request needs.
+MAX_REPLY_BYTES = 256 << 20
 MAX_ID_CHARS = 128
 MAX_PATH_CHARS = 4096
 MAX_QUESTION_CHARS = 8192
@@ -102,10 +105,13 @@ def encode(message: Dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
 
 
-def decode(frame: bytes) -> Dict[str, Any]:
-    """Bytes -> JSON object, or ProtocolError(bad_json). Never raises anything else."""
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(BAD_JSON, f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
+def decode(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Dict[str, Any]:
+    """Bytes -> JSON object, or ProtocolError(bad_json). Never raises anything else.
+
+    `max_bytes` is the request limit by default; clients pass MAX_REPLY_BYTES for replies.
+    """
+    if len(frame) > max_bytes:
+        raise ProtocolError(BAD_JSON, f"message of {len(frame)} bytes exceeds {max_bytes}")
     try:
         text = bytes(frame).decode("utf-8")
         data = json.loads(text, parse_constant=_refuse_constant)

@@ -59,7 +59,8 @@ class FakeEngine:
             time.sleep(stage_s)
         if progress is not None:
             progress("done", None, 1.0, "")
-        return {"answer": f"fake answer to {question!r}", "job_id": job_id,
+        padding = "x" * int(question.split(":", 1)[1]) if question.startswith("big:") else ""
+        return {"answer": f"fake answer to {question!r}", "job_id": job_id, "padding": padding,
                 "trace": {"levels": []}, "counts": {"tiles_encoded": 0, "vit_tokens": 0, "llm_vision_tokens": 0,
                                                     "prefill_tflops": 0.0},
                 "features": {"type": "FeatureCollection", "features": []}, "crs_wkt": "",

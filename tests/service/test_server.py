@@ -179,3 +179,13 @@ def test_client_times_out_when_nothing_listens():
         with pytest.raises(ServiceTimeout):
             c.ping()
         assert time.monotonic() - t0 < 2
+
+
+def test_results_larger_than_the_request_limit_reach_the_client(make_server, client_for):
+    """A 27k-pixel raster's result carries thousands of GeoJSON features (several MB): the
+    1 MiB limit guards the server's input, it must not cut the client's replies."""
+    server = make_server()
+    c = client_for(server, timeout_s=10.0)
+    size = 3 * P.MAX_MESSAGE_BYTES
+    result = c.ask("/any.tif", f"big:{size}")
+    assert len(result["padding"]) == size
