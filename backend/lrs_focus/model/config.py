@@ -20,8 +20,9 @@ TEMPLATES = {"llama": "vicuna_v1", "qwen2": "chatml"}
 N_MAX = {"llama": 40, "qwen2": 80}  # paper, Table 2 caption
 MAX_LENGTH = {"llama": 2048, "qwen2": 8192}  # released eval dirs `_max2048` / `_max8192`
 
-# Fields of the flat released config that belong to LLaVA / this method, not to the LLM.
-MM_KEYS = (
+# Fields of the flat released config that belong to LLaVA / this method, not to the LLM: the ones
+# this config reads and writes back, then training-time ones that are only carried along.
+_WRITTEN = (
     "mm_vision_tower",
     "mm_hidden_size",
     "mm_vision_select_layer",
@@ -35,6 +36,9 @@ MM_KEYS = (
     "tokenizer_model_max_length",
     "mm_use_im_start_end",
     "mm_use_im_patch_token",
+    "lrs_focus",
+)
+MM_KEYS = _WRITTEN + (
     "image_aspect_ratio",
     "tokenizer_padding_side",
     "mm_projector_lr",
@@ -42,7 +46,6 @@ MM_KEYS = (
     "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter",
     "use_mm_proj",
-    "lrs_focus",
 )
 
 
@@ -175,20 +178,3 @@ class LrsFocusConfig:
             released_extra=extra,
         )
 
-
-_WRITTEN = (
-    "mm_vision_tower",
-    "mm_hidden_size",
-    "mm_vision_select_layer",
-    "mm_vision_select_feature",
-    "mm_projector_type",
-    "mm_patch_merge_type",
-    "mm_spatial_pool_mode",
-    "slice_block_size",
-    "llm_layer_list",
-    "llm_use_last_text",
-    "tokenizer_model_max_length",
-    "mm_use_im_start_end",
-    "mm_use_im_patch_token",
-    "lrs_focus",
-)
