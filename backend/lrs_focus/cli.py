@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"lrs_focus.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command module not installed: keep the others
-            if exc.name != f"lrs_focus.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"lrs_focus.commands.{name}").register(sub)
     return parser
 
 

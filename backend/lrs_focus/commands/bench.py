@@ -24,13 +24,7 @@ def register(subparsers) -> None:
         p = inner.add_parser(name, help=help_text)
         add_json_flag(p)
         p.set_defaults(func=run, benchmark=name)
-        try:
-            module = importlib.import_module(f"lrs_focus.bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lrs_focus.bench.{name}":
-                raise
-            continue
-        module.add_arguments(p)
+        importlib.import_module(f"lrs_focus.bench.{name}").add_arguments(p)
 
 
 def run(args) -> int:
