@@ -52,16 +52,17 @@ TEST_SEED_OFFSET = 1_000_000  # held-out scenes never share a seed with training
 @dataclass
 class NeedleConfig:
     seed: int = 0
-    train_images: int = 240
+    train_images: int = 800
     test_images: int = 24
-    lvlm_steps: int = 600  # phase 1: LM loss only
-    distill_steps: int = 150  # phase 3: LM + distillation
+    lvlm_steps: int = 1500  # phase 1: LM loss only
+    distill_steps: int = 300  # phase 3: LM + distillation
     batch_size: int = 8
-    lr: float = 2e-3
-    rfm_lr: float = 2e-3
+    lr: float = 1e-3
+    rfm_lr: float = 1e-3
     family: str = "qwen2"
-    train_spec: SceneSpec = SceneSpec(size_range=(600, 1400), object_size_range=(24, 64), n_objects=(1, 3))
-    test_spec: SceneSpec = SceneSpec(size_range=(2048, 2560), object_size_range=(40, 64), n_objects=(1, 3))
+    # one coloured object (the needle) and 1-2 dull decoy shapes per scene
+    train_spec: SceneSpec = SceneSpec(size_range=(600, 1400), object_size_range=(24, 64), n_objects=(1, 1), n_decoys=(1, 2))
+    test_spec: SceneSpec = SceneSpec(size_range=(2048, 2560), object_size_range=(40, 64), n_objects=(1, 1), n_decoys=(1, 2))
     kinds: tuple[str, ...] = ("colour",)
     alpha: float = 0.25
     max_levels: Optional[int] = 3  # base, 1/8 and 1/4 of the original scale for the held-out sizes
@@ -72,8 +73,8 @@ class NeedleConfig:
     def quick(cls, **kw: Any) -> "NeedleConfig":
         """Seconds, for tests and smoke runs: the figures mean nothing at this size."""
         small = dict(train_images=6, test_images=2, lvlm_steps=4, distill_steps=4, batch_size=2,
-                     train_spec=SceneSpec(size_range=(500, 640), object_size_range=(20, 40), n_objects=(1, 2)),
-                     test_spec=SceneSpec(size_range=(900, 1000), object_size_range=(24, 40), n_objects=(1, 2)))
+                     train_spec=SceneSpec(size_range=(500, 640), object_size_range=(20, 40), n_objects=(1, 1), n_decoys=(1, 1)),
+                     test_spec=SceneSpec(size_range=(900, 1000), object_size_range=(24, 40), n_objects=(1, 1), n_decoys=(1, 1)))
         small.update(kw)
         return cls(**small)
 
