@@ -52,16 +52,16 @@ TEST_SEED_OFFSET = 1_000_000  # held-out scenes never share a seed with training
 @dataclass
 class NeedleConfig:
     seed: int = 0
-    train_images: int = 800
+    train_images: int = 600
     test_images: int = 24
-    lvlm_steps: int = 1500  # phase 1: LM loss only
+    lvlm_steps: int = 1200  # phase 1: LM loss only
     distill_steps: int = 300  # phase 3: LM + distillation
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     rfm_lr: float = 1e-3
     family: str = "qwen2"
     # one coloured object (the needle) and 1-2 dull decoy shapes per scene
-    train_spec: SceneSpec = SceneSpec(size_range=(600, 1400), object_size_range=(24, 64), n_objects=(1, 1), n_decoys=(1, 2))
+    train_spec: SceneSpec = SceneSpec(size_range=(600, 1400), object_size_range=(40, 96), n_objects=(1, 1), n_decoys=(1, 2))
     test_spec: SceneSpec = SceneSpec(size_range=(2048, 2560), object_size_range=(40, 64), n_objects=(1, 1), n_decoys=(1, 2))
     kinds: tuple[str, ...] = ("colour",)
     alpha: float = 0.25
