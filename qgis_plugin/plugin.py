@@ -25,6 +25,9 @@ from .raster_check import check_layer
 MENU = "&LRS Focus"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
+#: Appended to answers of a backend started with `--model tiny`, so nobody mistakes noise for a prediction.
+RANDOM_WEIGHTS_NOTE = "[random-weight test model: this answer is noise]"
+
 
 class LrsFocusPlugin:
     def __init__(self, iface):
@@ -135,6 +138,8 @@ class LrsFocusPlugin:
             return
         self.last_layers = layers
         answer = str(result.get("answer", ""))
+        if (result.get("model") or {}).get("random_weights"):
+            answer += f" {RANDOM_WEIGHTS_NOTE}"
         self.dock.show_running(False)
         self.dock.show_answer(answer)
         counts = result.get("counts") or {}

@@ -144,6 +144,9 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
                 count += 1
         answer = str(result.get("answer", ""))
         feedback.pushInfo(f"Answer: {answer}")
+        if (result.get("model") or {}).get("random_weights"):
+            feedback.reportError("The backend runs a random-weight test model (--model tiny): the answer is noise.",
+                                 fatalError=False)
         feedback.pushInfo(f"{count} focused tiles; job {result.get('job_id', '')}")
         self._results = {
             self.OUTPUT: self._dest_id,
