@@ -7,14 +7,15 @@ path. Service code and tests may substitute any object with the same `ask`/`desc
 Result of `Engine.ask` (the `ask --json` document of DESIGN section 9; more keys may be added):
 
     {"answer": str,
-     "trace": {"levels": [{"level": i, "scale": s, "grid": [n_rows, n_cols],
+     "trace": {"levels": [{"level": i, "scale": s, "grid": [n_rows, n_cols], "reached": bool,
                 "tiles": [{"row": r, "col": c, "window": [x0, y0, x1, y1],
                            "encoded": bool, "score": float, "kept": bool, "rank": int|None}, ...]},
-               ...],                                      # coarse -> fine, base level = 0
+               ...],                                      # coarse -> fine, base level = 0; every tile
+                                                          # of each reached level, none of the others
                "thumbnail": {"size": [h, w]}, "stopped_at": level, "mode": str},
      "counts": {"tiles_encoded": int, "vit_tokens": int, "llm_vision_tokens": int,
                 "prefill_tflops": float},
-     "features": GeoJSON FeatureCollection (one feature per tile of the trace, raster CRS),
+     "features": GeoJSON FeatureCollection (one feature per encoded tile, raster CRS),
      "crs_wkt": str,                                      # "" when the raster has no CRS
      "timings": {stage: seconds, ..., "total": seconds},
      "model": {"name": str, "random_weights": bool, "device": str, "dtype": str},

@@ -254,7 +254,13 @@ def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> Focu
 
 
 def build_trace(geo: PyramidGeometry, result: FocusResult, score_reduce: str = "sum", levels_shown: int | None = None) -> dict[str, Any]:
-    """The trace of DESIGN 9: every level's grid and every tile's window, encoded, score, kept, rank."""
+    """The trace of DESIGN 9: every level's grid; for every level the run reached, every tile's
+    window, encoded, score, kept and rank.
+
+    Levels the run never reached (finer than where it stopped) give their grid and `reached:
+    false` but list no tiles: nothing happened there, and listing them would make the trace of a
+    27k-pixel raster hundreds of thousands of entries long for small-tile models.
+    """
     t = geo.cfg.tokens_per_tile
     by_level = {rec.level: rec for rec in result.records}
     canvases: dict[int, Canvas] = {}
@@ -275,7 +281,7 @@ def build_trace(geo: PyramidGeometry, result: FocusResult, score_reduce: str = "
         ranked = sorted(scores, key=lambda k: (-scores[k], k))
         rank = {tile: i + 1 for i, tile in enumerate(ranked)}
         tiles = []
-        for r in range(lv.grid[0]):
+        for r in range(lv.grid[0] if rec is not None else 0):
             for c in range(lv.grid[1]):
                 tiles.append(
                     {
@@ -288,7 +294,8 @@ def build_trace(geo: PyramidGeometry, result: FocusResult, score_reduce: str = "
                         "rank": rank.get((r, c)),
                     }
                 )
-        out_levels.append({"level": lv.index, "scale": lv.scale, "grid": list(lv.grid), "tiles": tiles})
+        out_levels.append({"level": lv.index, "scale": lv.scale, "grid": list(lv.grid), "reached": rec is not None,
+                           "tiles": tiles})
     return {
         "levels": out_levels,
         "thumbnail": {"size": list(geo.thumbnail_size)},

@@ -71,7 +71,9 @@ def tile_feature(tile: dict[str, Any], level: int, geotransform: Sequence[float]
 
 def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_wkt: str, job_id: str = "",
                       question: str = "") -> dict[str, Any]:
-    """GeoJSON FeatureCollection: one Polygon per tile of every traced level, raster CRS.
+    """GeoJSON FeatureCollection of the focused tiles: one Polygon per tile the model encoded
+    (kept tiles are a subset), at every level, in the raster CRS. The trace itself also lists the
+    tiles that were never looked at; as map features they would only bury the focus.
 
     Coordinates are in the raster's CRS (not WGS 84): the collection carries `crs_wkt` and, when
     the CRS has an authority code, the legacy `crs` member that QGIS and GDAL honour.
@@ -81,7 +83,8 @@ def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_
     for level in trace.get("levels", []):
         index = level.get("level", 0)
         for tile in level.get("tiles", []):
-            features.append(tile_feature(tile, index, gt, job_id, question))
+            if tile.get("encoded") or tile.get("kept"):
+                features.append(tile_feature(tile, index, gt, job_id, question))
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features, "crs_wkt": crs_wkt or ""}
     authority = crs_authority(crs_wkt)
     if authority:

@@ -26,11 +26,13 @@ def test_ask_sentinel2(tiny_engine, sentinel2_vrt, mode):
     assert counts["vit_tokens"] == (encoded + 1) * 64
     assert counts["llm_vision_tokens"] >= 64 and counts["prefill_tflops"] > 0
     feats = res["features"]["features"]
-    assert len(feats) == sum(len(lv["tiles"]) for lv in levels)
+    assert len(feats) == encoded  # features = the focused (encoded) tiles
+    for lv in levels:  # a level lists its tiles exactly when the run reached it
+        assert len(lv["tiles"]) == (lv["grid"][0] * lv["grid"][1] if lv["reached"] else 0)
     assert "UTM zone 18N" in res["crs_wkt"]
-    assert feats[0]["properties"]["job_id"] == "j1"
+    assert all(f["properties"]["job_id"] == "j1" for f in feats)
     if mode == "thumbnail":
-        assert encoded == 0 and counts["llm_vision_tokens"] == 64
+        assert encoded == 0 and counts["llm_vision_tokens"] == 64 and feats == []
     else:
         assert "focus" in stages and "encode" in stages
         kept = [t for lv in levels for t in lv["tiles"] if t["kept"]]

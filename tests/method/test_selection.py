@@ -128,15 +128,18 @@ def test_released_mapping_uses_newline_inclusive_width():
     assert last.kept[:, -1].all()
 
 
-def test_trace_lists_every_tile_with_windows():
+def test_trace_lists_every_tile_of_reached_levels_with_windows():
     geo = PyramidGeometry(1947, 1933, TINY)
     rng = np.random.default_rng(0)
     score = lambda canvas: np.where(canvas.valid, rng.random(canvas.valid.shape), np.nan)  # noqa: E731
     result = run_focus(geo, "paper", _no_encode, score, alpha=0.25, n_max=30)
     trace = build_trace(geo, result)
     assert [lv["level"] for lv in trace["levels"]] == list(range(len(geo.levels)))
+    reached = {r.level for r in result.records}
+    assert result.stopped_at is not None and max(reached) == result.stopped_at
     for lv, info in zip(trace["levels"], geo.levels):
-        assert len(lv["tiles"]) == info.grid[0] * info.grid[1]
+        assert lv["reached"] == (info.index in reached) and lv["grid"] == list(info.grid)
+        assert len(lv["tiles"]) == (info.grid[0] * info.grid[1] if lv["reached"] else 0)
         for t in lv["tiles"]:
             x0, y0, x1, y1 = t["window"]
             assert 0 <= x0 < x1 <= 1933 and 0 <= y0 < y1 <= 1947

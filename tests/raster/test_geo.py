@@ -132,3 +132,20 @@ def test_geojson_readable_by_gdal(tmp_path, sentinel2_vrt):
     assert layer.GetSpatialRef().GetAuthorityCode(None) == "32618"
     feat = layer.GetNextFeature()
     assert feat.GetField("level") == 0 and feat.GetField("kept") in (0, 1, True, False)
+
+
+def test_features_are_the_focused_tiles_only(sentinel2_vrt):
+    """Tiles the model never encoded stay in the trace but are not map features."""
+    src = RasterSource.open(sentinel2_vrt)
+    geo = PyramidGeometry(src.height, src.width)
+    trace = _trace(geo)
+    finest = trace["levels"][-1]["tiles"]
+    for tile in finest[:3]:
+        tile.update(encoded=False, kept=False)
+    fc = trace_to_features(trace, src.geotransform, src.crs_wkt)
+    n = sum(len(lv["tiles"]) for lv in trace["levels"])
+    assert len(fc["features"]) == n - 3
+    skipped = {(t["row"], t["col"]) for t in finest[:3]}
+    last = trace["levels"][-1]["level"]
+    assert not any((f["properties"]["row"], f["properties"]["col"]) in skipped
+                   for f in fc["features"] if f["properties"]["level"] == last)
