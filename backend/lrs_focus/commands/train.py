@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     needle = inner.add_parser("needle", help="train a tiny model on synthetic needle scenes and report focus/accuracy")
     needle.add_argument("--seed", type=int, default=0, dest="needle_seed")
     needle.add_argument("--steps", type=int, default=None, dest="needle_steps",
-                        help="total optimiser steps (80%% LVLM SFT, 20%% SFT + distillation; default 1800)")
+                        help="total optimiser steps (80%% LVLM SFT, 20%% SFT + distillation; default 1900)")
     needle.add_argument("--quick", action="store_true", help="seconds-long smoke run (figures meaningless)")
     needle.add_argument("--workdir", help="keep scenes and checkpoint here (scenes are reused on rerun)")
     add_json_flag(needle)

@@ -19,10 +19,13 @@ held-out questions for which some token whose pixel window overlaps the object's
 top 25% of the RFM's scores (the paper-mode candidate set: tile tokens without newline tokens).
 `chance` is the same probability for a uniformly random top 25%.
 
-Training scenes are smaller (600-1400 px) with a wider object-size range than the held-out ones
-(2048-2560 px): the model only ever trains on the base level, so the object appearances it must
-recognise at the finer levels that coarse-to-fine zooms into have to occur at base scale during
-training (multi-scale training; the held-out scenes are never seen).
+Training scenes are small (300-400 px, cheap to make by the thousand) with objects from 10 px to a
+fifth of the scene; held-out scenes are 2048-2560 px with 56-88 px objects (1-2 px in the
+thumbnail, 4-7 px at the base level, 14-22 px at the finest level used). The model only ever
+trains on the base level, so the object appearances it must read at the finer levels that
+coarse-to-fine zooms into have to occur at base scale during training (multi-scale training), and
+the large objects give the from-scratch LVLM a gradient towards reading colour at all (with only
+needle-sized objects it memorised the training scenes and answered one colour on held-out ones).
 """
 
 from __future__ import annotations
@@ -52,17 +55,24 @@ TEST_SEED_OFFSET = 1_000_000  # held-out scenes never share a seed with training
 @dataclass
 class NeedleConfig:
     seed: int = 0
-    train_images: int = 600
+    train_images: int = 1500
     test_images: int = 24
-    lvlm_steps: int = 1200  # phase 1: LM loss only
-    distill_steps: int = 300  # phase 3: LM + distillation
+    lvlm_steps: int = 1500  # phase 1: LM loss only
+    distill_steps: int = 400  # phase 3: LM + distillation
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 1e-3  # phase 1 (2e-3 stalls at chance: every answer one colour)
+    distill_lr: float = 3e-4  # LVLM during phase 3: keep what phase 1 learned
     rfm_lr: float = 1e-3
+    warmup: float = 0.05
+    weight_decay: float = 0.01
     family: str = "qwen2"
-    # one coloured object (the needle) and 1-2 dull decoy shapes per scene
-    train_spec: SceneSpec = SceneSpec(size_range=(600, 1400), object_size_range=(40, 96), n_objects=(1, 1), n_decoys=(1, 2))
-    test_spec: SceneSpec = SceneSpec(size_range=(2048, 2560), object_size_range=(40, 64), n_objects=(1, 1), n_decoys=(1, 2))
+    # Training scenes are small (cheap: thousands in seconds) with objects from 10 px to 1/5 of the
+    # scene: the big ones make the colour visible in many tokens, so the LM loss has a gradient
+    # towards reading it at all (with only small objects the needle is ~1/200 of the vision
+    # tokens, the tiny LVLM never finds it and memorises); the small ones (4-10 px at base scale)
+    # teach it to pick one token out, which is what the held-out scenes need at every level.
+    train_spec: SceneSpec = SceneSpec(size_range=(300, 400), object_size_range=(10, 70), n_objects=(1, 1), n_decoys=(0, 1))
+    test_spec: SceneSpec = SceneSpec(size_range=(2048, 2560), object_size_range=(56, 88), n_objects=(1, 1), n_decoys=(1, 2))
     kinds: tuple[str, ...] = ("colour",)
     alpha: float = 0.25
     max_levels: Optional[int] = 3  # base, 1/8 and 1/4 of the original scale for the held-out sizes
@@ -188,6 +198,7 @@ def run_needle(cfg: NeedleConfig, workdir: Optional[str | Path] = None, progress
         t0 = time.perf_counter()
         lvlm = train(model, tokenizer, train_items,
                      TrainConfig(steps=cfg.lvlm_steps, batch_size=cfg.batch_size, lr=cfg.lr, train="no-rfm",
+                                 warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                                  init_rfm=False, seed=cfg.seed, log_every=max(1, cfg.lvlm_steps // 10)),
                      views=views, progress=progress)
         timings["train_lvlm"] = time.perf_counter() - t0
@@ -197,7 +208,8 @@ def run_needle(cfg: NeedleConfig, workdir: Optional[str | Path] = None, progress
 
         t0 = time.perf_counter()
         distill = train(model, tokenizer, train_items,
-                        TrainConfig(steps=cfg.distill_steps, batch_size=cfg.batch_size, lr=cfg.lr, rfm_lr=cfg.rfm_lr,
+                        TrainConfig(steps=cfg.distill_steps, batch_size=cfg.batch_size, lr=cfg.distill_lr, rfm_lr=cfg.rfm_lr,
+                                    warmup=cfg.warmup, weight_decay=cfg.weight_decay,
                                     train="all", init_rfm=False, seed=cfg.seed + 1,
                                     log_every=max(1, cfg.distill_steps // 10)),
                         views=views, progress=progress)
