@@ -84,25 +84,13 @@ def make_scene(seed: int, spec: SceneSpec = SceneSpec()) -> Scene:
     objects: list[SceneObject] = []
     boxes: list[tuple[int, int, int, int]] = []
     for i in range(n):
-        for _ in range(200):
-            size = int(rng.integers(spec.object_size_range[0], spec.object_size_range[1] + 1))
-            x0 = int(rng.integers(size, width - 2 * size))
-            y0 = int(rng.integers(size, height - 2 * size))
-            box = (x0, y0, x0 + size, y0 + size)
-            if all(_far_apart(box, other) for other in boxes):
-                break
+        box = _place(rng, spec, width, height, boxes)
         boxes.append(box)
         objects.append(SceneObject(shape=shapes[i], colour=str(colours[i]), box=box))
     decoy_shapes = [s for s in spec.shapes if s not in shapes]
     n_decoys = int(rng.integers(spec.n_decoys[0], spec.n_decoys[1] + 1)) if decoy_shapes else 0
     for _ in range(n_decoys):
-        for _ in range(200):
-            size = int(rng.integers(spec.object_size_range[0], spec.object_size_range[1] + 1))
-            x0 = int(rng.integers(size, width - 2 * size))
-            y0 = int(rng.integers(size, height - 2 * size))
-            box = (x0, y0, x0 + size, y0 + size)
-            if all(_far_apart(box, other) for other in boxes):
-                break
+        box = _place(rng, spec, width, height, boxes)
         boxes.append(box)
         objects.append(SceneObject(shape=str(rng.choice(decoy_shapes)), colour=str(rng.choice(list(DECOY_COLOURS))),
                                    box=box, decoy=True))
@@ -112,6 +100,19 @@ def make_scene(seed: int, spec: SceneSpec = SceneSpec()) -> Scene:
 def _far_apart(a: Sequence[int], b: Sequence[int]) -> bool:
     gap = max(a[2] - a[0], b[2] - b[0]) * 2
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
+
+
+def _place(rng: np.random.Generator, spec: "SceneSpec", width: int, height: int,
+           boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """A square box of a random size away from `boxes` (the last try wins after 200)."""
+    for _ in range(200):
+        size = int(rng.integers(spec.object_size_range[0], spec.object_size_range[1] + 1))
+        x0 = int(rng.integers(size, width - 2 * size))
+        y0 = int(rng.integers(size, height - 2 * size))
+        box = (x0, y0, x0 + size, y0 + size)
+        if all(_far_apart(box, other) for other in boxes):
+            break
+    return box
 
 
 def render_background(height: int, width: int, seed: int) -> np.ndarray:
