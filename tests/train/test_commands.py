@@ -13,6 +13,8 @@ def test_train_needle_quick_json(capsys, tmp_path):
     doc = json.loads(capsys.readouterr().out)
     for key in ("before", "after"):
         assert 0.0 <= doc["rfm_recall_top25"][key] <= 1.0
+        assert doc["rfm_recall_top25_by_level"]["base"][key] == doc["rfm_recall_top25"][key]
+        assert 0.0 <= doc["rfm_recall_top25_control"]["base"][key] <= 1.0
     assert set(doc["accuracy"]) >= {"thumbnail", "all_tiles", "coarse_to_fine"}
     assert all(0.0 <= v <= 1.0 for v in doc["accuracy"].values())
     tokens = doc["llm_vision_tokens"]

@@ -75,6 +75,10 @@ def _needle_text(doc: dict) -> str:
         f"held-out questions: {doc['n_test_questions']} (trained on {doc['n_train_questions']})",
         f"RFM recall of the object among its top 25% tokens: before {r['before']:.2f}  after {r['after']:.2f}"
         f"  (chance {r['chance']:.2f})",
+        *[f"  {name}: before {v['before']:.2f}  after {v['after']:.2f}  (chance {v['chance']:.2f})"
+          for name, v in (doc.get("rfm_recall_top25_by_level") or {}).items()],
+        *[f"  control (RFM from an untrained LLM's layers) {name}: before {v['before']:.2f}  after {v['after']:.2f}"
+          for name, v in (doc.get("rfm_recall_top25_control") or {}).items()],
         f"accuracy   thumbnail {a['thumbnail']:.2f}   all tiles {a['all_tiles']:.2f}   coarse-to-fine {a['coarse_to_fine']:.2f}",
         f"LLM vision tokens   all tiles {t['all_tiles']:.0f}   coarse-to-fine {t['coarse_to_fine']:.0f}"
         f"   thumbnail {t['thumbnail']:.0f}",
