@@ -212,6 +212,18 @@ def run_focus(
     return FocusResult("paper", canvas, final, records, stopped, n_encoded, rfm_tokens)
 
 
+def _released_keep(canvas: Canvas, score, alpha: float, n_vis0: int, rfm_tokens: list[int]):
+    """One released RFM pass: top floor(alpha * present) tokens, plus every newline token."""
+    scores = score(canvas)
+    n_present = int(canvas.valid.sum())
+    rfm_tokens.append(n_vis0 + n_present)
+    sel = top_k(scores, canvas.valid, int(math.floor(alpha * n_present)))
+    kept = np.zeros(canvas.valid.shape, dtype=bool)
+    kept.ravel()[sel] = True
+    kept[:, canvas.cols] = True  # newline tokens are always kept
+    return scores, kept
+
+
 def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> FocusResult:
     """Exactly one zoom step from the base level (DESIGN 3.6)."""
     records: list[LevelRecord] = []
@@ -222,13 +234,7 @@ def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> Focu
     # the released code unpads the base level against the original image size
     canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=True, keep_gaps=False, unpad_hw=geo.image_size, newline=newline)
     check("focus", base.index, 0.0, "scoring the base level")
-    scores = score(canvas)
-    rfm_tokens.append(n_vis0 + int(canvas.valid.sum()))
-    n_all = int(canvas.valid.sum())
-    sel = top_k(scores, canvas.valid, int(math.floor(alpha * n_all)))
-    kept = np.zeros(canvas.valid.shape, dtype=bool)
-    kept.ravel()[sel] = True
-    kept[:, canvas.cols] = True  # newline tokens are always kept
+    scores, kept = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
     records.append(LevelRecord(base.index, base.grid, scores, kept, canvas.tiles, canvas.valid.shape))
     nxt = levels[1] if len(levels) > 1 else levels[0]
     g_h, g_w = canvas.valid.shape  # newline-inclusive width, as released
@@ -237,13 +243,7 @@ def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> Focu
     check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
     canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=True, keep_gaps=True, newline=newline)
     check("focus", nxt.index, 0.0, f"scoring level {nxt.index}")
-    scores = score(canvas)
-    rfm_tokens.append(n_vis0 + int(canvas.valid.sum()))
-    n_valid = int(canvas.valid.sum())
-    sel = top_k(scores, canvas.valid, int(math.floor(alpha * n_valid)))
-    kept = np.zeros(canvas.valid.shape, dtype=bool)
-    kept.ravel()[sel] = True
-    kept[:, canvas.cols] = True
+    scores, kept = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
     rec = LevelRecord(nxt.index, nxt.grid, scores, kept, canvas.tiles, canvas.valid.shape)
     if nxt.index == base.index:
         records[0] = rec

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 #: LRS-VQA sub-datasets, in the paper's table order; a question id is "<SUBSET>_<n>".
 LRS_SUBSETS = ("FAIR", "GLH-Bridge", "STAR")
@@ -75,18 +75,24 @@ def _item(record: Any, number: int, error: Optional[str], id_key: str, required:
     return qid or f"line-{number}", error
 
 
+def _items(values, id_key: str, required, root: Path, image_key: str,
+           prompt: Callable[[dict[str, Any]], str]) -> list[EvalItem]:
+    """(line number, record, read error) -> EvalItems; a bad record becomes a failed item, kept."""
+    items = []
+    for number, record, error in values:
+        qid, error = _item(record, number, error, id_key, required)
+        if error:
+            items.append(EvalItem(qid, None, "", record if isinstance(record, dict) else {}, error))
+            continue
+        items.append(EvalItem(qid, root / record[image_key], prompt(record), record))
+    return items
+
+
 def read_lrs(questions: Path, image_root: Optional[Path] = None) -> list[EvalItem]:
     """Every line of an LRS-VQA question file, in file order."""
     questions = Path(questions)
     root = Path(image_root) if image_root else default_lrs_image_root(questions)
-    items = []
-    for number, record, error in iter_json_lines(questions):
-        qid, error = _item(record, number, error, "question_id", LRS_REQUIRED)
-        if error:
-            items.append(EvalItem(qid, None, "", record if isinstance(record, dict) else {}, error))
-            continue
-        items.append(EvalItem(qid, root / record["image"], record["text"], record))
-    return items
+    return _items(iter_json_lines(questions), "question_id", LRS_REQUIRED, root, "image", lambda r: r["text"])
 
 
 def mme_prompt(record: dict[str, Any]) -> str:
@@ -113,14 +119,7 @@ def read_mme(questions: Path, image_root: Optional[Path] = None) -> list[EvalIte
     """MME-RealWorld(-RS) records, from the official JSON list or JSONL."""
     questions = Path(questions)
     root = Path(image_root) if image_root else default_mme_image_root(questions)
-    items = []
-    for number, record, error in _mme_values(questions):
-        qid, error = _item(record, number, error, "Question_id", MME_REQUIRED)
-        if error:
-            items.append(EvalItem(qid, None, "", record if isinstance(record, dict) else {}, error))
-            continue
-        items.append(EvalItem(qid, root / record["Image"], mme_prompt(record), record))
-    return items
+    return _items(_mme_values(questions), "Question_id", MME_REQUIRED, root, "Image", mme_prompt)
 
 
 READERS = {"lrs": read_lrs, "mme": read_mme}
