@@ -52,6 +52,9 @@ class AskOptions:
     max_levels: Optional[int] = None  # cap on tiled levels used (None: all)
     max_new_tokens: int = 64
     score_reduce: str = "sum"  # how a tile's score is made from its tokens' attention: sum|max
+    window: Optional[list[float]] = None  # [x0, y0, x1, y1] pixel window of the raster to ask about
+    stretch: Optional[list[list[float]]] = None  # [[low, high]] per band -> 0..255 (None: 2-98 %)
+    max_length: Optional[int] = None  # lower the model's sequence limit (vision tokens drop first)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AskOptions":
@@ -69,6 +72,18 @@ class AskOptions:
             raise BadOptions(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
         if self.score_reduce not in ("sum", "max"):
             raise BadOptions(f"score_reduce must be sum or max, not {self.score_reduce!r}")
+        if self.window is not None:
+            if len(self.window) != 4:
+                raise BadOptions(f"window must be [x0, y0, x1, y1], not {self.window!r}")
+            x0, y0, x1, y1 = (float(v) for v in self.window)
+            if not (x1 > x0 and y1 > y0 and x0 >= 0 and y0 >= 0):
+                raise BadOptions(f"window must have x1 > x0 >= 0 and y1 > y0 >= 0, not {self.window!r}")
+        if self.stretch is not None:
+            pairs = [list(p) for p in self.stretch]
+            if len(pairs) not in (1, 3) or any(len(p) != 2 or not float(p[1]) > float(p[0]) for p in pairs):
+                raise BadOptions(f"stretch must be 1 or 3 [low, high] pairs with high > low, not {self.stretch!r}")
+        if self.max_length is not None and int(self.max_length) < 1:
+            raise BadOptions(f"max_length must be a positive number of tokens, not {self.max_length!r}")
         return self
 
     @classmethod

@@ -83,6 +83,9 @@ ASK_OPTION_TYPES: Dict[str, tuple] = {
     "max_levels": (int, type(None)),
     "max_new_tokens": (int,),
     "score_reduce": (str,),
+    "window": (list, type(None)),  # [x0, y0, x1, y1] pixel window of the raster (end exclusive)
+    "stretch": (list, type(None)),  # [[low, high], ...] per band: the display stretch to 8 bits
+    "max_length": (int, type(None)),  # lower the model's sequence limit (text is never cut)
 }
 
 
@@ -264,7 +267,20 @@ def validate_ask_options(options: Any, rid: Optional[str] = None) -> Dict[str, A
     bands = options.get("bands")
     if bands is not None and not (len(bands) <= 16 and all(isinstance(b, int) and not isinstance(b, bool) for b in bands)):
         raise ProtocolError(BAD_REQUEST, "option 'bands' must be a short list of integers", rid)
+    window = options.get("window")
+    if window is not None and not (len(window) == 4 and all(_is_number(v) for v in window)):
+        raise ProtocolError(BAD_REQUEST, "option 'window' must be [x0, y0, x1, y1], four finite numbers", rid)
+    stretch = options.get("stretch")
+    if stretch is not None and not (
+        len(stretch) <= 16
+        and all(isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in stretch)
+    ):
+        raise ProtocolError(BAD_REQUEST, "option 'stretch' must be a short list of [low, high] number pairs", rid)
     return options
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def validate_request(msg: Dict[str, Any]) -> Dict[str, Any]:
