@@ -7,9 +7,7 @@ land where GDAL and QGIS put its pixels. Rasters without georeferencing use (0, 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from shapely.geometry import Polygon, mapping
 from shapely.geometry.polygon import orient
@@ -47,8 +45,9 @@ def crs_authority(crs_wkt: str) -> str:
 
 
 def tile_feature(tile: dict[str, Any], level: int, geotransform: Sequence[float], job_id: str = "",
-                 question: str = "") -> dict[str, Any]:
-    """One GeoJSON Feature for a traced tile, with the DESIGN 5 attributes."""
+                 focus_rank: Optional[int] = None) -> dict[str, Any]:
+    """One GeoJSON Feature for a traced tile: DESIGN 5's attributes, less the question (the result
+    document carries it once), plus `focus_rank` (1..n among the kept tiles of the final level)."""
     window = [int(v) if float(v).is_integer() else float(v) for v in tile["window"]]
     score = tile.get("score")
     return {
@@ -61,12 +60,28 @@ def tile_feature(tile: dict[str, Any], level: int, geotransform: Sequence[float]
             "window": window,
             "score": None if score is None else float(score),
             "rank": tile.get("rank"),
+            "focus_rank": focus_rank,
             "kept": bool(tile.get("kept", False)),
             "encoded": bool(tile.get("encoded", False)),
             "job_id": job_id,
-            "question": question,
         },
     }
+
+
+def focus_ranks(trace: dict[str, Any]) -> dict[tuple[int, int], int]:
+    """(row, col) -> 1..n for the kept tiles of `trace.stopped_at`, the tiles the LLM finally saw.
+
+    The trace's own `rank` orders every scored tile of a level, so at the final level the kept
+    tiles' ranks need not run 1..n, and coarser levels repeat the same numbers; a map labelled
+    with those reads wrong. Order: higher score first, then the trace's rank, then row/col.
+    """
+    final = trace.get("stopped_at")
+    for level in trace.get("levels", []):
+        if level.get("level") == final:
+            kept = [t for t in level.get("tiles", []) if t.get("kept")]
+            kept.sort(key=lambda t: (-float(t.get("score") or 0.0), t.get("rank") or 0, t["row"], t["col"]))
+            return {(int(t["row"]), int(t["col"])): i + 1 for i, t in enumerate(kept)}
+    return {}
 
 
 def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_wkt: str, job_id: str = "",
@@ -76,23 +91,23 @@ def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_
     tiles that were never looked at; as map features they would only bury the focus.
 
     Coordinates are in the raster's CRS (not WGS 84): the collection carries `crs_wkt` and, when
-    the CRS has an authority code, the legacy `crs` member that QGIS and GDAL honour.
+    the CRS has an authority code, the legacy `crs` member. Files for other tools are written by
+    `result_files` (RFC 7946 GeoJSON, GeoPackage). `question` is accepted for old callers and
+    ignored: the result document holds the question once, not every feature.
     """
+    del question
     gt = tuple(geotransform) if geotransform else UNGEOREFERENCED
+    ranks = focus_ranks(trace)
+    final = trace.get("stopped_at")
     features = []
     for level in trace.get("levels", []):
         index = level.get("level", 0)
         for tile in level.get("tiles", []):
             if tile.get("encoded") or tile.get("kept"):
-                features.append(tile_feature(tile, index, gt, job_id, question))
+                rank = ranks.get((int(tile["row"]), int(tile["col"]))) if index == final else None
+                features.append(tile_feature(tile, index, gt, job_id, rank))
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features, "crs_wkt": crs_wkt or ""}
     authority = crs_authority(crs_wkt)
     if authority:
         collection["crs"] = {"type": "name", "properties": {"name": authority}}
     return collection
-
-
-def write_geojson(path, collection: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(collection, ensure_ascii=False), encoding="utf-8")
-    return path

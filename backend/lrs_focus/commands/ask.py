@@ -19,6 +19,16 @@ def _bands(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"bands must be comma-separated band numbers, not {text!r}") from None
 
 
+def _out_file(text: str) -> str:
+    from ..result_files import ResultFileError, kind_of
+
+    try:
+        kind_of(text)
+    except ResultFileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("ask", help="answer a question about a raster; print the answer and the focused tiles")
     p.add_argument("raster", help="raster path (anything GDAL opens)")
@@ -33,7 +43,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--score-reduce", choices=["sum", "max"], default="sum")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
-    p.add_argument("--out", default=None, metavar="FILE.geojson", help="write the tiles as GeoJSON (raster CRS)")
+    p.add_argument("--out", type=_out_file, action="append", default=[], metavar="FILE.geojson|FILE.gpkg",
+                   help="write the focused tiles (with pixel windows and the answer): .geojson = RFC 7946, "
+                        "WGS 84 lon/lat; .gpkg = GeoPackage in the raster's CRS (also without a CRS); repeatable")
+    p.add_argument("--heatmap", default=None, metavar="FILE.tif",
+                   help="write the token scores as a single-band Float32 GeoTIFF on the raster's ground")
     p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="with --endpoint: seconds of silence from the server before giving up; progress events "
@@ -84,7 +98,9 @@ def format_text(doc: dict[str, Any]) -> str:
     if "total" in t:
         lines.append(f"time {t['total']:.2f} s on {model.get('device', '?')}")
     if doc.get("out"):
-        lines.append(f"tiles written to {doc['out']}")
+        lines.append(f"tiles written to {', '.join(doc['out'])}")
+    if doc.get("heatmap_out"):
+        lines.append(f"score heatmap written to {doc['heatmap_out']}")
     return "\n".join(lines)
 
 
@@ -92,6 +108,7 @@ def run(args) -> int:
     from ..errors import BadOptions, LrsFocusError
 
     options = _options(args)
+    _check_files_possible(args)
     if args.endpoint:
         try:
             from ..client import ask_remote
@@ -109,9 +126,71 @@ def run(args) -> int:
             print(RANDOM_NOTICE, file=sys.stderr)
         engine = Engine(args.model, device=args.device)
         doc = engine.ask(args.raster, args.question, ask_options, progress=_progress)
-    if args.out:
-        from ..geo import write_geojson
-
-        doc["out"] = str(write_geojson(args.out, doc["features"]))
-    emit(args, doc, format_text)
+    failure = _write_files(args, doc)
+    emit(args, doc, format_text)  # the answer is printed even when a file could not be written
+    if failure:
+        raise failure
     return 0
+
+
+def _local_ground(raster: str):
+    """The raster's geotransform and CRS as GDAL reads it here, or None if it does not open here
+    (with --endpoint the path may be one only the server sees)."""
+    from ..result_files import raster_ground
+
+    try:
+        return raster_ground(raster)
+    except (OSError, RuntimeError):
+        return None
+
+
+def _check_files_possible(args) -> None:
+    """Refuse before the model runs what cannot be written after it."""
+    from ..errors import BadOptions
+    from ..result_files import kind_of, no_wgs84_message
+
+    if args.heatmap and args.mode == "thumbnail":
+        raise BadOptions("--heatmap needs token scores, and thumbnail mode scores none: use another --mode")
+    for out in args.out:
+        if kind_of(out) == "geojson":
+            ground = _local_ground(args.raster)
+            if ground is not None and not ground.crs_wkt:
+                raise BadOptions(no_wgs84_message(out))
+
+
+def _write_files(args, doc: dict[str, Any]):
+    """--out (tiles + answer) and --heatmap (score grid as a GeoTIFF), placed on the raster's ground.
+
+    Returns the error to raise once the answer is printed, or None.
+    """
+    from ..errors import LrsFocusError
+
+    try:
+        if args.out:
+            from ..result_files import write_result
+
+            doc["out"] = [write_result(out, doc, question=args.question) for out in args.out]
+        if args.heatmap:
+            doc["heatmap_out"] = _write_heatmap(args, doc)
+    except LrsFocusError as exc:
+        return exc
+    except (OSError, ValueError) as exc:  # ResultFileError and HeatmapError are ValueErrors
+        return LrsFocusError(str(exc))
+    return None
+
+
+def _write_heatmap(args, doc: dict[str, Any]) -> str:
+    from ..errors import LrsFocusError
+    from ..heatmap import decode, write_geotiff
+
+    grid = decode(doc.get("heatmap"))
+    if grid is None:
+        raise LrsFocusError("the result has no heatmap (thumbnail mode, or a backend without token scores)")
+    geotransform = (doc.get("raster") or {}).get("geotransform")
+    crs_wkt = doc.get("crs_wkt", "")
+    if not geotransform:
+        ground = _local_ground(args.raster)
+        if ground is None:
+            raise LrsFocusError(f"--heatmap: the result carries no geotransform and {args.raster} does not open here")
+        geotransform = ground.geotransform
+    return write_geotiff(args.heatmap, grid, geotransform, crs_wkt)
