@@ -26,6 +26,12 @@ class NotARaster(RasterError):
     code = "not_a_raster"
 
 
+class RasterForbidden(RasterError):
+    """A path the server's access policy refuses (network, not a regular file, outside the allowed roots...)."""
+
+    code = "raster_forbidden"
+
+
 class RasterUnreadable(RasterError):
     """GDAL opened it but reading pixels fails (truncated TIFF, broken compression...)."""
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from typing import Any, Dict, Optional
 
@@ -85,7 +86,8 @@ ASK_OPTION_TYPES: Dict[str, tuple] = {
     "score_reduce": (str,),
     "window": (list, type(None)),  # [x0, y0, x1, y1] pixel window of the raster (end exclusive)
     "stretch": (list, type(None)),  # [[low, high], ...] per band: the display stretch to 8 bits
-    "max_length": (int, type(None)),  # lower the model's sequence limit (text is never cut)
+    "max_length": (int, type(None)),  # override the model's sequence limit (text is never cut)
+    "pixels": (str, type(None)),  # "exact" (released preprocessing) | "gdal" (GDAL resampling, overviews)
 }
 
 
@@ -104,8 +106,16 @@ def new_id() -> str:
 
 
 def encode(message: Dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON; NaN/Infinity are not JSON, so they are refused rather than sent."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON; NaN/Infinity are not JSON, so they are refused (ValueError) rather than sent.
+
+    A string with a lone surrogate (which UTF-8 cannot carry) does not make encoding fail: the
+    message is then sent as ASCII JSON, where it travels as a \\uXXXX escape.
+    """
+    text = json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode("ascii")
 
 
 def decode(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Dict[str, Any]:
@@ -122,11 +132,33 @@ def decode(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Dict[str, Any]:
         raise ProtocolError(BAD_JSON, f"not a UTF-8 JSON document: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise ProtocolError(BAD_JSON, f"a message must be a JSON object, not {type(data).__name__}")
+    if _has_lone_surrogate(data):
+        raise ProtocolError(BAD_JSON, "a string holds a lone UTF-16 surrogate escape (not Unicode text)")
     return data
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """True if any key or string holds a surrogate: JSON's \\ud800 escapes decode to them, and
+    they cannot be encoded again (RFC 8259 section 8.2: such strings are not interoperable)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 # -- builders ---------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ c.wait(acc)
 
 
 @pytest.mark.slow
-def test_killed_client_does_not_wedge_the_server(make_server, until):
-    server = make_server()
+def test_killed_client_does_not_wedge_the_server_and_its_job_is_cancelled(make_server, until, fake):
+    engine = fake.FakeEngine(stage_s=0.15)
+    server = make_server(engine=engine)
     proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, server.endpoint], stdout=subprocess.PIPE, text=True)
     job_id = proc.stdout.readline().strip()
     assert job_id
@@ -33,9 +34,12 @@ def test_killed_client_does_not_wedge_the_server(make_server, until):
         t0 = time.monotonic()
         assert c.ping()["type"] == "pong"
         assert time.monotonic() - t0 < 0.5, "ping must not wait for the orphaned job"
-        assert c.status(job_id)["job"]["state"] in ("running", "queued")
-        # the orphan finishes (its progress and result are dropped), then the next job runs
-        assert until(lambda: c.status(job_id)["job"]["state"] == "finished", 10)
+        assert c.status(job_id)["job"]["state"] == "unknown", "another client must not see the job"
+        # the next progress message to the vanished peer fails (ROUTER_MANDATORY): the orphan is
+        # cancelled at its next stage boundary instead of running its 5 stages to the end
+        assert until(lambda: c.status()["jobs_done"] == 1, 10)
+        assert time.monotonic() - t0 < 5 * 0.15, "the orphan must be cancelled, not run to the end"
+        assert c.health()["dropped_replies"] >= 1
         assert c.ask("/a.tif", "next")["answer"]
         assert c.status()["jobs_done"] == 2
 
