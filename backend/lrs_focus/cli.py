@@ -16,7 +16,7 @@ import sys
 from . import __version__
 from .errors import LrsFocusError
 
-COMMANDS = ("pyramid", "sample", "ask", "serve", "health", "bench", "eval", "score", "train")
+COMMANDS = ("pyramid", "sample", "ask", "serve", "health", "keys", "bench", "eval", "score", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:

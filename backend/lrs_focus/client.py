@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Optional, Union
 
 import zmq
+import zmq.auth
 
 from . import protocol
 from .errors import LrsFocusError
@@ -46,8 +47,22 @@ def _z85_key(key: Union[str, bytes, os.PathLike]) -> bytes:
         return key
     if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
         return key.encode("ascii")
-    public, _ = zmq.auth.load_certificate(os.fspath(key))
+    try:
+        public, _ = zmq.auth.load_certificate(os.fspath(key))
+    except (OSError, ValueError) as exc:
+        raise ServiceError("bad_key", f"cannot read the CURVE public key {os.fspath(key)!r}: {exc}") from None
     return public
+
+
+def _client_keypair(key_file: str) -> tuple[bytes, bytes]:
+    """A client certificate with its secret (`NAME.key_secret` from `lrs-focus keys`)."""
+    try:
+        public, secret = zmq.auth.load_certificate(key_file)
+    except (OSError, ValueError) as exc:
+        raise ServiceError("bad_key", f"cannot read the CURVE client key {key_file!r}: {exc}") from None
+    if not secret:
+        raise ServiceError("bad_key", f"{key_file} holds no secret key: give the client its NAME.key_secret file")
+    return public, secret
 
 
 class Client:
@@ -58,14 +73,17 @@ class Client:
         self.endpoint = endpoint
         self.timeout_s = float(timeout_s)
         self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.linger = 0
         if server_public_key is not None:
             if client_key_file:  # a server with an allow-list of client keys
-                public, secret = zmq.auth.load_certificate(client_key_file)
-            else:  # any client that knows the server's key: an ephemeral key pair will do
+                public, secret = _client_keypair(client_key_file)
+            else:  # a loopback server without an allow-list: an ephemeral key pair will do
                 public, secret = zmq.curve_keypair()
-            self._sock.curve_serverkey = _z85_key(server_public_key)
+            server_key = _z85_key(server_public_key)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.linger = 0
+        self._sock.maxmsgsize = protocol.MAX_REPLY_BYTES  # a larger frame drops the connection unread
+        if server_public_key is not None:
+            self._sock.curve_serverkey = server_key
             self._sock.curve_publickey = public
             self._sock.curve_secretkey = secret
         self._sock.connect(endpoint)
@@ -197,7 +215,9 @@ class Client:
 
 def ask_remote(endpoint: str, raster: str, question: str, options: Optional[dict[str, Any]] = None,
                progress: Optional[ProgressFn] = None, timeout_s: float = 30.0, server_public_key=None,
-               should_cancel: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
+               should_cancel: Optional[Callable[[], bool]] = None,
+               client_key_file: Optional[str] = None) -> dict[str, Any]:
     """What `lrs-focus ask --endpoint` calls: one ask through a running server."""
-    with Client(endpoint, timeout_s=timeout_s, server_public_key=server_public_key) as client:
+    with Client(endpoint, timeout_s=timeout_s, server_public_key=server_public_key,
+                client_key_file=client_key_file) as client:
         return client.ask(raster, question, options, progress=progress, should_cancel=should_cancel)

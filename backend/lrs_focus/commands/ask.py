@@ -49,6 +49,10 @@ def register(subparsers) -> None:
     p.add_argument("--heatmap", default=None, metavar="FILE.tif",
                    help="write the token scores as a single-band Float32 GeoTIFF on the raster's ground")
     p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="with --endpoint: the CURVE server's public key (server.key from `lrs-focus keys`)")
+    p.add_argument("--client-key", default=None, metavar="FILE",
+                   help="with --server-key: this client's certificate (NAME.key_secret from `lrs-focus keys`)")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="with --endpoint: seconds of silence from the server before giving up; progress events "
                         "reset it, so long jobs are fine (default 30)")
@@ -114,7 +118,8 @@ def run(args) -> int:
             from ..client import ask_remote
         except ImportError as exc:
             raise LrsFocusError(f"--endpoint needs lrs_focus.client.ask_remote, which is not available: {exc}") from exc
-        doc = ask_remote(args.endpoint, args.raster, args.question, options, progress=_progress, timeout_s=args.timeout)
+        doc = ask_remote(args.endpoint, args.raster, args.question, options, progress=_progress, timeout_s=args.timeout,
+                         server_public_key=args.server_key, client_key_file=args.client_key)
     else:
         from ..engine import AskOptions, Engine
 

@@ -13,7 +13,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("health", help="the server's health reply")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
-    p.add_argument("--server-key", default=None, help="the server's CURVE public key file (server.key)")
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="the CURVE server's public key (server.key from `lrs-focus keys`)")
+    p.add_argument("--client-key", default=None, metavar="FILE",
+                   help="with --server-key: this client's certificate (NAME.key_secret from `lrs-focus keys`)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -32,7 +35,8 @@ def run(args) -> int:
 
     from ..client import Client
 
-    with Client(args.endpoint, timeout_s=args.timeout, server_public_key=args.server_key) as client:
+    with Client(args.endpoint, timeout_s=args.timeout, server_public_key=args.server_key,
+                client_key_file=args.client_key) as client:
         t0 = time.perf_counter()
         reply = client.health()
         elapsed = time.perf_counter() - t0

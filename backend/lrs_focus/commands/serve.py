@@ -1,9 +1,12 @@
 """`lrs-focus serve`: the ZeroMQ backend (one model per worker, one job at a time per worker).
 
-Binds 127.0.0.1 by default; any other interface needs `--keys-dir` with CURVE keys made by
-`zmq.auth.create_certificates(DIR, "server")` (clients then need `server.key`). With
-`--workers N` several engines (e.g. one per GPU, `--device cuda:0,cuda:1`) serve one endpoint
-through zmq's proxy device. Stops on Ctrl-C, SIGTERM or a `shutdown` request from loopback.
+Binds 127.0.0.1 by default. Any other interface needs `--keys-dir` (CURVE keys with an
+allow-list of client keys, made by `lrs-focus keys DIR`) and at least one `--allow-root`.
+Rasters are local regular files of the allowed formats (inside the allowed roots when given);
+network rasters only with `--allow-remote` (see docs/service.md, "Which rasters a server reads").
+With `--workers N` several engines (e.g. one per GPU, `--device cuda:0,cuda:1`) serve one
+endpoint through zmq's proxy device. Stops on Ctrl-C, SIGTERM or a `shutdown` request from
+loopback; exits 1 if a worker's loop ever died.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 log = logging.getLogger("lrs_focus.serve")
 
 
+# ServiceLimits' defaults, repeated here so that `--help` stays import-light (a test compares them)
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_MAX_QUESTION_TOKENS = 512
+DEFAULT_OPEN_TIMEOUT_S = 30.0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="the ZeroMQ backend (--endpoint, --model, --device)")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555",
-                   help="where to listen (default tcp://127.0.0.1:5555; non-loopback needs --keys-dir)")
+                   help="where to listen (default tcp://127.0.0.1:5555; non-loopback needs --keys-dir and --allow-root)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"checkpoint id or local dir (default {DEFAULT_MODEL}); 'tiny' = random weights, offline")
     p.add_argument("--device", default=None,
@@ -29,8 +38,21 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="engines behind the endpoint via zmq's proxy device, e.g. one per GPU (default 1)")
     p.add_argument("--keys-dir", default=None,
-                   help="CURVE keys: DIR/server.key_secret, and optionally DIR/clients/*.key as an allow-list")
+                   help="CURVE keys made by `lrs-focus keys DIR`: DIR/server.key_secret and the allow-list "
+                        "DIR/clients/*.key (required off loopback)")
     p.add_argument("--curve", action="store_true", help="require CURVE even on a loopback endpoint")
+    p.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                   help="serve only rasters inside DIR (repeatable; symlinks are resolved first); required "
+                        "off loopback. Without it: any local raster file this user can read")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="also serve network rasters (/vsicurl/https://..., /vsis3/, /vsigs/, /vsiaz/...): the "
+                        "server then fetches URLs that clients name")
+    p.add_argument("--max-new-tokens-limit", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"largest max_new_tokens an ask may request (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS,
+                   help=f"longest question in tokens of the model's tokenizer (default {DEFAULT_MAX_QUESTION_TOKENS})")
+    p.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S,
+                   help=f"seconds for the access check and first open of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
     p.set_defaults(func=run)
 
 
@@ -50,14 +72,32 @@ def _devices(spec: str | None, workers: int) -> list[str | None]:
     return [spec] * workers
 
 
-def run(args) -> int:
-    from ..engine import Engine
+def _policy_and_limits(args):
+    from ..access import AccessPolicy
     from ..errors import BadOptions
-    from ..service import Server, check_security, serve_workers
+    from ..service import ServiceConfigError, ServiceLimits
 
     if args.workers < 1:
         raise BadOptions(f"--workers must be >= 1, not {args.workers}")
-    check_security(args.endpoint, args.keys_dir, args.curve)  # before loading a 7B model, not after
+    try:
+        policy = AccessPolicy(roots=tuple(args.allow_root), allow_remote=args.allow_remote)
+        limits = ServiceLimits(max_new_tokens=args.max_new_tokens_limit, max_question_tokens=args.max_question_tokens,
+                               open_timeout_s=args.open_timeout)
+    except ValueError as exc:
+        raise ServiceConfigError(str(exc)) from None
+    return policy, limits
+
+
+def run(args) -> int:
+    from ..access import harden_gdal
+    from ..engine import Engine
+    from ..service import Server, check_security, serve_workers
+
+    policy, limits = _policy_and_limits(args)
+    # every refusal before loading a 7B model, not after
+    check_security(args.endpoint, args.keys_dir, args.curve, policy.roots, check_roots=True)
+    removed = harden_gdal(policy)
+    log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
     engines = []
     for device in _devices(args.device, args.workers):
         engine = Engine(args.model, device=device)
@@ -70,20 +110,26 @@ def run(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    options = dict(queue_size=args.queue_size, keys_dir=args.keys_dir, force_curve=args.curve, access=policy,
+                   limits=limits)
     if args.workers == 1:
-        server = Server(engines[0], args.endpoint, queue_size=args.queue_size, keys_dir=args.keys_dir,
-                        force_curve=args.curve).start()
+        server = Server(engines[0], args.endpoint, **options).start()
         servers, proxy, endpoint = [server], None, server.endpoint
     else:
-        proxy, servers = serve_workers(engines, args.endpoint, queue_size=args.queue_size,
-                                       keys_dir=args.keys_dir, force_curve=args.curve)
+        proxy, servers = serve_workers(engines, args.endpoint, **options)
         endpoint = proxy.endpoint
-    print(f"lrs-focus serve: listening on {endpoint} with {len(servers)} worker(s)", file=sys.stderr, flush=True)
+    where = ", ".join(policy.describe()["roots"]) or "any local folder"
+    print(f"lrs-focus serve: listening on {endpoint} with {len(servers)} worker(s); rasters from {where}"
+          f"{' and the network' if policy.allow_remote else ''}", file=sys.stderr, flush=True)
     while not stop.is_set() and not any(s.stopped for s in servers):
         stop.wait(0.2)
     for server in servers:
         server.stop()
     if proxy is not None:
         proxy.stop()
+    crashed = [s.crashed for s in servers if s.crashed]
+    if crashed:
+        print(f"lrs-focus serve: a worker loop died ({crashed[0]})", file=sys.stderr)
+        return 1
     print("lrs-focus serve: stopped", file=sys.stderr)
     return 0
