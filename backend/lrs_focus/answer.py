@@ -14,12 +14,21 @@ import torch
 
 from . import flops
 from .engine import AskOptions, ProgressFn, StopFn, stage_checker
-from .focus import Canvas, build_trace, run_focus
+from .errors import BadOptions, Cancelled
+from .exact_pixels import ExactPyramid
+from .features import FeatureCache, TileEncoder, ViewKey
+from .focus import Canvas, FocusResult, build_trace, run_focus
 from .geo import trace_to_features
-from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel
+from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, encode_prompt
 from .pyramid import ImagePyramid, PyramidConfig
-from .raster import RasterSource
+from .raster import RasterSource, RasterWindow
+from .score_map import heatmap_document
+
+#: The pixel path of modes that do not force one. "exact" = the released preprocessing (bilinear
+#: from full resolution, no antialiasing: what the checkpoints were trained on); "gdal" = GDAL's
+#: resampling from overviews (fast on huge rasters with overviews). docs/method.md has the figures.
+DEFAULT_PIXELS = "exact"
 
 
 def pyramid_config(model: LrsFocusModel) -> PyramidConfig:
@@ -33,53 +42,102 @@ def pyramid_config(model: LrsFocusModel) -> PyramidConfig:
     )
 
 
-class ModelCallbacks:
-    """The `encode` and `score` callables of `focus.run_focus`, backed by the model; times them."""
+def pixel_path(options: AskOptions) -> str:
+    """Released mode always reads the released pixels; the others take the option or the default."""
+    return "exact" if options.mode == "released" else (options.pixels or DEFAULT_PIXELS)
 
-    def __init__(self, model: LrsFocusModel, pyramid: ImagePyramid, prompt: PromptIds, thumbnail: torch.Tensor, check):
-        self.model, self.pyramid, self.prompt, self.thumbnail, self.check = model, pyramid, prompt, thumbnail, check
-        self.encode_seconds = 0.0
-        self.score_seconds = 0.0
 
-    def encode(self, level: int, tiles: list[tuple[int, int]]) -> dict[tuple[int, int], torch.Tensor]:
-        """Read the tiles lazily through the pyramid and encode them in batches."""
+def make_pyramid(src: Any, cfg: PyramidConfig, pixels: str, check=None) -> ImagePyramid | ExactPyramid:
+    return ExactPyramid(src, cfg, check=check) if pixels == "exact" else ImagePyramid(src, cfg)
+
+
+class RfmScorer:
+    """The `score` callable of `focus.run_focus`: one RFM pass over a canvas; times itself."""
+
+    def __init__(self, model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor):
+        self.model, self.prompt, self.thumbnail = model, prompt, thumbnail
+        self.seconds = 0.0
+
+    def __call__(self, canvas: Canvas) -> np.ndarray:
         t0 = time.perf_counter()
-        out: dict[tuple[int, int], torch.Tensor] = {}
-        batch = max(1, int(self.model.config.encode_batch))
-        for i in range(0, len(tiles), batch):
-            if i:
-                self.check("encode", level, i / len(tiles), f"encoded {i}/{len(tiles)} tiles of level {level}")
-            chunk = tiles[i : i + batch]
-            images = np.stack(self.pyramid.tiles(level, chunk))
-            feats = self.model.encode_tiles(images)
-            out.update(zip(chunk, feats))
-        self.encode_seconds += time.perf_counter() - t0
-        return out
-
-    def score(self, canvas: Canvas) -> np.ndarray:
-        """RFM scores of the canvas's present tokens (NaN elsewhere)."""
-        t0 = time.perf_counter()
-        flat = canvas.flat_valid()
-        d = canvas.feats.shape[-1]
-        tiles = canvas.feats.reshape(-1, d)[torch.as_tensor(flat, device=canvas.feats.device)]
-        offsets = torch.as_tensor(flat) if canvas.keep_gaps else None
-        seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles, tile_offsets=offsets, tile_span=canvas.valid.size)
-        s = self.model.rfm_scores(seq).float().cpu().numpy()
-        out = np.full(canvas.valid.size, np.nan, dtype=np.float64)
-        out[flat] = s
-        self.score_seconds += time.perf_counter() - t0
-        return out.reshape(canvas.valid.shape)
+        tiles = canvas.gather(self.model.image_newline)
+        offsets = torch.as_tensor(canvas.offsets) if canvas.keep_gaps else None
+        seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles, tile_offsets=offsets, tile_span=canvas.span)
+        del tiles
+        scores = self.model.rfm_scores(seq).float().cpu().numpy().astype(np.float64)
+        self.seconds += time.perf_counter() - t0
+        return scores
 
 
-def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor, result) -> Any:
-    """[prefix][thumbnail][':'][kept tokens in raster order][suffix], contiguous positions, truncated."""
+def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor,
+                   result: FocusResult) -> MultimodalSequence:
+    """[prefix][thumbnail][':'][kept tokens in raster order][suffix], contiguous positions."""
     if result.canvas is None:
-        seq = model.build_sequence(prompt, thumbnail, None)
-    else:
-        feats = result.canvas.feats
-        kept = feats.reshape(-1, feats.shape[-1])[torch.as_tensor(result.keep, device=feats.device)]
-        seq = model.build_sequence(prompt, thumbnail, kept)
-    return seq.truncated(int(model.config.max_length))
+        return model.build_sequence(prompt, thumbnail, None)
+    kept = result.canvas.gather(model.image_newline, result.keep)
+    return model.build_sequence(prompt, thumbnail, kept)
+
+
+def cancel_check(should_stop: StopFn | None):
+    """A cancel-only check for long reads (no progress event per strip)."""
+
+    def check() -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled while reading pixels")
+
+    return check
+
+
+def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions) -> dict[str, int]:
+    """Max length, text tokens and what is left for tile + newline tokens. The text is never cut:
+    a question that does not fit with the thumbnail is refused."""
+    cfg = model.config
+    max_length = int(options.max_length or cfg.max_length)
+    limit = int(getattr(cfg.text_config, "max_position_embeddings", max_length) or max_length)
+    if max_length > limit:
+        raise BadOptions(f"max_length {max_length} exceeds the model's {limit} positions")
+    text = len(prompt.prefix) + len(prompt.suffix)
+    fixed = text + cfg.thumbnail_tokens + (0 if options.mode == "thumbnail" else 1)
+    if fixed > max_length:
+        raise BadOptions(
+            f"the question and prompt take {text} tokens; with the {cfg.thumbnail_tokens}-token thumbnail they "
+            f"exceed the sequence limit of {max_length} tokens (shorten the question or raise max_length)"
+        )
+    return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
+
+
+def view_key(engine: Any, src: RasterSource, options: AskOptions, pixels: str, window: tuple | None) -> ViewKey:
+    return ViewKey(
+        identity=src.identity(),
+        bands=tuple(src.bands),
+        stretch=tuple((s.low, s.high) for s in src.stretch) if src.explicit_stretch else None,
+        window=window,
+        pixels=pixels,
+        model=str(engine.name),
+        dtype=str(engine.info["dtype"]),
+    )
+
+
+def open_view(engine: Any, raster: str, options: AskOptions, pixels: str):
+    """Open the raster, restore cached stretch statistics, apply the window. -> (src, view, key)."""
+    src = RasterSource.open(raster, bands=options.bands, stretch=options.stretch)
+    try:
+        view = RasterWindow(src, options.window) if options.window is not None else src
+        cache: FeatureCache | None = getattr(engine, "cache", None)
+        key = view_key(engine, src, options, pixels, getattr(view, "window", None))
+        if cache is not None:
+            cache.observe(key)
+            if not src.explicit_stretch:
+                stats_key = (key.path, key.identity, key.bands)
+                stats = cache.get_meta(stats_key)
+                if stats is None:
+                    cache.put_meta(stats_key, src.stretch)  # estimates once per raster version
+                else:
+                    src.stretch = stats
+    except BaseException:
+        src.close()
+        raise
+    return src, view, key
 
 
 def answer_question(
@@ -96,46 +154,62 @@ def answer_question(
     check = stage_checker(progress, should_stop)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    pixels = pixel_path(options)
 
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
-    src = RasterSource.open(raster, bands=options.bands)
+    src, view, key = open_view(engine, raster, options, pixels)
     timings["open"] = time.perf_counter() - t0
     try:
-        check("pyramid", None, 0.0, f"pyramid of a {src.height}x{src.width} raster")
-        pyramid = ImagePyramid(src, pyramid_config(model))
+        check("pyramid", None, 0.0, f"pyramid of a {view.height}x{view.width} raster")
+        pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop))
         geo = pyramid.geometry
         prompt = encode_prompt(engine.tokenizer, cfg.template, question)
+        budget = sequence_budget(model, prompt, options)
         n_max = int(options.n_max or cfg.n_max)
-        with torch.inference_mode():
+        encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
+        released_numerics = options.mode == "released" and model.dtype == torch.float32
+        with torch.inference_mode(), model.float16_rotary(released_numerics):
             check("encode", None, 0.0, "encoding the thumbnail")
             t0 = time.perf_counter()
-            thumbnail = model.encode_thumbnail(pyramid.thumbnail())
+            thumbnail = encoder.thumbnail()
             timings["thumbnail"] = time.perf_counter() - t0
-            calls = ModelCallbacks(model, pyramid, prompt, thumbnail, check)
+            scorer = RfmScorer(model, prompt, thumbnail)
             t0 = time.perf_counter()
             result = run_focus(
                 geo,
                 options.mode,
-                calls.encode,
-                calls.score,
+                encoder,
+                scorer,
                 alpha=float(options.alpha),
                 n_max=n_max,
                 max_levels=options.max_levels,
-                newline=model.image_newline,
                 check=check,
                 thumbnail_tokens=cfg.thumbnail_tokens,
+                vision_budget=budget["vision_budget"],
             )
-            timings["encode"] = calls.encode_seconds
-            timings["focus"] = calls.score_seconds
-            timings["select"] = time.perf_counter() - t0 - calls.encode_seconds - calls.score_seconds
+            timings["encode"] = encoder.seconds
+            timings["focus"] = scorer.seconds
+            timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
             seq = final_sequence(model, prompt, thumbnail, result)
+            if result.canvas is not None:
+                result.canvas.feats = None  # generation needs only the sequence
+            if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
+                raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
             check("generate", None, 0.0, f"answering from {seq.length} tokens")
             t0 = time.perf_counter()
-            answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens))
+            answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop)
             timings["generate"] = time.perf_counter() - t0
-        trace = build_trace(geo, result, options.score_reduce)
-        features = trace_to_features(trace, src.geotransform, src.crs_wkt, job_id, question)
+            if should_stop is not None and should_stop():
+                raise Cancelled("cancelled during generation")
+        origin = getattr(view, "origin", (0, 0))
+        trace = build_trace(geo, result, options.score_reduce, origin=origin)
+        trace["budget"] = {**budget, "llm_sequence_tokens": seq.length,
+                           "vision_tokens_dropped": result.vision_tokens_dropped}
+        if origin != (0, 0):
+            trace["window"] = list(view.window)
+        heatmap = heatmap_document(geo, result.records, origin)
+        features = trace_to_features(trace, src.geotransform, src.crs_wkt, job_id)
         crs_wkt = src.crs_wkt
     finally:
         src.close()
@@ -143,9 +217,11 @@ def answer_question(
     llm_vision = cfg.thumbnail_tokens + int(result.keep.size)
     counts = {
         "tiles_encoded": int(result.tiles_encoded),
+        "tiles_from_cache": int(encoder.cached),
         "vit_tokens": int((1 + result.tiles_encoded) * cfg.thumbnail_tokens),
         "llm_vision_tokens": int(llm_vision),
         "llm_sequence_tokens": int(seq.length),
+        "vision_tokens_dropped": int(result.vision_tokens_dropped),
         "rfm_passes": len(result.rfm_vision_tokens),
         "prefill_tflops": flops.method_prefill_tflops(
             llm_vision, result.rfm_vision_tokens, rfm_layers=cfg.rfm_layers, **flops.shape_of(cfg.text_config)
@@ -155,12 +231,15 @@ def answer_question(
     timings["total"] = time.perf_counter() - t_start
     opts = options.to_dict()
     opts["n_max"] = n_max
+    opts["pixels"] = pixels
     return {
         "answer": answer,
+        "question": question,
         "trace": trace,
         "counts": counts,
         "features": features,
         "crs_wkt": crs_wkt,
+        "heatmap": heatmap,
         "timings": timings,
         "model": {
             "name": engine.name,
@@ -169,6 +248,6 @@ def answer_question(
             "dtype": engine.info["dtype"],
         },
         "options": opts,
-        "raster": {"path": str(raster), "size": [geo.height, geo.width]},
+        "raster": {"path": str(raster), "size": [src.height, src.width]},
         "job_id": job_id,
     }

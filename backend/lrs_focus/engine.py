@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 
 MODES = ("paper", "released", "thumbnail", "all-tiles")
+PIXELS = ("exact", "gdal")
+DTYPES = ("float32", "bfloat16", "float16")
+MAX_N_MAX = 1024  # tiles per zoom step: bounds the features and the RFM pass whatever is asked
+MAX_NEW_TOKENS = 4096
 
 #: progress(stage, level, fraction, message); stage is one of "open", "pyramid", "encode",
 #: "focus", "generate", "done"; level is None outside per-level work; fraction in [0, 1].
@@ -54,7 +58,8 @@ class AskOptions:
     score_reduce: str = "sum"  # how a tile's score is made from its tokens' attention: sum|max
     window: Optional[list[float]] = None  # [x0, y0, x1, y1] pixel window of the raster to ask about
     stretch: Optional[list[list[float]]] = None  # [[low, high]] per band -> 0..255 (None: 2-98 %)
-    max_length: Optional[int] = None  # lower the model's sequence limit (vision tokens drop first)
+    max_length: Optional[int] = None  # override the model's sequence limit (vision tokens drop first)
+    pixels: Optional[str] = None  # "exact" (released preprocessing) | "gdal" (overviews, fast); None = default
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AskOptions":
@@ -62,14 +67,14 @@ class AskOptions:
             raise BadOptions(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if not (0.0 < float(self.alpha) <= 1.0):
             raise BadOptions(f"alpha must be in (0, 1], not {self.alpha!r}")
-        if self.n_max is not None and int(self.n_max) < 1:
-            raise BadOptions(f"n_max must be a positive number of tiles, not {self.n_max!r}")
+        if self.n_max is not None and not (1 <= int(self.n_max) <= MAX_N_MAX):
+            raise BadOptions(f"n_max must be a number of tiles in 1..{MAX_N_MAX}, not {self.n_max!r}")
         if self.bands is not None and len(self.bands) not in (1, 3):
             raise BadOptions(f"bands must list 1 or 3 band numbers, not {self.bands!r}")
         if self.max_levels is not None and int(self.max_levels) < 1:
             raise BadOptions(f"max_levels must be >= 1, not {self.max_levels!r}")
-        if int(self.max_new_tokens) < 1:
-            raise BadOptions(f"max_new_tokens must be >= 1, not {self.max_new_tokens!r}")
+        if not (1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS):
+            raise BadOptions(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS}, not {self.max_new_tokens!r}")
         if self.score_reduce not in ("sum", "max"):
             raise BadOptions(f"score_reduce must be sum or max, not {self.score_reduce!r}")
         if self.window is not None:
@@ -84,6 +89,10 @@ class AskOptions:
                 raise BadOptions(f"stretch must be 1 or 3 [low, high] pairs with high > low, not {self.stretch!r}")
         if self.max_length is not None and int(self.max_length) < 1:
             raise BadOptions(f"max_length must be a positive number of tokens, not {self.max_length!r}")
+        if self.pixels is not None and self.pixels not in PIXELS:
+            raise BadOptions(f"pixels must be one of {', '.join(PIXELS)}, not {self.pixels!r}")
+        if self.pixels == "gdal" and self.mode == "released":
+            raise BadOptions("released mode always uses the released pixels (pixels=exact)")
         return self
 
     @classmethod
@@ -121,16 +130,22 @@ class Engine:
 
     `model`: "tiny" (random weights, offline; also "tiny-llama"), a local directory in the released
     LLaVA layout, or a hub id (downloaded once). `device`: "cuda", "cuda:1", "cpu" (default: CUDA
-    when available). Heavy imports happen here, not at module import, so the service and the CLI
-    stay light until an engine is really built.
+    when available). `dtype`: "float32" | "bfloat16" | "float16" or a torch dtype (default bf16 on
+    CUDA, float32 on CPU). `cache_mb`: tile features kept between questions (0 = none; features.py).
+    Heavy imports happen here, not at module import, so the service and the CLI stay light until
+    an engine is really built.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None, seed: int = 0):
-        from .model.loading import load_model
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None, seed: int = 0,
+                 cache_mb: float | None = None):
+        from .features import DEFAULT_CACHE_MB, FeatureCache
+        from .model.loading import load_model, parse_dtype
 
         t0 = time.perf_counter()
-        self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=dtype, seed=seed)
+        self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=parse_dtype(dtype), seed=seed)
         self.name = model
+        mb = DEFAULT_CACHE_MB if cache_mb is None else float(cache_mb)
+        self.cache = FeatureCache(int(mb * 2**20), device=self.info["device"]) if mb > 0 else None
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
                  self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")

@@ -1,13 +1,16 @@
 """Coarse-to-fine selection and pruning (Algorithm 1 of the paper, DESIGN 3.4 and 3.6).
 
-The algorithm is written against two callables so that it can run with the real model, with a
-forced score in tests and with a synthetic score in the token benchmark (no weights needed):
+The algorithm is written against two callables so that it runs with the real model, with a forced
+score in tests and with a synthetic score in the benchmarks (no weights needed):
 
-    encode(level, tiles) -> {(row, col): tensor (T, T, d)}   or None when simulating
-    score(canvas)        -> float array (rows, cols + 1), NaN where a token is not present
+    encode(level, tiles) -> tensor (len(tiles), T, T, d) in the order given, or None (simulation)
+    score(canvas)        -> float array (canvas.size,): one RFM score per canvas entry
 
-A *canvas* is one level's stitched token grid after bottom/right unpadding plus the newline
-column; `valid` marks the tokens that exist (tiles encoded, newline tokens present).
+Memory follows the work, not the raster: a *canvas* is sparse, the list of the present tokens of
+one level in raster order (each row of present tokens closed by its newline entry), plus the
+features of the encoded tiles only (n_tiles, T, T, d). What the RFM and the LLM read is a gather
+of those entries; no array anywhere has the size of a level's full token grid (a 27k-pixel
+raster's finest level has 700,000 token positions; a raster may *declare* 10^12 pixels).
 
 Modes:
   paper      Algorithm 1: score level p, keep the top alpha of its tile tokens, zoom into the
@@ -19,7 +22,15 @@ Modes:
              tiles of the next level, score them with unselected tiles keeping their positions
              (masked), keep top alpha of the present tokens plus every newline token.
   thumbnail  the thumbnail alone (LLaVA-1.5 style baseline).
-  all-tiles  every tile of the finest level used, nothing pruned (full-resolution baseline).
+  all-tiles  every tile of the finest level, nothing pruned (the full-resolution baseline), capped
+             to the finest level with at most `all_tiles_max` tiles (4 x N_max by default in the
+             engine) so that encoding stays bounded on any raster; the trace names the cap.
+
+Sequence budget: the LLM's input (text + thumbnail + ':' + vision) must fit its max length, and
+the text is never cut. `vision_budget` is what is left for tile and newline tokens; when the kept
+tokens exceed it the lowest-scored are dropped (raster order kept, a row's newline kept while the
+row keeps a token). In `all-tiles`, which has no scores, one RFM pass scores the level only when
+dropping is needed.
 """
 
 from __future__ import annotations
@@ -33,49 +44,96 @@ import numpy as np
 from .pyramid import PyramidGeometry
 
 Tile = tuple[int, int]
-EncodeFn = Callable[[int, list[Tile]], Optional[dict[Tile, Any]]]
+EncodeFn = Callable[[int, list[Tile]], Any]
 CheckFn = Callable[[str, Optional[int], float, str], None]
 
 
 @dataclass
 class Canvas:
+    """The present tokens of one level, in raster order, and the features they are gathered from.
+
+    Entry i is token (row[i], col[i]) of the level's unpadded token grid (rows x cols), or the
+    newline token of row[i] when col[i] == cols; tile[i] indexes `tiles` (-1 for newlines).
+    """
+
     level: int
     rows: int
     cols: int  # token columns without the newline column
-    valid: np.ndarray  # bool (rows, cols + 1)
     tiles: list[Tile]  # encoded tiles, raster order
-    feats: Any = None  # torch tensor (rows, cols + 1, d) when a model encodes
+    row: np.ndarray
+    col: np.ndarray
+    tile: np.ndarray
+    feats: Any = None  # tensor (len(tiles), T, T, d) when a model encodes, else None
     keep_gaps: bool = False  # released stage B: absent tokens keep their positions
 
     @property
-    def newline_mask(self) -> np.ndarray:
-        m = np.zeros(self.valid.shape, dtype=bool)
-        m[:, -1] = True
-        return m
+    def size(self) -> int:
+        return int(self.row.size)
 
-    def flat_valid(self) -> np.ndarray:
-        return np.flatnonzero(self.valid.ravel())
+    @property
+    def is_newline(self) -> np.ndarray:
+        return self.col == self.cols
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each entry's position in the level's dense (rows, cols + 1) grid, raster order."""
+        return self.row * (self.cols + 1) + self.col
+
+    @property
+    def span(self) -> int:
+        """Positions the dense grid occupies (released stage B numbers positions over it)."""
+        return self.rows * (self.cols + 1)
+
+    def skeleton(self) -> "Canvas":
+        """The same entries without features (what a trace record keeps)."""
+        return Canvas(self.level, self.rows, self.cols, self.tiles, self.row, self.col, self.tile, None, self.keep_gaps)
+
+    def gather(self, newline: Any, index: np.ndarray | None = None) -> Any:
+        """Features of entries `index` (default: all) as a (k, d) tensor: the sequence's tile part."""
+        import torch
+
+        if self.feats is None:
+            raise ValueError("canvas has no features (simulation)")
+        idx = np.arange(self.size) if index is None else np.asarray(index, dtype=np.int64)
+        feats = self.feats
+        d = feats.shape[-1]
+        out = newline.to(device=feats.device, dtype=feats.dtype).expand(idx.size, d).clone()
+        tile = self.tile[idx]
+        sel = np.flatnonzero(tile >= 0)
+        if sel.size:
+            t = feats.shape[1]
+            origin = np.asarray(self.tiles, dtype=np.int64).reshape(-1, 2)[tile[sel]] * t
+            rr = self.row[idx][sel] - origin[:, 0]
+            cc = self.col[idx][sel] - origin[:, 1]
+            as_t = lambda a: torch.as_tensor(a, device=feats.device)  # noqa: E731
+            out[as_t(sel)] = feats[as_t(tile[sel]), as_t(rr), as_t(cc)]
+        return out
 
 
 @dataclass
 class LevelRecord:
     level: int
     grid: tuple[int, int]
-    scores: np.ndarray | None = None  # canvas scores (NaN = absent)
-    kept: np.ndarray | None = None  # bool (rows, cols + 1)
-    encoded: list[Tile] = field(default_factory=list)
-    canvas_shape: tuple[int, int] | None = None
+    canvas: Canvas  # entries only (no features)
+    scores: np.ndarray | None = None  # (canvas.size,) RFM scores, None when not scored
+    kept: np.ndarray | None = None  # (canvas.size,) bool
+
+    @property
+    def encoded(self) -> list[Tile]:
+        return self.canvas.tiles
 
 
 @dataclass
 class FocusResult:
     mode: str
-    canvas: Canvas | None  # the canvas whose kept tokens go to the LLM (None: thumbnail only)
-    keep: np.ndarray  # flat indices into canvas (rows * (cols + 1)), raster order
+    canvas: Canvas | None  # the canvas whose kept entries go to the LLM (None: thumbnail only)
+    keep: np.ndarray  # entry indices into `canvas`, raster order (tile tokens and newlines)
     records: list[LevelRecord]
     stopped_at: int | None
     tiles_encoded: int
     rfm_vision_tokens: list[int]  # vision tokens (thumbnail + ':' + present tile tokens) per RFM pass
+    vision_tokens_dropped: int = 0  # kept tokens dropped to fit the sequence budget
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. the all-tiles level cap
 
 
 def build_canvas(
@@ -86,54 +144,80 @@ def build_canvas(
     all_newlines: bool,
     keep_gaps: bool,
     unpad_hw: tuple[int, int] | None = None,
-    newline: Any = None,
 ) -> Canvas:
-    """Encode `tiles` of `level` and lay their tokens on the level's unpadded grid + newline column."""
+    """Encode `tiles` of `level` and list their tokens on the level's unpadded grid, raster order.
+
+    Newline entries close every row (`all_newlines`, released) or the rows holding a token.
+    """
     rows, cols = geo.token_grid(level, unpad_hw)
     t = geo.cfg.tokens_per_tile
     tiles = sorted(set(tiles))
-    valid = np.zeros((rows, cols + 1), dtype=bool)
-    for r, c in tiles:
-        valid[r * t : min((r + 1) * t, rows), c * t : min((c + 1) * t, cols)] = True
-    valid[:, cols] = True if all_newlines else valid[:, :cols].any(axis=1)
-    feats = None
-    encoded = encode(level, tiles)
-    if encoded is not None:
-        import torch
-
-        first = next(iter(encoded.values()))
-        feats = torch.zeros(rows, cols + 1, first.shape[-1], dtype=first.dtype, device=first.device)
-        for (r, c), tok in encoded.items():
-            h = max(0, min(t, rows - r * t))
-            w = max(0, min(t, cols - c * t))
-            feats[r * t : r * t + h, c * t : c * t + w] = tok[:h, :w]
-        feats[:, cols] = newline.to(first.dtype) if newline is not None else 0
-    return Canvas(level, rows, cols, valid, tiles, feats, keep_gaps)
+    parts_r, parts_c, parts_t = [], [], []
+    for i, (r, c) in enumerate(tiles):
+        h, w = max(0, min(t, rows - r * t)), max(0, min(t, cols - c * t))
+        if h and w:
+            rr, cc = np.divmod(np.arange(h * w, dtype=np.int64), w)
+            parts_r.append(rr + r * t)
+            parts_c.append(cc + c * t)
+            parts_t.append(np.full(h * w, i, dtype=np.int64))
+    tok_r = np.concatenate(parts_r) if parts_r else np.zeros(0, dtype=np.int64)
+    tok_c = np.concatenate(parts_c) if parts_c else np.zeros(0, dtype=np.int64)
+    tok_t = np.concatenate(parts_t) if parts_t else np.zeros(0, dtype=np.int64)
+    nl_rows = np.arange(rows, dtype=np.int64) if all_newlines else np.unique(tok_r)
+    row = np.concatenate([tok_r, nl_rows])
+    col = np.concatenate([tok_c, np.full(nl_rows.size, cols, dtype=np.int64)])
+    tile = np.concatenate([tok_t, np.full(nl_rows.size, -1, dtype=np.int64)])
+    order = np.argsort(row * (cols + 1) + col, kind="stable")
+    feats = encode(level, tiles) if tiles else None
+    return Canvas(level, rows, cols, tiles, row[order], col[order], tile[order], feats, keep_gaps)
 
 
 def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-    """Flat indices of the k best candidates (ties broken by raster order), sorted in raster order."""
-    idx = np.flatnonzero(candidates.ravel())
+    """Indices of the k best candidates (ties broken by raster order), sorted in raster order."""
+    idx = np.flatnonzero(candidates)
     if k <= 0 or idx.size == 0:
         return np.zeros(0, dtype=np.int64)
-    vals = scores.ravel()[idx]
-    order = np.argsort(-vals, kind="stable")[:k]
+    order = np.argsort(-scores[idx], kind="stable")[:k]
     return np.sort(idx[order])
 
 
-def tile_scores(canvas: Canvas, scores: np.ndarray, t: int, reduce: str) -> dict[Tile, float]:
-    """A tile's score: sum (or max) of its present tokens' attention (newline tokens excluded)."""
-    out: dict[Tile, float] = {}
-    for r, c in canvas.tiles:
-        block = scores[r * t : min((r + 1) * t, canvas.rows), c * t : min((c + 1) * t, canvas.cols)]
-        block = block[np.isfinite(block)]
-        out[(r, c)] = float(block.max() if reduce == "max" else block.sum()) if block.size else 0.0
-    return out
+def close_rows(canvas: Canvas, tokens: np.ndarray) -> np.ndarray:
+    """Tile-token entries plus the newline entry of every row they occupy, raster order."""
+    rows = np.unique(canvas.row[tokens])
+    newlines = np.flatnonzero(canvas.is_newline & np.isin(canvas.row, rows))
+    return np.union1d(tokens, newlines)
 
 
-def kept_tiles(canvas: Canvas, kept: np.ndarray, t: int) -> set[Tile]:
-    rr, cc = np.nonzero(kept[:, : canvas.cols])
-    return {(int(r) // t, int(c) // t) for r, c in zip(rr, cc)}
+def fit_budget(canvas: Canvas, keep: np.ndarray, scores: np.ndarray | None, budget: int | None,
+               all_newlines: bool) -> tuple[np.ndarray, int]:
+    """Drop the lowest-scored kept tokens until tokens + newlines fit `budget`. Returns (keep, dropped).
+
+    Newlines: every row's (`all_newlines`, released) or only those of rows still holding a kept
+    token; when even the rows' newlines exceed the budget, the row rule applies instead.
+    """
+    if budget is None or keep.size <= budget:
+        return keep, 0
+    budget = max(0, int(budget))
+    is_nl = canvas.is_newline[keep]
+    tokens = keep[~is_nl]
+    order = tokens[np.argsort(-scores[tokens], kind="stable")] if scores is not None else tokens
+    n_nl_all = int(canvas.is_newline.sum())
+    if all_newlines and n_nl_all <= budget:
+        chosen = np.sort(order[: budget - n_nl_all])
+        out = np.union1d(chosen, np.flatnonzero(canvas.is_newline))
+        return out, int(tokens.size - chosen.size)
+    # row rule: count a row's newline with its first token, in score order
+    seen: set[int] = set()
+    used, n = 0, 0
+    for entry in order:
+        cost = 1 if int(canvas.row[entry]) in seen else 2
+        if used + cost > budget:
+            break
+        seen.add(int(canvas.row[entry]))
+        used += cost
+        n += 1
+    chosen = np.sort(order[:n])
+    return close_rows(canvas, chosen), int(tokens.size - chosen.size)
 
 
 def _noop(stage: str, level: int | None, fraction: float, message: str) -> None:
@@ -148,83 +232,97 @@ def run_focus(
     alpha: float = 0.25,
     n_max: int = 80,
     max_levels: int | None = None,
-    newline: Any = None,
     check: CheckFn = _noop,
     thumbnail_tokens: int = 576,
+    vision_budget: int | None = None,
+    all_tiles_max: int | None = None,
 ) -> FocusResult:
     """Run one selection; `check(stage, level, fraction, message)` is called at every stage boundary
-    (the engine's progress + cancel hook)."""
+    (the engine's progress + cancel hook). `vision_budget`: tile + newline tokens the LLM can take
+    (None: no limit). `all_tiles_max`: tile cap of the all-tiles mode (None: 4 x n_max)."""
     levels = geo.levels[: max_levels or len(geo.levels)]
     n_vis0 = thumbnail_tokens + 1
     if mode == "thumbnail":
         return FocusResult(mode, None, np.zeros(0, dtype=np.int64), [], None, 0, [])
     if mode == "all-tiles":
-        lv = levels[-1]
-        tiles = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
-        check("encode", lv.index, 0.0, f"encoding all {len(tiles)} tiles of level {lv.index}")
-        canvas = build_canvas(geo, lv.index, tiles, encode, all_newlines=True, keep_gaps=False, newline=newline)
-        keep = canvas.flat_valid()
-        kept = canvas.valid.copy()
-        rec = LevelRecord(lv.index, lv.grid, None, kept, canvas.tiles, canvas.valid.shape)
-        return FocusResult(mode, canvas, keep, [rec], lv.index, len(tiles), [])
+        return _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, all_tiles_max or 4 * n_max)
     if mode == "released":
-        return _released(geo, levels, encode, score, alpha, newline, check, n_vis0)
+        return _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget)
     if mode != "paper":
         raise ValueError(f"unknown focus mode {mode!r}")
 
-    t = geo.cfg.tokens_per_tile
     records: list[LevelRecord] = []
     rfm_tokens: list[int] = []
     base = levels[0]
     tiles = [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])]
     n_encoded = len(tiles)
     check("encode", base.index, 0.0, f"encoding {len(tiles)} base tiles")
-    canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=False, keep_gaps=False, newline=newline)
+    canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=False, keep_gaps=False)
     p = 0
     while True:
         check("focus", canvas.level, 0.0, f"scoring level {canvas.level}")
-        scores = score(canvas)
-        rfm_tokens.append(n_vis0 + int(canvas.valid.sum()))
-        candidates = canvas.valid & ~canvas.newline_mask
-        n_cand = int(candidates.sum())
-        keep = top_k(scores, candidates, max(1, int(math.floor(alpha * n_cand))))
-        kept = np.zeros(canvas.valid.shape, dtype=bool)
-        kept.ravel()[keep] = True
-        rec = LevelRecord(canvas.level, levels[p].grid, scores, kept, canvas.tiles, canvas.valid.shape)
+        scores = np.asarray(score(canvas), dtype=np.float64)
+        rfm_tokens.append(n_vis0 + canvas.size)
+        candidates = ~canvas.is_newline
+        keep = top_k(scores, candidates, max(1, int(math.floor(alpha * int(candidates.sum())))))
+        rec = LevelRecord(canvas.level, levels[p].grid, canvas.skeleton(), scores, _mask(canvas, keep))
         records.append(rec)
         if p == len(levels) - 1:
-            stopped = canvas.level
             break
         nxt = levels[p + 1]
-        rr, cc = np.nonzero(kept[:, : canvas.cols])
-        next_tiles = sorted({geo.tile_at(nxt.index, *geo.token_center(canvas.level, int(r), int(c))) for r, c in zip(rr, cc)})
-        if len(next_tiles) > n_max:
-            stopped = canvas.level
+        next_tiles = sorted({geo.tile_at(nxt.index, *geo.token_center(canvas.level, int(r), int(c)))
+                             for r, c in zip(canvas.row[keep], canvas.col[keep])})
+        if not next_tiles or len(next_tiles) > n_max:
             break
         check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
-        canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=False, keep_gaps=False, newline=newline)
+        canvas = None  # the coarser level's features are no longer needed
+        canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=False, keep_gaps=False)
         n_encoded += len(next_tiles)
         p += 1
     # the LLM reads the kept tokens of the last scored level, each kept row closed by its newline
-    rows_with = kept[:, : canvas.cols].any(axis=1)
-    kept[:, canvas.cols] = rows_with
-    final = np.flatnonzero(kept.ravel())
-    return FocusResult("paper", canvas, final, records, stopped, n_encoded, rfm_tokens)
+    final, dropped = fit_budget(canvas, close_rows(canvas, keep), scores, vision_budget, all_newlines=False)
+    records[-1].kept = _mask(canvas, final) & ~canvas.is_newline
+    return FocusResult("paper", canvas, final, records, canvas.level, n_encoded, rfm_tokens, dropped)
+
+
+def _mask(canvas: Canvas, index: np.ndarray) -> np.ndarray:
+    out = np.zeros(canvas.size, dtype=bool)
+    out[index] = True
+    return out
+
+
+def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_tiles) -> FocusResult:
+    """Every tile of the finest level with at most `max_tiles` tiles; scored only to drop tokens."""
+    finest = levels[-1]
+    usable = [lv for lv in levels if lv.grid[0] * lv.grid[1] <= max_tiles] or [levels[0]]
+    lv = usable[-1]
+    notes = {}
+    if lv.index != finest.index:
+        notes["all_tiles_capped"] = {"finest_level": finest.index, "tiles": finest.grid[0] * finest.grid[1],
+                                     "limit": int(max_tiles), "level_used": lv.index}
+    tiles = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
+    check("encode", lv.index, 0.0, f"encoding all {len(tiles)} tiles of level {lv.index}")
+    canvas = build_canvas(geo, lv.index, tiles, encode, all_newlines=True, keep_gaps=False)
+    keep = np.arange(canvas.size)
+    scores, rfm_tokens = None, []
+    if vision_budget is not None and canvas.size > vision_budget:
+        check("focus", lv.index, 0.0, f"scoring level {lv.index} to fit the sequence budget")
+        scores = np.asarray(score(canvas), dtype=np.float64)
+        rfm_tokens.append(n_vis0 + canvas.size)
+    final, dropped = fit_budget(canvas, keep, scores, vision_budget, all_newlines=False)
+    rec = LevelRecord(lv.index, lv.grid, canvas.skeleton(), scores, _mask(canvas, final) & ~canvas.is_newline)
+    return FocusResult("all-tiles", canvas, final, [rec], lv.index, len(tiles), rfm_tokens, dropped, notes)
 
 
 def _released_keep(canvas: Canvas, score, alpha: float, n_vis0: int, rfm_tokens: list[int]):
-    """One released RFM pass: top floor(alpha * present) tokens, plus every newline token."""
-    scores = score(canvas)
-    n_present = int(canvas.valid.sum())
-    rfm_tokens.append(n_vis0 + n_present)
-    sel = top_k(scores, canvas.valid, int(math.floor(alpha * n_present)))
-    kept = np.zeros(canvas.valid.shape, dtype=bool)
-    kept.ravel()[sel] = True
-    kept[:, canvas.cols] = True  # newline tokens are always kept
-    return scores, kept
+    """One released RFM pass: top floor(alpha * present) entries, plus every newline entry."""
+    scores = np.asarray(score(canvas), dtype=np.float64)
+    rfm_tokens.append(n_vis0 + canvas.size)
+    sel = top_k(scores, np.ones(canvas.size, dtype=bool), int(math.floor(alpha * canvas.size)))
+    return scores, np.union1d(sel, np.flatnonzero(canvas.is_newline))  # newline tokens are always kept
 
 
-def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> FocusResult:
+def _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget) -> FocusResult:
     """Exactly one zoom step from the base level (DESIGN 3.6)."""
     records: list[LevelRecord] = []
     rfm_tokens: list[int] = []
@@ -232,73 +330,79 @@ def _released(geo, levels, encode, score, alpha, newline, check, n_vis0) -> Focu
     tiles = [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])]
     check("encode", base.index, 0.0, f"encoding {len(tiles)} base tiles")
     # the released code unpads the base level against the original image size
-    canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=True, keep_gaps=False, unpad_hw=geo.image_size, newline=newline)
+    canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=True, keep_gaps=False, unpad_hw=geo.image_size)
     check("focus", base.index, 0.0, "scoring the base level")
-    scores, kept = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
-    records.append(LevelRecord(base.index, base.grid, scores, kept, canvas.tiles, canvas.valid.shape))
+    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
+    records.append(LevelRecord(base.index, base.grid, canvas.skeleton(), scores, _mask(canvas, keep)))
     nxt = levels[1] if len(levels) > 1 else levels[0]
-    g_h, g_w = canvas.valid.shape  # newline-inclusive width, as released
-    rr, cc = np.nonzero(kept)
-    next_tiles = sorted({(int(r) * nxt.grid[0] // g_h, int(c) * nxt.grid[1] // g_w) for r, c in zip(rr, cc)})
+    g_h, g_w = canvas.rows, canvas.cols + 1  # newline-inclusive width, as released
+    next_tiles = sorted({(int(r) * nxt.grid[0] // g_h, int(c) * nxt.grid[1] // g_w)
+                         for r, c in zip(canvas.row[keep], canvas.col[keep])})
     check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
-    canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=True, keep_gaps=True, newline=newline)
+    canvas = None
+    canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=True, keep_gaps=True)
     check("focus", nxt.index, 0.0, f"scoring level {nxt.index}")
-    scores, kept = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
-    rec = LevelRecord(nxt.index, nxt.grid, scores, kept, canvas.tiles, canvas.valid.shape)
+    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
+    final, dropped = fit_budget(canvas, keep, scores, vision_budget, all_newlines=True)
+    rec = LevelRecord(nxt.index, nxt.grid, canvas.skeleton(), scores, _mask(canvas, final))
     if nxt.index == base.index:
         records[0] = rec
     else:
         records.append(rec)
-    final = np.flatnonzero(kept.ravel())
-    return FocusResult("released", canvas, final, records, nxt.index, len(tiles) + len(next_tiles), rfm_tokens)
+    return FocusResult("released", canvas, final, records, nxt.index, len(tiles) + len(next_tiles), rfm_tokens,
+                       dropped)
 
 
-def build_trace(geo: PyramidGeometry, result: FocusResult, score_reduce: str = "sum", levels_shown: int | None = None) -> dict[str, Any]:
-    """The trace of DESIGN 9: every level's grid; for every level the run reached, every tile's
-    window, encoded, score, kept and rank.
+def tile_scores(rec: LevelRecord, reduce: str) -> np.ndarray:
+    """Per encoded tile: sum (or max) of its tokens' scores (newline entries excluded)."""
+    n = len(rec.canvas.tiles)
+    out = np.zeros(n, dtype=np.float64)
+    if rec.scores is None or n == 0:
+        return out
+    tok = rec.canvas.tile >= 0
+    idx, vals = rec.canvas.tile[tok], rec.scores[tok]
+    if reduce == "max":
+        out[:] = -np.inf
+        np.maximum.at(out, idx, vals)
+        out[~np.isfinite(out)] = 0.0
+    else:
+        np.add.at(out, idx, vals)
+    return out
 
-    Levels the run never reached (finer than where it stopped) give their grid and `reached:
-    false` but list no tiles: nothing happened there, and listing them would make the trace of a
-    27k-pixel raster hundreds of thousands of entries long for small-tile models.
+
+def build_trace(geo: PyramidGeometry, result: FocusResult, score_reduce: str = "sum",
+                origin: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """The trace of DESIGN 9: every level's grid; for every level the run reached, the tiles it
+    encoded with their window, score, kept and rank (1 = most attention within that level).
+
+    Only encoded tiles are listed: the rest of a level had no tokens, and listing them would make
+    the trace of a 27k-pixel raster tens of thousands of entries long. `origin` shifts the windows
+    when the pyramid was built on a window of the raster (trace windows are raster pixels).
     """
-    t = geo.cfg.tokens_per_tile
     by_level = {rec.level: rec for rec in result.records}
-    canvases: dict[int, Canvas] = {}
+    ox, oy = origin
     out_levels = []
-    for lv in geo.levels[: levels_shown or len(geo.levels)]:
+    for lv in geo.levels:
         rec = by_level.get(lv.index)
-        scores: dict[Tile, float] = {}
-        kept_set: set[Tile] = set()
-        encoded: set[Tile] = set()
-        if rec is not None:
-            encoded = set(rec.encoded)
-            rows, cols1 = rec.canvas_shape
-            canvas = canvases.get(lv.index) or Canvas(lv.index, rows, cols1 - 1, np.zeros((rows, cols1), bool), list(rec.encoded))
-            if rec.scores is not None:
-                scores = tile_scores(canvas, rec.scores, t, score_reduce)
-            if rec.kept is not None:
-                kept_set = kept_tiles(canvas, rec.kept, t)
-        ranked = sorted(scores, key=lambda k: (-scores[k], k))
-        rank = {tile: i + 1 for i, tile in enumerate(ranked)}
         tiles = []
-        for r in range(lv.grid[0] if rec is not None else 0):
-            for c in range(lv.grid[1]):
-                tiles.append(
-                    {
-                        "row": r,
-                        "col": c,
-                        "window": list(geo.tile_window(lv.index, r, c)),
-                        "encoded": (r, c) in encoded,
-                        "score": float(scores.get((r, c), 0.0)),
-                        "kept": (r, c) in kept_set,
-                        "rank": rank.get((r, c)),
-                    }
-                )
+        if rec is not None:
+            scores = tile_scores(rec, score_reduce)
+            kept_tiles = set()
+            if rec.kept is not None:
+                kept_tiles = set(rec.canvas.tile[rec.kept & (rec.canvas.tile >= 0)].tolist())
+            order = sorted(range(len(rec.canvas.tiles)), key=lambda i: (-scores[i], rec.canvas.tiles[i]))
+            rank = {i: k + 1 for k, i in enumerate(order)} if rec.scores is not None else {}
+            for i, (r, c) in enumerate(rec.canvas.tiles):
+                x0, y0, x1, y1 = geo.tile_window(lv.index, r, c)
+                tiles.append({"row": r, "col": c, "window": [x0 + ox, y0 + oy, x1 + ox, y1 + oy], "encoded": True,
+                              "score": float(scores[i]), "kept": i in kept_tiles, "rank": rank.get(i)})
         out_levels.append({"level": lv.index, "scale": lv.scale, "grid": list(lv.grid), "reached": rec is not None,
                            "tiles": tiles})
-    return {
+    trace = {
         "levels": out_levels,
         "thumbnail": {"size": list(geo.thumbnail_size)},
         "stopped_at": result.stopped_at,
         "mode": result.mode,
     }
+    trace.update(result.notes)
+    return trace

@@ -78,7 +78,8 @@ class RasterSource:
     """An open raster with a fixed RGB band choice and 8-bit stretch. Use `RasterSource.open`."""
 
     def __init__(self, path: str, dataset: gdal.Dataset, bands: Sequence[int], palette: Optional[np.ndarray],
-                 percentiles: Optional[tuple[float, float]], resampling: str):
+                 percentiles: Optional[tuple[float, float]], resampling: str,
+                 stretch: Optional[Sequence[Sequence[float]]] = None):
         self.path = path
         self._ds = dataset
         self.height = dataset.RasterYSize
@@ -104,16 +105,52 @@ class RasterSource:
         self.geotransform: tuple[float, ...] = tuple(gt) if gt is not None else (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
         srs = dataset.GetSpatialRef()
         self.crs_wkt = srs.ExportToWkt() if (srs is not None and gt is not None) else ""
-        self.stretch: list[BandStretch] = self._estimate_stretch()
+        # An explicit stretch (the display's min/max) also applies to 8-bit data; without one,
+        # 8-bit data is taken as is and other types get the 2-98 % percentiles, estimated lazily.
+        self.explicit_stretch = stretch is not None and self.palette is None
+        self._stretch: Optional[list[BandStretch]] = (
+            [BandStretch(float(lo), float(hi)) for lo, hi in stretch] if self.explicit_stretch else None
+        )
+
+    @property
+    def stretch(self) -> list[BandStretch]:
+        """Per-band linear map to 0..255; estimated on first use (a decimated read of the whole raster)."""
+        if self._stretch is None:
+            self._stretch = self._estimate_stretch()
+        return self._stretch
+
+    @stretch.setter
+    def stretch(self, value: Sequence[BandStretch]) -> None:
+        """Set precomputed statistics (the engine's cache): a follow-up question skips the stats read."""
+        self._stretch = list(value)
+
+    def identity(self) -> tuple:
+        """What changes when the pixels may have changed: (name, size, mtime) of every file GDAL reads
+        for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources); the path alone when GDAL
+        lists none (in-memory or virtual datasets)."""
+        files = []
+        for name in sorted(set(self._ds.GetFileList() or [])):
+            stat = _vsi_stat(name)
+            if stat is not None:
+                files.append((name, int(stat.size), int(stat.mtime)))
+                try:
+                    st = os.stat(name)
+                    files[-1] = (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
+                except OSError:
+                    pass
+        return (self.path, tuple(files))
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, path, bands: Optional[Sequence[int]] = None,
              percentiles: Optional[tuple[float, float]] = (2.0, 98.0),
-             resampling: str = "bilinear", open_options: Optional[Sequence[str]] = None) -> "RasterSource":
+             resampling: str = "bilinear", open_options: Optional[Sequence[str]] = None,
+             stretch: Optional[Sequence[Sequence[float]]] = None) -> "RasterSource":
         """Open `path` (anything GDAL opens, `/vsi...` included) or raise a specific RasterError.
 
-        `open_options` go to GDAL (e.g. ["OVERVIEW_LEVEL=NONE"] to ignore overviews).
+        `open_options` go to GDAL (e.g. ["OVERVIEW_LEVEL=NONE"] to ignore overviews). `stretch`:
+        one [low, high] per chosen band, mapped linearly to 0..255 (what QGIS's renderer shows);
+        ignored for palettes.
         """
         path = os.fspath(path)
         if resampling not in RESAMPLING:
@@ -141,7 +178,9 @@ class RasterSource:
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
             raise EmptyRaster(f"{path}: raster has no bands{hint}")
         chosen, palette = cls._choose_bands(path, ds, bands)
-        src = cls(path, ds, chosen, palette, percentiles, resampling)
+        if stretch is not None and palette is None and len(stretch) != len(chosen):
+            raise BandError(f"{path}: {len(stretch)} stretch pair(s) for {len(chosen)} band(s) {chosen}")
+        src = cls(path, ds, chosen, palette, percentiles, resampling, stretch)
         src._probe()
         return src
 
@@ -187,7 +226,8 @@ class RasterSource:
         x0, xs = _gdal_span(float(x0), float(x1) - float(x0), self.width)
         y0, ys = _gdal_span(float(y0), float(y1) - float(y0), self.height)
         alg = RESAMPLING["nearest" if self.palette is not None else (resampling or self.resampling)]
-        buf_type = gdal.GDT_Byte if (self.data_type == "Byte" or self.palette is not None) else gdal.GDT_Float32
+        raw_bytes = (self.data_type == "Byte" and not self.explicit_stretch) or self.palette is not None
+        buf_type = gdal.GDT_Byte if raw_bytes else gdal.GDT_Float32
         if self.palette is not None and len(self.palette) > 256:
             buf_type = gdal.GDT_UInt16
         dtype = {gdal.GDT_Byte: np.uint8, gdal.GDT_UInt16: np.uint16, gdal.GDT_Float32: np.float32}[buf_type]
@@ -299,3 +339,29 @@ class RasterSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RasterWindow:
+    """A pixel window of an open raster, seen as a raster of its own (the `window` option).
+
+    The pyramid, the thumbnail and every tile are built on the window only; `origin` shifts the
+    trace's windows back to pixels of the whole raster. Reads are delegated, shifted.
+    """
+
+    def __init__(self, src: RasterSource, window: Sequence[float]):
+        x0, y0, x1, y1 = (float(v) for v in window)
+        ix0, iy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+        ix1, iy1 = min(src.width, int(np.ceil(x1))), min(src.height, int(np.ceil(y1)))
+        if ix1 <= ix0 or iy1 <= iy0:
+            from .errors import BadOptions
+
+            raise BadOptions(f"window {list(window)} does not overlap the raster ({src.width} x {src.height} pixels)")
+        self.src = src
+        self.origin = (ix0, iy0)
+        self.window = (ix0, iy0, ix1, iy1)
+        self.width, self.height = ix1 - ix0, iy1 - iy0
+
+    def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0)) -> np.ndarray:
+        x0, y0, x1, y1 = (float(v) for v in window)
+        ox, oy = self.origin
+        return self.src.read_rgb((x0 + ox, y0 + oy, x1 + ox, y1 + oy), out_size, pad_rgb=pad_rgb)

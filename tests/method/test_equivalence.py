@@ -12,7 +12,8 @@ from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM
 from transformers.masking_utils import create_causal_mask
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lrs_focus.answer import ModelCallbacks, final_sequence, pyramid_config
+from lrs_focus.answer import RfmScorer, final_sequence, pyramid_config
+from lrs_focus.features import TileEncoder
 from lrs_focus.focus import run_focus
 from lrs_focus.model.prompts import encode_prompt, separator_id
 from lrs_focus.pyramid import ImagePyramid
@@ -44,8 +45,8 @@ def test_pipeline_without_pruning_matches_stock_forward(tiny_models, array_sourc
     prompt = encode_prompt(tok, model.config.template, "What is the color of the largest building?")
     with torch.no_grad():
         thumb = model.encode_thumbnail(pyr.thumbnail())
-        calls = ModelCallbacks(model, pyr, prompt, thumb, lambda *a: None)
-        result = run_focus(geo, "all-tiles", calls.encode, calls.score, max_levels=2, newline=model.image_newline)
+        encoder = TileEncoder(model, pyr, None, None, lambda *a: None)
+        result = run_focus(geo, "all-tiles", encoder, RfmScorer(model, prompt, thumb), max_levels=2)
         ours = model.llm_forward(final_sequence(model, prompt, thumb, result)).logits
 
         # naive reference, built from the layout of DESIGN 3.1 with stock classes only

@@ -1,11 +1,12 @@
-"""Algorithm 1 with forced scores: tiles follow the peak token at every level; N_max stop rule."""
+"""Algorithm 1 with forced scores: tiles follow the peak token at every level; N_max stop rule;
+sparse canvases whose size follows the work; the sequence budget drops vision tokens, never text."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lrs_focus.focus import build_trace, run_focus
+from lrs_focus.focus import build_trace, fit_budget, run_focus
 from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
 
 TINY = PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4)
@@ -31,16 +32,15 @@ def _centre(geo, level, tr, tc):
 
 
 def _peak_scorer(geo, point, log):
-    """Score = closeness of each present token's centre to `point` (newline tokens score 0)."""
+    """Score = closeness of each token's centre to `point` (newline entries score 0)."""
     px, py = point
 
     def score(canvas):
-        s = np.full(canvas.valid.shape, np.nan)
-        for r, c in zip(*np.nonzero(canvas.valid[:, : canvas.cols])):
-            x, y = _centre(geo, canvas.level, r, c)
-            s[r, c] = 1.0 / (1.0 + np.hypot(x - px, y - py))
-        s[:, canvas.cols] = np.where(canvas.valid[:, canvas.cols], 0.0, np.nan)
-        log.append((canvas.level, s.copy(), canvas.tiles))
+        s = np.zeros(canvas.size)
+        for i in np.flatnonzero(~canvas.is_newline):
+            x, y = _centre(geo, canvas.level, canvas.row[i], canvas.col[i])
+            s[i] = 1.0 / (1.0 + np.hypot(x - px, y - py))
+        log.append((canvas.level, s.copy(), canvas.skeleton()))
         return s
 
     return score
@@ -56,6 +56,11 @@ def _tile_containing(geo, level, x, y):
     raise AssertionError(f"no tile of level {level} holds ({x}, {y})")
 
 
+def _kept_tokens(rec):
+    tok = rec.kept & ~rec.canvas.is_newline
+    return list(zip(rec.canvas.row[tok].tolist(), rec.canvas.col[tok].tolist()))
+
+
 @pytest.mark.parametrize("cfg, height, width", SIZES)
 def test_forced_peak_selects_the_tile_under_the_peak_at_every_level(cfg, height, width):
     geo = PyramidGeometry(height, width, cfg)
@@ -68,29 +73,32 @@ def test_forced_peak_selects_the_tile_under_the_peak_at_every_level(cfg, height,
         assert [rec.level for rec in result.records] == list(range(len(geo.levels)))
         assert result.stopped_at == len(geo.levels) - 1
         for p, rec in enumerate(result.records):
-            level, scores, tiles = log[p]
+            level, scores, canvas = log[p]
             # exactly one kept token: the present token nearest to the peak
-            kept = np.argwhere(rec.kept[:, :-1])
+            kept = _kept_tokens(rec)
             assert len(kept) == 1
-            present = np.argwhere(~np.isnan(scores[:, :-1]))
-            dists = [np.hypot(*np.subtract(_centre(geo, level, r, c), point)) for r, c in present]
-            assert tuple(kept[0]) == tuple(present[int(np.argmin(dists))])
+            tokens = np.flatnonzero(~canvas.is_newline)
+            dists = [np.hypot(*np.subtract(_centre(geo, level, canvas.row[i], canvas.col[i]), point)) for i in tokens]
+            best = tokens[int(np.argmin(dists))]
+            assert kept[0] == (canvas.row[best], canvas.col[best])
             if p + 1 < len(result.records):
                 cx, cy = _centre(geo, level, *kept[0])
                 assert result.records[p + 1].encoded == [_tile_containing(geo, p + 1, cx, cy)]
         # at the finest level the kept token is the one under the peak whenever its tile was reached
         last = result.records[-1]
-        (r, c), = np.argwhere(last.kept[:, :-1])
+        (r, c), = _kept_tokens(last)
         x0, y0, x1, y1 = geo.token_window_float(last.level, r, c)
         tile = _tile_containing(geo, last.level, *point)
         if tile in last.encoded:
             assert x0 <= point[0] < x1 + 1e-6 and y0 <= point[1] < y1 + 1e-6
+        # the LLM gets the kept token and its row's newline, nothing else
+        assert result.keep.size == 2 and result.canvas.is_newline[result.keep].tolist() == [False, True]
 
 
 @pytest.mark.parametrize("cfg, height, width", SIZES[:3] + SIZES[4:5])
 def test_stop_rule_triggers_exactly_past_n_max(cfg, height, width):
     geo = PyramidGeometry(height, width, cfg)
-    uniform = lambda canvas: np.where(canvas.valid, 1.0, np.nan)  # noqa: E731
+    uniform = lambda canvas: np.ones(canvas.size)  # noqa: E731
     free = run_focus(geo, "paper", _no_encode, uniform, alpha=1.0, n_max=10**6)
     n_next = len(free.records[1].encoded)  # tiles needed to zoom from the base level
     at_limit = run_focus(geo, "paper", _no_encode, uniform, alpha=1.0, n_max=n_next)
@@ -98,7 +106,7 @@ def test_stop_rule_triggers_exactly_past_n_max(cfg, height, width):
     assert len(at_limit.records) >= 2 and at_limit.records[1].encoded == free.records[1].encoded
     assert past_limit.stopped_at == 0 and len(past_limit.records) == 1
     assert past_limit.tiles_encoded == geo.levels[0].grid[0] * geo.levels[0].grid[1]
-    # output at the stop = the stopped level's kept tokens (all of them here, alpha = 1)
+    # output at the stop = the stopped level's kept tokens (all of them here, alpha = 1) + newlines
     rows, cols = geo.token_grid(0)
     assert past_limit.keep.size == rows * (cols + 1)
 
@@ -111,9 +119,9 @@ def test_released_mapping_uses_newline_inclusive_width():
     peak = (5, 30)
 
     def score(canvas):
-        s = np.where(canvas.valid, 1e-6, np.nan)
+        s = np.full(canvas.size, 1e-6)
         if canvas.level == 0:
-            s[peak] = 1.0
+            s[(canvas.row == peak[0]) & (canvas.col == peak[1])] = 1.0
         return s
 
     n_tokens = rows * (cols + 1)
@@ -123,28 +131,99 @@ def test_released_mapping_uses_newline_inclusive_width():
     expected |= {(r * nh // rows, cols * nw // (cols + 1)) for r in range(rows)}  # newline -> last column
     assert set(result.records[1].encoded) == expected
     assert result.stopped_at == 1 and len(result.records) == 2
-    # stage B: every newline of the next level kept, plus top-alpha of the present tokens
+    # stage B: every newline of the next level kept (all rows, present tiles or not)
     last = result.records[1]
-    assert last.kept[:, -1].all()
+    nl = last.canvas.is_newline
+    assert last.kept[nl].all() and nl.sum() == last.canvas.rows
+    assert result.canvas.keep_gaps and result.canvas.span == last.canvas.rows * (last.canvas.cols + 1)
 
 
-def test_trace_lists_every_tile_of_reached_levels_with_windows():
+def test_trace_lists_the_encoded_tiles_of_reached_levels_with_windows_and_ranks():
     geo = PyramidGeometry(1947, 1933, TINY)
     rng = np.random.default_rng(0)
-    score = lambda canvas: np.where(canvas.valid, rng.random(canvas.valid.shape), np.nan)  # noqa: E731
+    score = lambda canvas: rng.random(canvas.size)  # noqa: E731
     result = run_focus(geo, "paper", _no_encode, score, alpha=0.25, n_max=30)
-    trace = build_trace(geo, result)
+    trace = build_trace(geo, result, origin=(100, 7))
     assert [lv["level"] for lv in trace["levels"]] == list(range(len(geo.levels)))
     reached = {r.level for r in result.records}
     assert result.stopped_at is not None and max(reached) == result.stopped_at
     for lv, info in zip(trace["levels"], geo.levels):
         assert lv["reached"] == (info.index in reached) and lv["grid"] == list(info.grid)
-        assert len(lv["tiles"]) == (info.grid[0] * info.grid[1] if lv["reached"] else 0)
+        rec = next((r for r in result.records if r.level == info.index), None)
+        assert [(t["row"], t["col"]) for t in lv["tiles"]] == (rec.encoded if rec else [])
         for t in lv["tiles"]:
             x0, y0, x1, y1 = t["window"]
-            assert 0 <= x0 < x1 <= 1933 and 0 <= y0 < y1 <= 1947
-            assert not t["kept"] or t["encoded"]
-            assert (t["rank"] is not None) == t["encoded"]
-    encoded = sum(t["encoded"] for lv in trace["levels"] for t in lv["tiles"])
-    assert encoded == result.tiles_encoded
+            assert [x0 - 100, y0 - 7, x1 - 100, y1 - 7] == list(geo.tile_window(info.index, t["row"], t["col"]))
+            assert t["encoded"]
+        ranks = sorted(t["rank"] for t in lv["tiles"])
+        assert ranks == list(range(1, len(ranks) + 1))  # ranks 1..n within each level
+        by_rank = sorted(lv["tiles"], key=lambda t: t["rank"])
+        assert all(a["score"] >= b["score"] for a, b in zip(by_rank, by_rank[1:]))
+    assert sum(len(lv["tiles"]) for lv in trace["levels"]) == result.tiles_encoded
     assert all(len(r.encoded) <= 30 for r in result.records[1:])
+
+
+def _level_scores(canvas):
+    """Deterministic per level, so runs with and without a budget follow the same zoom path."""
+    return np.random.default_rng(canvas.level).random(canvas.size)
+
+
+@pytest.mark.parametrize("mode", ["paper", "released", "all-tiles"])
+def test_budget_drops_lowest_scored_vision_tokens_keeping_order_and_newlines(mode):
+    geo = PyramidGeometry(1947, 1933, TINY)
+    free = run_focus(geo, mode, _no_encode, _level_scores, alpha=0.25, n_max=30)
+    budget = free.keep.size // 3
+    res = run_focus(geo, mode, _no_encode, _level_scores, alpha=0.25, n_max=30, vision_budget=budget)
+    canvas = res.canvas
+    assert [r.encoded for r in res.records] == [r.encoded for r in free.records]  # same path, fewer tokens
+    assert res.keep.size <= budget < free.keep.size
+    assert np.all(np.diff(res.keep) > 0)  # raster order
+    nl = canvas.is_newline[res.keep]
+    tokens = res.keep[~nl]
+    before = free.keep[~free.canvas.is_newline[free.keep]]  # the kept tokens without a budget
+    assert set(tokens.tolist()) <= set(before.tolist())
+    s = _level_scores(canvas)
+    assert s[tokens].min() >= s[np.setdiff1d(before, tokens)].max()  # the lowest-scored went
+    assert res.vision_tokens_dropped == before.size - tokens.size > 0
+    if mode == "released":  # every newline stays
+        assert nl.sum() == canvas.rows
+    else:  # a newline closes each row that keeps a token, and only those
+        assert set(canvas.row[res.keep[nl]].tolist()) == set(canvas.row[tokens].tolist())
+    if mode == "all-tiles":  # scored only because it had to drop
+        assert free.records[0].scores is None and res.records[0].scores is not None
+
+
+def test_fit_budget_is_maximal_under_the_row_rule():
+    geo = PyramidGeometry(1000, 1000, TINY)
+    res = run_focus(geo, "paper", _no_encode, lambda c: np.ones(c.size), alpha=1.0, n_max=0)
+    canvas, keep = res.canvas, res.keep
+    scores = np.random.default_rng(1).random(canvas.size)
+    all_tok = keep[~canvas.is_newline[keep]]
+    ranked = all_tok[np.argsort(-scores[all_tok], kind="stable")]
+    for budget in (0, 1, 2, 3, 7, 40, keep.size - 1, keep.size):
+        out, dropped = fit_budget(canvas, keep, scores, budget, all_newlines=False)
+        tok = out[~canvas.is_newline[out]]
+        assert out.size <= budget and dropped == all_tok.size - tok.size
+        assert set(tok.tolist()) == set(ranked[: tok.size].tolist())  # a prefix of the score order
+        assert set(canvas.row[out[canvas.is_newline[out]]].tolist()) == set(canvas.row[tok].tolist())
+        if tok.size < all_tok.size:  # the next token in score order would not fit
+            nxt = ranked[tok.size]
+            cost = 1 if canvas.row[nxt] in set(canvas.row[tok].tolist()) else 2
+            assert out.size + cost > budget
+
+
+def test_memory_follows_the_work_on_a_raster_declaring_10e12_pixels():
+    """A declared 1,000,000 x 1,000,000 raster: paper mode zooms to the finest level with tiny canvases,
+    all-tiles caps the level, a tiny alpha keeps one token; nothing has a level's full grid."""
+    geo = PyramidGeometry(1_000_000, 1_000_000, REAL)
+    finest = geo.levels[-1]
+    assert finest.grid[0] * finest.grid[1] > 8_000_000  # 10^7 tiles, 10^9 token positions
+    log = []
+    res = run_focus(geo, "paper", _no_encode, _peak_scorer(geo, (123_456.0, 654_321.0), log), alpha=1e-9, n_max=80)
+    assert res.stopped_at == finest.index
+    assert max(rec.canvas.size for rec in res.records) <= 9 * 144 + 36  # base level at most
+    capped = run_focus(geo, "all-tiles", _no_encode, lambda c: np.ones(c.size), n_max=80)
+    assert capped.notes["all_tiles_capped"]["limit"] == 320
+    assert capped.tiles_encoded <= 320 and capped.canvas.size <= 320 * 144 + capped.canvas.rows
+    trace = build_trace(geo, res)
+    assert sum(len(lv["tiles"]) for lv in trace["levels"]) == res.tiles_encoded <= 9 + 80 * len(geo.levels)

@@ -30,6 +30,7 @@ from .. import errors
 from .config import LrsFocusConfig
 from .modeling import LrsFocusModel
 from .prompts import separator_id
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,15 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def resolve(name: str, what: str = "model") -> Path:
-    """A local directory as is; otherwise a hub id downloaded (cached) with huggingface_hub."""
+def resolve(name: str, what: str = "model", relative_to: Path | None = None) -> Path:
+    """A local directory as is (relative paths also against `relative_to`, the checkpoint's own
+    directory, where a released config may name its vision tower); otherwise a hub id downloaded
+    (cached) with huggingface_hub."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_dir():
+        return relative_to / path
     if path.exists() or name.startswith((".", "/", "~")):
         raise errors.ModelNotFound(f"{what} {name!r} is not a directory")
     try:
@@ -167,6 +172,18 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def parse_dtype(value: Any) -> torch.dtype | None:
+    """None, a torch dtype, or one of "float32", "bfloat16"/"bf16", "float16"/"fp16" -> torch dtype."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+    try:
+        return names[str(value).lower().replace("torch.", "")]
+    except KeyError:
+        raise errors.BadOptions(f"dtype must be float32, bfloat16 or float16, not {value!r}") from None
+
+
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on CUDA, float32 on CPU."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -197,14 +214,14 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
         except ImportError:
             pass
     model.set_attention(attention)
-    model.to(device=device, dtype=dtype).eval()
+    model.cast(dtype).to(device=device).eval()
     info = {"name": name, "random_weights": random_weights, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "attention": attention}
     return model, tokenizer, info
 
 
 def _load_directory(directory: Path, dtype: torch.dtype):
     from accelerate import init_empty_weights
-    from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config_path = directory / "config.json"
     if not config_path.exists():
@@ -215,7 +232,8 @@ def _load_directory(directory: Path, dtype: torch.dtype):
     vision_config = None
     tower_dir = None
     if "vision_config" not in (raw.get("lrs_focus") or {}):
-        tower_dir = resolve(str(raw.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")), what="vision tower")
+        tower_dir = resolve(str(raw.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")), what="vision tower",
+                            relative_to=directory)
         vision_config = CLIPVisionConfig.from_pretrained(str(tower_dir))
     config = LrsFocusConfig.from_released_dict(raw, vision_config=vision_config)
     for cfg in (config.text_config, config.vision_config):
@@ -225,14 +243,11 @@ def _load_directory(directory: Path, dtype: torch.dtype):
     state = map_checkpoint(model, weights, vision_from_elsewhere=not has_vision)
     if not has_vision:
         if tower_dir is None:
-            tower_dir = resolve(config.vision_tower_name, what="vision tower")
-        tower = CLIPVisionModel.from_pretrained(str(tower_dir), torch_dtype=dtype)
+            tower_dir = resolve(config.vision_tower_name, what="vision tower", relative_to=directory)
+        tower = CLIPVisionModel.from_pretrained(str(tower_dir), dtype=dtype)
         state.update({f"vision_tower.{k}": v for k, v in tower.state_dict().items() if f"vision_tower.{k}" in model.state_dict()})
     model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
-    except Exception as exc:
-        raise errors.ModelNotFound(f"cannot load the tokenizer of {directory}: {exc}") from exc
+    tokenizer = load_tokenizer(directory, config.family)
     try:
         model.separator_token_id = separator_id(tokenizer)
     except ValueError as exc:

@@ -16,16 +16,17 @@ Sequence layout (the training engineer builds on `build_sequence`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM
+from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM, StoppingCriteria, StoppingCriteriaList
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import (
     LlamaDecoderLayer,
@@ -142,6 +143,18 @@ class RegionFocusModule(nn.Module):
         return torch.softmax(logits, dim=-1).mean(dim=0)[0]
 
 
+class _PollStop(StoppingCriteria):
+    """Ends greedy decoding as soon as `poll()` says so (cancellation between generated tokens)."""
+
+    def __init__(self, poll: Callable[[], bool]):
+        self.poll = poll
+        self.fired = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        self.fired = self.fired or bool(self.poll())
+        return torch.full((input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device)
+
+
 @dataclass
 class MultimodalSequence:
     """One sample as the LLM/RFM read it. Spans index the sequence dimension of `embeds`."""
@@ -157,20 +170,6 @@ class MultimodalSequence:
     @property
     def length(self) -> int:
         return int(self.embeds.shape[1])
-
-    def truncated(self, max_length: int) -> "MultimodalSequence":
-        """Cut at `max_length` as the released code does after pruning (the question may be lost)."""
-        if self.length <= max_length:
-            return self
-        return MultimodalSequence(
-            self.embeds[:, :max_length],
-            self.position_ids[:, :max_length],
-            None if self.labels is None else self.labels[:, :max_length],
-            self.thumbnail,
-            self.separator,
-            self.tiles,
-            min(self.query_index, max_length - 1),
-        )
 
 
 class LrsFocusModel(nn.Module):
@@ -197,6 +196,17 @@ class LrsFocusModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.image_newline.dtype
 
+    def cast(self, dtype: torch.dtype) -> "LrsFocusModel":
+        """Parameters to `dtype`; buffers keep their dtype, as `from_pretrained(dtype=...)` leaves them.
+
+        `module.to(dtype)` would also cast the rotary `inv_freq` and the pixel mean/std: in bf16
+        the rotary angles at positions of several thousand are off by radians, and every RFM score
+        and answer is wrong. Those buffers define the numerics and stay float32.
+        """
+        for param in self.parameters():
+            param.data = param.data.to(dtype)
+        return self
+
     def set_attention(self, implementation: str) -> None:
         """"sdpa" (default), "eager" (attention maps) or "flash_attention_2", on every part."""
         for cfg in (self.config.text_config, self.config.vision_config, self.rfm.config, self.llm.config, self.vision_tower.config):
@@ -204,12 +214,19 @@ class LrsFocusModel(nn.Module):
 
     # -- (a) vision: pixels -> projected tokens ---------------------------------------------------
     def pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 (N, B, B, 3) RGB -> normalised float (N, 3, B, B) on the model's device/dtype."""
+        """(N, B, B, 3) RGB -> normalised float (N, 3, B, B) on the model's device/dtype.
+
+        uint8 input is normalised here (CLIP mean/std, float32, as torchvision's ToTensor +
+        Normalize); float input is taken as already normalised (the exact pixel path, whose
+        padding is exactly 0 as in the released code).
+        """
         x = torch.from_numpy(np.array(images, copy=True)) if isinstance(images, np.ndarray) else torch.as_tensor(images)
         if x.ndim == 3:
             x = x[None]
-        x = x.to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self._pixel_mean.float()) / self._pixel_std.float()
+        x = x.to(self.device).permute(0, 3, 1, 2)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+            x = (x - self._pixel_mean.float()) / self._pixel_std.float()
         return x.to(self.dtype)
 
     def project_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -329,10 +346,16 @@ class LrsFocusModel(nn.Module):
         return self.rfm.score(seq.embeds.detach(), seq.position_ids, seq.query_index, keys)
 
     @torch.no_grad()
-    def generate(self, seq: MultimodalSequence, tokenizer: Any, max_new_tokens: int = 64) -> tuple[str, list[int]]:
-        """Greedy decoding from the sequence (contiguous positions from 0, as in the released final pass)."""
+    def generate(self, seq: MultimodalSequence, tokenizer: Any, max_new_tokens: int = 64,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[str, list[int]]:
+        """Greedy decoding from the sequence (contiguous positions from 0, as in the released final pass).
+
+        `should_stop` is polled after every generated token; when it returns True decoding ends
+        there (the caller raises Cancelled), so a cancel never waits for a long answer.
+        """
         ones = torch.ones(seq.embeds.shape[:2], dtype=torch.long, device=seq.embeds.device)
         eos = [i for i in {tokenizer.eos_token_id, self.llm.config.eos_token_id} if isinstance(i, int)]
+        criteria = StoppingCriteriaList([_PollStop(should_stop)]) if should_stop is not None else None
         out = self.llm.generate(
             inputs_embeds=seq.embeds,
             attention_mask=ones,
@@ -341,9 +364,33 @@ class LrsFocusModel(nn.Module):
             num_beams=1,
             eos_token_id=eos or None,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0),
+            stopping_criteria=criteria,
         )
         ids = out[0].tolist()
         return tokenizer.decode(ids, skip_special_tokens=True).strip(), ids
+
+    @contextlib.contextmanager
+    def float16_rotary(self, enabled: bool = True) -> Iterator[None]:
+        """Rotary cos/sin rounded to float16, as the released loader has them.
+
+        The public code builds the model under torch_dtype=float16, so its cached cos/sin tables
+        hold float16-rounded values, and `model.float()` keeps them rounded. Released mode in
+        float32 turns this on to reproduce the official numbers; it is a no-op in float16.
+        """
+        if not enabled:
+            yield
+            return
+
+        def rounded(module: nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor]):
+            cos, sin = output
+            return cos.half().to(cos.dtype), sin.half().to(sin.dtype)
+
+        handles = [m.register_forward_hook(rounded) for m in (self.llm.model.rotary_emb, self.rfm.rotary_emb)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
     # -- (d) RFM initialisation for training -----------------------------------------------------------
     @torch.no_grad()

@@ -74,8 +74,14 @@ def encode_prompt(tokenizer: Any, template: str, question: str, answer: str | No
 
 
 def separator_id(tokenizer: Any) -> int:
-    """The ':' token whose embedding separates thumbnail and tiles (must be a single token)."""
-    ids = tokenizer(":", add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"the tokenizer splits ':' into {len(ids)} tokens; the released layout needs one")
-    return int(ids[0])
+    """The ':' token whose embedding separates thumbnail and tiles, taken as the released code does.
+
+    `llava_arch.py` uses `tokenizer.convert_tokens_to_ids([':'])`: the vocabulary entry ':' itself.
+    Encoding the text ":" is not the same: a SentencePiece (Llama/Vicuna) tokenizer prepends its
+    word-start marker and gives '▁:', another token with another embedding.
+    """
+    sep = tokenizer.convert_tokens_to_ids(":")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if not isinstance(sep, int) or sep < 0 or (sep == unk and tokenizer.convert_ids_to_tokens(sep) != ":"):
+        raise ValueError("the tokenizer has no ':' token in its vocabulary; the released layout needs one")
+    return int(sep)

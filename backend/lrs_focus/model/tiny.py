@@ -114,4 +114,4 @@ def build_tiny(family: str = "qwen2", seed: int = 0, dtype: torch.dtype = torch.
         torch.manual_seed(seed)
         model = LrsFocusModel(config)
     model.separator_token_id = separator_id(tokenizer)
-    return model.to(dtype).eval(), tokenizer
+    return model.cast(dtype).eval(), tokenizer
