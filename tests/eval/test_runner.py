@@ -146,3 +146,39 @@ def test_resume_after_a_partial_run_with_another_world_size(tmp_path, small_benc
     assert set(good_ids) <= answered_first | set(second.asked)
     merged = _read(doc["answers"]["paper"])
     assert len(merged) == 7 and {r["question_id"] for r in merged if r["status"] == "ok"} == set(good_ids)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_take_whole_images_disjoint_and_covering(world):
+    items = [(f"q{i}", f"img{[0, 1, 0, 2, 1, 3, 0, 2, 4][i]}") for i in range(9)]
+    shares = [Shard(r, world).take_groups(items, key=lambda it: it[1]) for r in range(world)]
+    assert sorted(q for share in shares for q in share) == sorted(items)  # disjoint and covering
+    for share in shares:
+        images = [img for _, img in share]
+        runs = [img for i, img in enumerate(images) if i == 0 or images[i - 1] != img]
+        assert len(runs) == len(set(images))  # each image's questions back to back, on one rank only
+        for img in set(images):  # in question-file order within an image
+            qs = [q for q, i in share if i == img]
+            assert qs == [q for q, i in items if i == img]
+
+
+def test_questions_about_one_image_run_back_to_back(tmp_path, small_benchmark, evalkit):
+    questions, good_ids = small_benchmark
+    lines = [json.loads(line) for line in open(questions) if line.startswith("{\"")]
+    first = lines[0]
+    extra = [dict(first, question_id=f"FAIR_80000{i}", text=f"follow-up {i}") for i in range(2)]
+    interleaved = [lines[0], lines[1], extra[0], lines[2], extra[1]]
+    qfile = evalkit.write_jsonl(tmp_path / "q.jsonl", interleaved, [])
+    image_root = questions.parent.parent
+    seen = []
+
+    class Recording(evalkit.FakeEngine):
+        def ask(self, raster, question, options=None, **kw):
+            seen.append(raster)
+            return super().ask(raster, question, options, **kw)
+
+    config = EvalConfig("lrs", qfile, tmp_path / "out", image_root=image_root, modes=["paper"], progress=False)
+    run_eval(config, engine=Recording(), shard=Shard())
+    assert seen[:3] == [seen[0]] * 3 and seen[0].endswith(first["image"].split("/")[-1])
+    merged = [r["question_id"] for r in _read(tmp_path / "out" / "lrs-paper.jsonl")]
+    assert merged == [r["question_id"] for r in interleaved]  # the answers file keeps the question order

@@ -26,6 +26,13 @@ def register(subparsers) -> None:
         p.add_argument("--out", default=f"eval-{name}", help="output folder: answers, shards, report (default: %(default)s)")
         p.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint dir or hub id; `tiny` = random weights")
         p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when GPUs exist, else cpu")
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                       help="weights' dtype (default bfloat16 on CUDA, float32 on CPU)")
+        p.add_argument("--cache-mb", type=float, default=None,
+                       help="tile features kept between the questions of one image (default 1024; 0 = none)")
+        p.add_argument("--pixels", choices=["exact", "gdal"], default=None,
+                       help="pixel path of paper/all-tiles/thumbnail (default exact; released is always exact)")
+        p.add_argument("--max-length", type=int, default=None, help="sequence limit (default: the model's)")
         p.add_argument("--modes", "--mode", dest="modes", default="paper", help=MODES_HELP)
         p.add_argument("--alpha", type=float, default=None, help="kept fraction per level (default 0.25)")
         p.add_argument("--n-max", type=int, default=None, help="tile budget per zoom step (default: the model's)")
@@ -53,6 +60,8 @@ def build_config(args):
             ("n_max", args.n_max),
             ("max_levels", args.max_levels),
             ("max_new_tokens", args.max_new_tokens),
+            ("pixels", args.pixels),
+            ("max_length", args.max_length),
         )
         if value is not None
     }
@@ -64,6 +73,8 @@ def build_config(args):
         modes=[m.strip() for m in args.modes.split(",") if m.strip()],
         model=args.model,
         device=args.device,
+        dtype=args.dtype,
+        cache_mb=args.cache_mb,
         options=options,
         limit=args.limit,
         subsets=getattr(args, "subset", None),

@@ -1,8 +1,9 @@
 """Sharding over processes started by an existing launcher (torchrun, accelerate launch).
 
 Both launchers export RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT); a plain
-`python` run is rank 0 of 1. Rank r takes items r, r+n, r+2n... of the question file, so the
-shares are disjoint and cover the file whatever the order of completion. The only collectives are
+`python` run is rank 0 of 1. Rank r takes the images r, r+n, r+2n... of the question file (in
+order of first appearance) with all their questions, so the shares are disjoint and cover the file
+whatever the order of completion, and each image's questions run back to back on one rank. The only collectives are
 a barrier and a gather of per-rank counts before rank 0 merges the shards, done with a gloo process group (works with and
 without GPUs).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -29,6 +30,16 @@ class Shard:
 
     def take(self, items: Sequence[T]) -> list[T]:
         return list(items[self.rank :: self.world_size])
+
+    def take_groups(self, items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
+        """This rank's share of whole groups (round robin over groups in order of first appearance),
+        each group's items together: questions about one image land on one rank, one after another,
+        so the engine's feature cache serves the follow-ups."""
+        groups: dict[Any, list[T]] = {}
+        for item in items:
+            groups.setdefault(key(item), []).append(item)
+        mine = list(groups.values())[self.rank :: self.world_size]
+        return [item for group in mine for item in group]
 
 
 def shard_from_env(environ=None) -> Shard:

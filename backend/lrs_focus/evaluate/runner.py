@@ -38,6 +38,8 @@ class EvalConfig:
     modes: Sequence[str] = ("paper",)
     model: str = DEFAULT_MODEL
     device: Optional[str] = None
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16 (default: bf16 on CUDA, float32 on CPU)
+    cache_mb: Optional[float] = None  # engine feature cache (follow-up questions about one image)
     options: dict[str, Any] = field(default_factory=dict)  # AskOptions fields except mode
     limit: Optional[int] = None  # first N questions (after --subset), for quick runs
     subsets: Optional[Sequence[str]] = None  # LRS only: FAIR, GLH-Bridge, STAR
@@ -55,8 +57,15 @@ class EvalConfig:
         if bad or not self.modes:
             raise BadOptions(f"modes must be among {', '.join(MODES)}, not {', '.join(bad) or 'none'}")
         for mode in self.modes:  # fail before loading a model, not on the first question
-            AskOptions.from_dict({**self.options, "mode": mode})
+            self.ask_options(mode)
         return self
+
+    def ask_options(self, mode: str) -> AskOptions:
+        """The options of one mode; released mode always reads the released pixels (no `pixels`)."""
+        options = {**self.options, "mode": mode}
+        if mode == "released":
+            options.pop("pixels", None)
+        return AskOptions.from_dict(options)
 
 
 def select_items(config: EvalConfig) -> list[EvalItem]:
@@ -143,9 +152,9 @@ def run_shard(
 
     out_dir = Path(config.out_dir)
     done = answer_files.done_ids(out_dir, config.benchmark, mode)
-    mine = shard.take(items)
+    mine = shard.take_groups(items, key=lambda it: str(it.image))  # one image's questions together
     todo = [it for it in mine if it.question_id not in done]
-    options = AskOptions.from_dict({**config.options, "mode": mode})
+    options = config.ask_options(mode)
     path = answer_files.shard_path(out_dir, config.benchmark, mode, shard.rank, shard.world_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     counts = {"answered": 0, "failed": 0, "skipped": len(mine) - len(todo)}
@@ -173,7 +182,8 @@ def run_shard(
 def load_engine(config: EvalConfig, shard: Shard) -> AskEngine:
     from ..engine import Engine  # the real model: only imported when no engine is given
 
-    return Engine(config.model, device=default_device(shard, config.device))
+    return Engine(config.model, device=default_device(shard, config.device), dtype=config.dtype,
+                  cache_mb=config.cache_mb)
 
 
 def score(benchmark: str, path: Path) -> dict[str, Any]:
