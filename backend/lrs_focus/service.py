@@ -343,7 +343,8 @@ class Server:
 
     `access`: an object with `check(path) -> path` (access.AccessPolicy) applied to every raster
     before the engine sees it; None hands paths to the engine unchecked (tests, in-process use;
-    `lrs-focus serve` always sets one). `serve_forever()` blocks; `start()` runs it in a thread.
+    `lrs-focus serve` always sets one). `allow_shutdown=False` refuses every `shutdown` request.
+    `serve_forever()` blocks; `start()` runs it in a thread.
     """
 
     def __init__(self, engine: AskEngine, endpoint: str = DEFAULT_ENDPOINT, *, queue_size: int = 8,
@@ -352,12 +353,13 @@ class Server:
                  capture_endpoint: Optional[str] = None, worker_name: str = "",
                  frontend_is_loopback: Optional[bool] = None, context: Optional[zmq.Context] = None,
                  extra_health: Optional[dict[str, Any]] = None, access: Any = None,
-                 limits: Optional[ServiceLimits] = None):
+                 limits: Optional[ServiceLimits] = None, allow_shutdown: bool = True):
         if queue_size < 1:
             raise ServiceConfigError(f"queue size must be >= 1, not {queue_size}")
         self.engine = engine
         self.access = access
         self.limits = limits or ServiceLimits()
+        self.allow_shutdown = allow_shutdown  # False: `shutdown` requests are always `forbidden`
         self.requested_endpoint = endpoint
         self.endpoint = endpoint  # the bound one (a "*" port is resolved after binding)
         self.queue_size = queue_size
@@ -585,11 +587,12 @@ class Server:
         elif kind == "cancel":
             self._reply(identity, self._cancel(rid, owner, msg["job_id"]))
         elif kind == "shutdown":
-            if self._local_only or (not self._connect and is_loopback_address(peer)):
+            if self.allow_shutdown and (self._local_only or (not self._connect and is_loopback_address(peer))):
                 self._reply(identity, protocol.bye(rid))
                 self._stopping.set()
             else:
-                self._reply(identity, protocol.error(rid, protocol.FORBIDDEN, "shutdown is accepted only from loopback"))
+                self._reply(identity, protocol.error(rid, protocol.FORBIDDEN, "shutdown is accepted only from loopback"
+                                                     if self.allow_shutdown else "this server does not accept shutdown"))
 
     def _health(self, rid: str) -> dict[str, Any]:
         with self._lock:

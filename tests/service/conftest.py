@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,3 +107,120 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 @pytest.fixture
 def until():
     return wait_until
+
+
+class ServeCli:
+    """`lrs-focus serve --model tiny ...` as the user runs it; `endpoint` once it listens."""
+
+    def __init__(self, *args: str, port: int | None = None, env: dict | None = None):
+        self.port = port or free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "lrs_focus.cli", "serve", "--model", "tiny", "--endpoint", self.endpoint, *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {})))
+        self.stderr: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr.append(line)
+            if "listening on" in line:
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        self.kill()
+        raise AssertionError("lrs-focus serve did not start:\n" + "".join(self.stderr))
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def run_cli(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lrs_focus.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"), **kwargs)
+
+
+def small_geotiff(path: Path, size: int = 64) -> Path:
+    """A tiny georeferenced RGB GeoTIFF (so the tiny model answers in well under a second)."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 10.0, 0.0, 4500000.0, 0.0, -10.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    for b in range(1, 4):
+        ds.GetRasterBand(b).WriteArray(rng.integers(0, 255, (size, size), dtype=np.uint8))
+    ds = None
+    return path
+
+
+class CountingHttpServer:
+    """A loopback HTTP server that counts every request and serves `files` (with Range support),
+    so a test can prove that the service never made a request, or that GDAL really would."""
+
+    def __init__(self):
+        import http.server
+
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, body: bool) -> None:
+                outer.requests.append(f"{self.command} {self.path}")
+                data = outer.files.get(self.path.split("?", 1)[0])
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, end = 0, len(data) - 1
+                rng = self.headers.get("Range", "")
+                if rng.startswith("bytes="):
+                    a, _, b = rng[6:].partition("-")
+                    start, end = int(a or 0), min(int(b) if b else len(data) - 1, len(data) - 1)
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if body:
+                    self.wfile.write(data[start:end + 1])
+
+            def do_GET(self):  # noqa: N802
+                self._answer(True)
+
+            def do_HEAD(self):  # noqa: N802
+                self._answer(False)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_server():
+    server = CountingHttpServer()
+    yield server
+    server.close()

@@ -2,8 +2,11 @@
 
 The fake honours the `AskEngine` contract of engine.py: progress at every stage, `should_stop`
 polled at every stage boundary (raising errors.Cancelled), failures raised as the backend's
-errors. The question steers it, so remote tests can ask for a failure: "fail:<code>",
-"sleep:<seconds per stage>".
+errors. The question steers it, so remote tests can ask for a failure: "fail:<code>" (codes
+raster_not_found, out_of_memory, cuda_out_of_memory, or anything else for a crash),
+"sleep:<seconds per stage>", "stuck:<seconds>" (one stage that ignores should_stop, like a long
+uncancellable C call), "big:<bytes>" (a result padded to that size).
+With `tokenizer=True` it has a whitespace tokenizer, like a real engine's `engine.tokenizer`.
 """
 
 from __future__ import annotations
@@ -18,13 +21,24 @@ from lrs_focus import errors
 STAGES = ("open", "pyramid", "encode", "focus", "generate")
 
 
+class OutOfMemoryError(RuntimeError):
+    """Named like torch.cuda.OutOfMemoryError: the service recognises it by class name."""
+
+
+def whitespace_tokenizer(text: str) -> dict:
+    return {"input_ids": list(range(len(text.split())))}
+
+
 class FakeEngine:
-    def __init__(self, stage_s: float = 0.0):
+    def __init__(self, stage_s: float = 0.0, tokenizer: bool = False):
         self.stage_s = stage_s
         self.calls = 0
         self.lock = threading.Lock()
         self.active = 0
         self.max_active = 0
+        self.rasters: list[str] = []  # the paths the engine was handed
+        if tokenizer:
+            self.tokenizer = whitespace_tokenizer
 
     def describe(self):
         return {"model": "fake", "device": "cpu", "dtype": "float32", "random_weights": True}
@@ -41,9 +55,12 @@ class FakeEngine:
                 self.active -= 1
 
     def _ask(self, raster, question, options, progress, should_stop, job_id):
+        self.rasters.append(raster)
         stage_s = self.stage_s
         if question.startswith("sleep:"):
             stage_s = float(question.split(":", 1)[1])
+        if question.startswith("stuck:"):
+            time.sleep(float(question.split(":", 1)[1]))
         for i, stage in enumerate(STAGES):
             if should_stop is not None and should_stop():
                 raise errors.Cancelled(f"cancelled before stage {stage}")
@@ -55,6 +72,9 @@ class FakeEngine:
                     raise errors.RasterNotFound(f"no raster at {raster}")
                 if code == "out_of_memory":
                     raise MemoryError("fake out of memory")
+                if code == "cuda_out_of_memory":
+                    pinned = bytearray(50 << 20)  # noqa: F841 (freed with the traceback)
+                    raise OutOfMemoryError("CUDA error: fake allocation of 50 MiB failed")
                 raise RuntimeError("fake model crash")
             time.sleep(stage_s)
         if progress is not None:
@@ -77,9 +97,15 @@ def main() -> int:
     p.add_argument("--queue-size", type=int, default=8)
     p.add_argument("--keys-dir")
     p.add_argument("--force-curve", action="store_true")
+    p.add_argument("--allow-root", action="append", default=None, help="apply an AccessPolicy with these roots")
     a = p.parse_args()
+    access = None
+    if a.allow_root is not None:
+        from lrs_focus.access import AccessPolicy
+
+        access = AccessPolicy(roots=tuple(a.allow_root))
     server = Server(FakeEngine(a.stage_s), a.endpoint, queue_size=a.queue_size, keys_dir=a.keys_dir,
-                    force_curve=a.force_curve)
+                    force_curve=a.force_curve, access=access)
     print(f"READY {server.endpoint}", flush=True)
     server.serve_forever()
     return 0
