@@ -496,10 +496,10 @@ class Server:
             self._finish(job, self._shutting_down(job))
         if self._worker.is_alive():
             self._worker.join(self.limits.shutdown_timeout_s)
-        self._flush_outbox()
         if running is not None and self._finish(running, self._shutting_down(running)):
             log.warning("job %s did not stop within %g s; it was abandoned", running.job_id,
                         self.limits.shutdown_timeout_s)
+        self._flush_outbox()
 
     @staticmethod
     def _shutting_down(job: Job) -> dict[str, Any]:
@@ -705,6 +705,8 @@ class Server:
             if job.state == "finished":
                 return False
             job.state = "finished"
+            if self._running is job:  # health/status right after the terminal must not show it running
+                self._running = None
             self._jobs.pop(job.job_id, None)
             self._finished[job.job_id] = job.owner
             while len(self._finished) > 4096:
