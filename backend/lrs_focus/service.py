@@ -488,9 +488,7 @@ class Server:
         with self._lock:
             queued = list(self._queue)
             self._queue.clear()
-            running = self._running
-            if running is not None:
-                running.cancel.set()
+            running = self._running  # stops at its next check (should_stop sees _stopping): shutting_down
             self._wakeup.notify_all()
         for job in queued:
             self._finish(job, self._shutting_down(job))

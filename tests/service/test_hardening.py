@@ -247,8 +247,8 @@ def test_shutdown_ends_even_when_the_job_never_checks_for_cancel(make_server, fa
     sock = raw_socket(server)
     sock.send(P.encode(P.ask("/a.tif", "stuck:1.5", request_id="stuck")))
     sock.send(P.encode(P.ask("/a.tif", "queued behind it", request_id="queued")))
-    got = replies(sock, 1.0, until_terminal=False)
-    assert sorted(r["type"] for r in got)[:2] == ["accepted", "accepted"]
+    got = [P.decode(sock.recv()) for _ in range(2) if sock.poll(2000)]
+    assert [r["type"] for r in got] == ["accepted", "accepted"]
     t0 = time.monotonic()
     server.stop()
     assert server.stopped and time.monotonic() - t0 < 2.5, "shutdown must not wait for the stuck job"
