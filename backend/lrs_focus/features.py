@@ -51,9 +51,9 @@ class FeatureCache:
     """LRU over feature tensors keyed by (ViewKey, level, row, col), bounded in bytes per tier."""
 
     def __init__(self, device_bytes: int = DEFAULT_CACHE_MB << 20, host_bytes: int | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", spill: bool | None = None):
         self.device = torch.device(device)
-        on_host = self.device.type == "cpu"
+        on_host = self.device.type == "cpu" if spill is None else not spill
         host = device_bytes if host_bytes is None else host_bytes
         self.budgets = {"device": 0 if on_host else int(device_bytes), "host": int(host) + (int(device_bytes) if on_host else 0)}
         self.tiers: dict[str, OrderedDict[Hashable, torch.Tensor]] = {"device": OrderedDict(), "host": OrderedDict()}

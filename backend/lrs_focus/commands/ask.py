@@ -19,6 +19,28 @@ def _bands(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"bands must be comma-separated band numbers, not {text!r}") from None
 
 
+def _numbers(count: tuple[int, ...], what: str):
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if len(values) not in count:
+            raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
+        return values
+
+    return parse
+
+
+_window = _numbers((4,), "window must be x0,y0,x1,y1 in raster pixels")
+_stretch_values = _numbers((2, 6), "stretch must be low,high (one band) or low,high,low,high,low,high (R,G,B)")
+
+
+def _stretch(text: str) -> list[list[float]]:
+    values = _stretch_values(text)
+    return [values[i:i + 2] for i in range(0, len(values), 2)]
+
+
 def _out_file(text: str) -> str:
     from ..result_files import ResultFileError, kind_of
 
@@ -42,7 +64,20 @@ def register(subparsers) -> None:
     p.add_argument("--bands", type=_bands, default=None, help="1 or 3 GDAL band numbers, e.g. 4,3,2")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--score-reduce", choices=["sum", "max"], default="sum")
+    p.add_argument("--window", type=_window, default=None, metavar="X0,Y0,X1,Y1",
+                   help="ask about this pixel window of the raster only (x right, y down, end exclusive)")
+    p.add_argument("--stretch", type=_stretch, default=None, metavar="LOW,HIGH[,...]",
+                   help="map raw values LOW..HIGH to 0..255 per band (default: 2-98 %% percentiles; 8-bit as is)")
+    p.add_argument("--pixels", choices=["exact", "gdal"], default=None,
+                   help="exact = the released preprocessing (bilinear from full resolution; default); "
+                        "gdal = GDAL's resampling from overviews (faster on huge rasters with overviews)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="sequence limit in tokens (default: the model's, 8192 Qwen2 / 2048 Vicuna); the text is "
+                        "never cut, the lowest-scored vision tokens are dropped to fit")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights' dtype (default bfloat16 on CUDA, float32 on CPU); rotary and pixel "
+                        "normalisation stay float32")
     p.add_argument("--out", type=_out_file, action="append", default=[], metavar="FILE.geojson|FILE.gpkg",
                    help="write the focused tiles (with pixel windows and the answer): .geojson = RFC 7946, "
                         "WGS 84 lon/lat; .gpkg = GeoPackage in the raster's CRS (also without a CRS); repeatable")
@@ -74,6 +109,10 @@ def _options(args) -> dict[str, Any]:
         "max_levels": args.max_levels,
         "max_new_tokens": args.max_new_tokens,
         "score_reduce": args.score_reduce,
+        "window": args.window,
+        "stretch": args.stretch,
+        "pixels": args.pixels,
+        "max_length": args.max_length,
     }
 
 
@@ -129,7 +168,7 @@ def run(args) -> int:
             raise BadOptions(str(exc)) from exc
         if args.model.startswith("tiny"):
             print(RANDOM_NOTICE, file=sys.stderr)
-        engine = Engine(args.model, device=args.device)
+        engine = Engine(args.model, device=args.device, dtype=args.dtype, cache_mb=0)
         doc = engine.ask(args.raster, args.question, ask_options, progress=_progress)
     failure = _write_files(args, doc)
     emit(args, doc, format_text)  # the answer is printed even when a file could not be written

@@ -34,6 +34,11 @@ def register(subparsers) -> None:
                    help=f"checkpoint id or local dir (default {DEFAULT_MODEL}); 'tiny' = random weights, offline")
     p.add_argument("--device", default=None,
                    help="torch device, or a comma list with --workers (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights' dtype (default bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--cache-mb", type=float, default=None,
+                   help="tile features kept between questions, per worker: this many MB on the device, as many "
+                        "again in host memory for what spills (default 1024; 0 = no cache)")
     p.add_argument("--queue-size", type=int, default=8, help="jobs waiting per worker before 'busy' (default 8)")
     p.add_argument("--workers", type=int, default=1,
                    help="engines behind the endpoint via zmq's proxy device, e.g. one per GPU (default 1)")
@@ -100,7 +105,7 @@ def run(args) -> int:
     log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
     engines = []
     for device in _devices(args.device, args.workers):
-        engine = Engine(args.model, device=device)
+        engine = Engine(args.model, device=device, dtype=args.dtype, cache_mb=args.cache_mb)
         info = engine.describe()
         if info.get("random_weights"):
             print(f"lrs-focus serve: model {info.get('model')!r} has RANDOM weights: answers are meaningless "
