@@ -15,12 +15,23 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from .backend_process import BackendLauncher
-from .params import AskRequest, BackendSettings
+from .params import AskRequest, BackendSettings, StoreTarget
+from .progress import OverallProgress
+
+
+def task_flags():
+    """CanCancel, and Silent where QGIS has it (3.26+): no "Task complete" notice of QGIS's own
+    over the plugin's message (older QGIS: the plugin pushes its message after that notice)."""
+    flags = QgsTask.Flag.CanCancel
+    silent = getattr(QgsTask.Flag, "Silent", None)
+    return flags | silent if silent is not None else flags
 
 
 class AskTask(QgsTask):
     #: stage, human text; emitted from the worker thread, delivered on the main thread
     stageChanged = pyqtSignal(str, str)  # noqa: N815 (Qt naming)
+    #: the backend's health reply (model, device, random_weights...), once it answered
+    backendReady = pyqtSignal(dict)  # noqa: N815
     #: result document (with job_id) and the layers that were added
     answered = pyqtSignal(dict, list)
     #: error code and message ("cancelled" when the user cancelled)
@@ -32,18 +43,23 @@ class AskTask(QgsTask):
         backend: BackendSettings,
         raster_crs: QgsCoordinateReferenceSystem,
         launcher: Optional[BackendLauncher] = None,
+        store: Optional[StoreTarget] = None,
         add_layers: bool = True,
     ):
-        super().__init__(f"LRS Focus: {request.question[:60]}", QgsTask.Flag.CanCancel)
+        super().__init__(f"LRS Focus: {request.question[:60]}", task_flags())
         self.request = request
         self.backend = backend
         self.raster_crs = QgsCoordinateReferenceSystem(raster_crs)  # a copy owned by the task
         self.launcher = launcher if backend.start_command else None
+        self.store = store
         self.add_layers = add_layers
         self.result: Optional[dict[str, Any]] = None
+        self.stored = None  # results_store.StoredResult once filed
+        self.store_error = ""
         self.error: tuple[str, str] = ("", "")
         self.layers: list = []
         self.seconds = 0.0
+        self._overall = OverallProgress()
 
     # -- worker thread ------------------------------------------------------------------------
     def run(self) -> bool:
@@ -54,10 +70,12 @@ class AskTask(QgsTask):
             with Client(self.backend.endpoint, self.backend.timeouts) as client:
                 self.stageChanged.emit("connect", f"contacting the backend at {self.backend.endpoint}")
                 health = self._healthy_backend(client)
+                self.backendReady.emit(dict(health))
                 self.stageChanged.emit(
                     "connect", f"backend ready: model {health.get('model', '?')} on {health.get('device', '?')}"
                 )
                 self.result = client.ask(self.request, self._on_progress, self.isCanceled)
+            self._file_result(time.monotonic() - started)
             return True
         except BackendError as exc:
             self.error = (exc.code, str(exc))
@@ -91,17 +109,30 @@ class AskTask(QgsTask):
         return f"the backend command exited with code {code}; its log ({self.launcher.log_path}) ends with:\n{self.launcher.log_tail()}"
 
     def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str) -> None:
-        self.setProgress(max(self.progress(), 100.0 * min(max(fraction, 0.0), 1.0)))
+        self.setProgress(self._overall.update(stage, level, fraction))
         where = f" (level {level})" if level is not None else ""
         self.stageChanged.emit(stage, f"{stage}{where}: {message}" if message else f"{stage}{where}")
+
+    def _file_result(self, seconds: float) -> None:
+        """Worker thread: the tiles and heatmap into the project's GeoPackage (no QGIS objects)."""
+        if self.store is None or self.result is None:
+            return
+        from .results_store import store_result
+
+        self.stageChanged.emit("store", f"filing the result in {self.store.gpkg_path}")
+        try:
+            self.stored = store_result(self.store, self.result, self.request.question, seconds)
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: GDAL with exceptions on
+            self.store_error = f"the answer could not be filed in {self.store.gpkg_path}: {exc}"
 
     # -- main thread --------------------------------------------------------------------------
     def finished(self, ok: bool) -> None:
         if ok and self.result is not None:
-            if self.add_layers:
+            if self.add_layers and self.stored is not None:
                 from .result_layers import add_result_group
 
-                _, self.layers = add_result_group(self.result, self.request.question, self.raster_crs)
+                job_id = str(self.result.get("job_id", ""))
+                _, self.layers = add_result_group(self.stored, self.request.question, job_id, self.raster_crs)
             self.answered.emit(self.result, self.layers)
             return
         code, message = self.error
@@ -116,10 +147,11 @@ class HealthTask(QgsTask):
     checked = pyqtSignal(bool, str)
 
     def __init__(self, backend: BackendSettings, budget: Optional[float] = None):
-        super().__init__("LRS Focus: backend health", QgsTask.Flag.CanCancel)
+        super().__init__("LRS Focus: backend health", task_flags())
         self.backend = backend
         self.budget = backend.timeouts.health if budget is None else budget
         self.text = ""
+        self.health: dict[str, Any] = {}
 
     def run(self) -> bool:
         from .client import BackendError, Client
@@ -127,6 +159,7 @@ class HealthTask(QgsTask):
         try:
             with Client(self.backend.endpoint, self.backend.timeouts) as client:
                 h = client.wait_healthy(self.budget, self.isCanceled)
+            self.health = dict(h)
             self.text = (
                 f"lrs-focus {h.get('version')} at {self.backend.endpoint}: model {h.get('model')} on "
                 f"{h.get('device')} ({h.get('dtype')}), queue {h.get('queue_length')}/{h.get('queue_size')}"

@@ -1,13 +1,13 @@
-"""The dock: pick a raster, type a question, Ask / Cancel, watch the stage, read the answer.
+"""The dock: pick a raster and an area, type a question, Ask / Cancel, watch one progress bar, read the answer.
 
-Widgets only: the dock emits `askRequested` / `cancelRequested` and the plugin (plugin.py)
-runs the task and calls back `show_*`. Built in code (no .ui, no compiled resources) with Qt
-reached only through qgis.PyQt and fully qualified enums, so it loads on Qt5 and Qt6.
+Widgets only: the dock emits signals and the plugin (plugin.py) runs the tasks and calls back
+`show_*`. Built in code (no .ui, no compiled resources) with Qt reached only through qgis.PyQt
+and fully qualified enums, so it loads on Qt5 and Qt6.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from qgis.core import QgsMapLayerProxyModel, QgsProviderRegistry
 from qgis.gui import QgsDockWidget, QgsMapLayerComboBox
@@ -29,9 +29,25 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from .area import AREAS
 from .history import HistoryEntry
 from .params import MODES, AskOptions
 from .raster_check import check_layer
+
+TIPS = {
+    "mode": "paper: coarse-to-fine focus as in the paper (Algorithm 1).\n"
+            "released: the public code's variant (one RFM pass per level).\n"
+            "thumbnail: the model sees only a small overview (no focus, no heatmap).\n"
+            "all-tiles: every tile of the finest level (slow, the baseline).",
+    "alpha": "Fraction of the scored vision tokens kept at each level (0.25 = the top quarter).\n"
+             "Lower: faster, narrower focus; higher: wider focus, more tokens for the LLM.",
+    "n_max": "Stop zooming when the next level would have more than N_max kept tiles.\n"
+             "'model default' = 40 (Vicuna) or 80 (Qwen2) tiles.",
+    "bands": "Raster bands the model sees: 1 band (grey) or 3 (red, green, blue), e.g. 4,3,2.\n"
+             "Empty = what the layer displays, with the layer's own min/max stretch.",
+    "area": "whole raster; the canvas's visible extent; a rectangle you draw (Draw...); or the extent "
+            "of the selected features of the active vector layer.",
+}
 
 
 class AskDock(QgsDockWidget):
@@ -39,12 +55,25 @@ class AskDock(QgsDockWidget):
     cancelRequested = pyqtSignal()  # noqa: N815
     zoomRequested = pyqtSignal()  # noqa: N815
     settingsRequested = pyqtSignal()  # noqa: N815
+    drawRequested = pyqtSignal()  # noqa: N815
+    exportRequested = pyqtSignal(object)  # noqa: N815 (the HistoryEntry to export)
+    checkRequested = pyqtSignal()  # noqa: N815
+    layerChanged = pyqtSignal(object)  # noqa: N815
 
     def __init__(self, parent: Optional[QWidget] = None):
         super().__init__("LRS Focus", parent)
         self.setObjectName("LrsFocusDock")
         body = QWidget(self)
         layout = QVBoxLayout(body)
+
+        self.dependency_note = QLabel(body)
+        self.dependency_note.setObjectName("lrsFocusDependencyNote")
+        self.dependency_note.setWordWrap(True)
+        self.dependency_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.dependency_note.setStyleSheet(
+            "background: #fff4d6; border: 1px solid #e0a800; padding: 6px; color: #3a2a00;")
+        self.dependency_note.setVisible(False)
+        layout.addWidget(self.dependency_note)
 
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox(body)
@@ -65,6 +94,32 @@ class AskDock(QgsDockWidget):
         self.question.setPlaceholderText("e.g. How many ships are docked at the northern pier?")
         form.addRow("Question", self.question)
 
+        self.area = QComboBox(body)
+        self.area.setObjectName("lrsFocusArea")
+        self.area.addItems(list(AREAS))
+        self.area.setToolTip(TIPS["area"])
+        self.draw_button = QPushButton("Draw...", body)
+        self.draw_button.setToolTip("Drag a rectangle on the map: the question is then about that part only.")
+        area_row = QHBoxLayout()
+        area_row.addWidget(self.area, 1)
+        area_row.addWidget(self.draw_button)
+        form.addRow("Area", area_row)
+        self.area_note = QLabel("", body)
+        self.area_note.setWordWrap(True)
+        self.area_note.setStyleSheet("color: #555;")
+        form.addRow("", self.area_note)
+
+        self.bands = QLineEdit(body)
+        self.bands.setObjectName("lrsFocusBands")
+        self.bands.setToolTip(TIPS["bands"])
+        bands_label = QLabel("Bands", body)
+        bands_label.setToolTip(TIPS["bands"])
+        form.addRow(bands_label, self.bands)
+        self.bands_note = QLabel("", body)
+        self.bands_note.setWordWrap(True)
+        self.bands_note.setStyleSheet("color: #555;")
+        form.addRow("", self.bands_note)
+
         self.mode = QComboBox(body)
         self.mode.addItems(list(MODES))
         self.alpha = QDoubleSpinBox(body)
@@ -75,11 +130,26 @@ class AskDock(QgsDockWidget):
         self.n_max.setRange(0, 10000)
         self.n_max.setSpecialValueText("model default")
         options = QHBoxLayout()
-        for label, widget in (("mode", self.mode), ("alpha", self.alpha), ("N_max", self.n_max)):
-            options.addWidget(QLabel(label, body))
+        for key, label, widget in (("mode", "mode", self.mode), ("alpha", "alpha", self.alpha),
+                                   ("n_max", "N_max", self.n_max)):
+            tag = QLabel(label, body)
+            for w in (tag, widget):
+                w.setToolTip(TIPS[key])
+            options.addWidget(tag)
             options.addWidget(widget, 1)
         form.addRow("Options", options)
         self.set_options(AskOptions())
+
+        self.backend = QLabel("not checked yet", body)
+        self.backend.setObjectName("lrsFocusBackend")
+        self.backend.setWordWrap(True)
+        self.backend.setTextFormat(Qt.TextFormat.RichText)
+        self.check_button = QPushButton("Check", body)
+        self.check_button.setToolTip("Ask the backend which model it serves, on which device")
+        backend_row = QHBoxLayout()
+        backend_row.addWidget(self.backend, 1)
+        backend_row.addWidget(self.check_button)
+        form.addRow("Backend", backend_row)
         layout.addLayout(form)
 
         buttons = QHBoxLayout()
@@ -91,8 +161,11 @@ class AskDock(QgsDockWidget):
         self.cancel_button.setEnabled(False)
         self.zoom_button = QPushButton("Zoom to focus", body)
         self.zoom_button.setEnabled(False)
+        self.export_button = QPushButton("Export...", body)
+        self.export_button.setToolTip("Save the selected answer (tiles, answer and heatmap) as GeoPackage or GeoJSON")
+        self.export_button.setEnabled(False)
         self.settings_button = QPushButton("Settings...", body)
-        for b in (self.ask_button, self.cancel_button, self.zoom_button, self.settings_button):
+        for b in (self.ask_button, self.cancel_button, self.zoom_button, self.export_button, self.settings_button):
             buttons.addWidget(b)
         layout.addLayout(buttons)
 
@@ -115,15 +188,19 @@ class AskDock(QgsDockWidget):
         self.history.setWordWrap(True)
         layout.addWidget(self.history, 1)
         self.setWidget(body)
+        self._entries: list[HistoryEntry] = []
 
         self.ask_button.clicked.connect(self.askRequested)
         self.question.returnPressed.connect(self.askRequested)
         self.cancel_button.clicked.connect(self.cancelRequested)
         self.zoom_button.clicked.connect(self.zoomRequested)
         self.settings_button.clicked.connect(self.settingsRequested)
-        self.layer_combo.layerChanged.connect(self._update_layer_note)
+        self.draw_button.clicked.connect(self.drawRequested)
+        self.check_button.clicked.connect(self.checkRequested)
+        self.export_button.clicked.connect(self._export_clicked)
+        self.layer_combo.layerChanged.connect(self._layer_changed)
         self.history.currentItemChanged.connect(self._show_history_item)
-        self._update_layer_note()
+        self._layer_changed()
 
     # -- reading the form ---------------------------------------------------------------------
     def options(self) -> AskOptions:
@@ -134,12 +211,44 @@ class AskDock(QgsDockWidget):
         self.alpha.setValue(options.alpha)
         self.n_max.setValue(options.n_max or 0)
 
-    def _update_layer_note(self, *_):
-        check = check_layer(self.layer_combo.currentLayer())
+    def area_choice(self) -> str:
+        return self.area.currentText()
+
+    def _layer_changed(self, *_):
+        layer = self.layer_combo.currentLayer()
+        check = check_layer(layer)
         self.layer_note.setText("" if check.ok else check.reason)
         self.layer_note.setVisible(not check.ok)
+        self.layerChanged.emit(layer)
 
     # -- called by the plugin -----------------------------------------------------------------
+    def show_displayed_bands(self, text: str) -> None:
+        """What the layer displays, which the model sees unless the Bands box overrides it."""
+        self.bands.setPlaceholderText("as displayed")
+        self.bands_note.setText(f"As displayed: {text}" if text else "")
+
+    def show_area(self, text: str) -> None:
+        self.area_note.setText(text)
+
+    def show_backend(self, health: Optional[dict[str, Any]], problem: str = "") -> None:
+        if not health:
+            self.backend.setText(f"<span style='color:#b00020'>{_html(problem or 'no answer')}</span>")
+            return
+        text = (f"<b>{_html(str(health.get('model', '?')))}</b> on {_html(str(health.get('device', '?')))} "
+                f"({_html(str(health.get('dtype', '?')))}), lrs-focus {_html(str(health.get('version', '?')))}")
+        if health.get("random_weights"):
+            text += ("<br><span style='color:#ffffff; background:#b00020; font-weight:bold'>&nbsp;RANDOM WEIGHTS"
+                     "&nbsp;</span> <span style='color:#b00020'>a test model: its answers are noise</span>")
+        self.backend.setText(text)
+
+    def show_missing_dependency(self, text: str) -> None:
+        self.dependency_note.setText(text)
+        self.dependency_note.setVisible(True)
+        for widget in (self.ask_button, self.check_button):
+            widget.setEnabled(False)
+            widget.setToolTip("pyzmq is missing: see the note at the top of the dock")
+        self.backend.setText("<span style='color:#b00020'>unreachable without pyzmq</span>")
+
     def show_running(self, running: bool) -> None:
         self.ask_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
@@ -158,16 +267,34 @@ class AskDock(QgsDockWidget):
         self.zoom_button.setEnabled(True)
 
     def show_history(self, entries: list[HistoryEntry]) -> None:
+        self._entries = list(reversed(entries))
         self.history.clear()
-        for entry in reversed(entries):
+        for entry in self._entries:
             item = QListWidgetItem(f"Q: {entry.question}\nA: {entry.answer}")
             item.setData(Qt.ItemDataRole.UserRole, entry.answer)
-            item.setToolTip(f"{entry.raster}\n{entry.when}  job {entry.job_id}  {entry.seconds:.1f} s")
+            item.setToolTip(f"{entry.raster}\n{entry.when}  job {entry.job_id}  {entry.seconds:.1f} s"
+                            + (f"\nfiled in {entry.results}" if entry.results else ""))
             self.history.addItem(item)
+        if self._entries:
+            self.history.setCurrentRow(0)
+        self.export_button.setEnabled(any(e.results for e in self._entries))
+
+    def selected_entry(self) -> Optional[HistoryEntry]:
+        row = self.history.currentRow()
+        return self._entries[row] if 0 <= row < len(self._entries) else None
 
     def _show_history_item(self, item, _previous=None) -> None:
         if item is not None:
             self.answer.setPlainText(item.data(Qt.ItemDataRole.UserRole) or "")
+
+    def _export_clicked(self) -> None:
+        entry = self.selected_entry()
+        if entry is not None:
+            self.exportRequested.emit(entry)
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _raster_filter():

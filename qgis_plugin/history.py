@@ -24,6 +24,9 @@ class HistoryEntry:
     job_id: str = ""
     when: str = ""  # ISO time, local
     seconds: float = 0.0
+    results: str = ""  # the GeoPackage that holds the result's tiles (results_store)
+    tiles_layer: str = ""
+    heatmap: str = ""  # its heatmap GeoTIFF, "" if none
 
 
 def load(project: Optional[QgsProject] = None) -> list[HistoryEntry]:

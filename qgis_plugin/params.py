@@ -20,12 +20,21 @@ class AskOptions:
     mode: str = "paper"
     alpha: float = 0.25
     n_max: Optional[int] = None  # None or 0: the model's own default (40 Vicuna, 80 Qwen2)
+    bands: Optional[tuple[int, ...]] = None  # 1-based, 1 or 3: what the layer displays (or the override)
+    stretch: Optional[tuple[tuple[float, float], ...]] = None  # [low, high] per band -> 0..255, as displayed
+    window: Optional[tuple[int, int, int, int]] = None  # pixel window x0, y0, x1, y1 (end exclusive)
 
     def to_request(self) -> dict[str, Any]:
         """Only the options the user set, so the backend's defaults apply to the rest."""
         out: dict[str, Any] = {"mode": self.mode, "alpha": float(self.alpha)}
         if self.n_max:
             out["n_max"] = int(self.n_max)
+        if self.bands:
+            out["bands"] = [int(b) for b in self.bands]
+        if self.stretch:
+            out["stretch"] = [[float(lo), float(hi)] for lo, hi in self.stretch]
+        if self.window:
+            out["window"] = [int(v) for v in self.window]
         return out
 
 
@@ -61,3 +70,16 @@ class AskRequest:
     question: str
     options: AskOptions = field(default_factory=AskOptions)
     layer_name: str = ""
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where the task files a result: the project's GeoPackage and the raster's ground.
+
+    `geotransform` is GDAL's for the raster ((0, 1, 0, 0, 0, -1) without georeferencing, which is
+    where QGIS draws such rasters); `crs_wkt` the raster layer's CRS ("" without one).
+    """
+
+    gpkg_path: str
+    geotransform: tuple[float, ...]
+    crs_wkt: str

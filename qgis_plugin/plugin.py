@@ -1,32 +1,36 @@
-"""The plugin object QGIS loads: wires the dock, the ask task, messages and history.
+"""The plugin object QGIS loads: wires the dock, the ask task, messages, history, export and the map tool.
 
 Nothing heavy happens here: it holds at most one running AskTask (a Python reference is kept
 until `finished`, so the task cannot be garbage-collected while QGIS still runs it) and the
-backend process it started, if any.
+backend process it started, if any. pyzmq is never imported at load: without it the plugin
+still loads and the dock says how to install it.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sys
 from typing import Optional
 
 from qgis.core import QgsApplication, QgsCoordinateTransform, QgsProject
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QIcon
 
 from . import history, settings
 from .backend_process import BackendLauncher
 from .compat import qaction_class
+from .deps import missing_zmq_text, zmq_problem
 from .log import notify
-from .params import AskRequest
-from .raster_check import check_layer
 
 MENU = "&LRS Focus"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
 #: Appended to answers of a backend started with `--model tiny`, so nobody mistakes noise for a prediction.
 RANDOM_WEIGHTS_NOTE = "[random-weight test model: this answer is noise]"
+#: QGIS < 3.26 has no silent tasks and pushes "Task complete" to the message bar when a task of
+#: 5 s or more ends (after the task's own signals): the plugin's message goes on top of it.
+AFTER_TASK_NOTICE_MS = 400
 
 
 class LrsFocusPlugin:
@@ -37,7 +41,13 @@ class LrsFocusPlugin:
         self.actions: list = []
         self.launcher = BackendLauncher()
         self.task = None
+        self.health_task = None
         self.last_layers: list = []
+        self.drawn = None  # ask_request.DrawnArea
+        self.extent_tool = None
+        self.previous_tool = None
+        self.watched_layer = None
+        self.zmq_problem: Optional[str] = None
 
     # -- QGIS plugin API ----------------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802
@@ -70,11 +80,21 @@ class LrsFocusPlugin:
         self.dock.cancelRequested.connect(self.cancel)
         self.dock.zoomRequested.connect(self.zoom_to_focus)
         self.dock.settingsRequested.connect(self.open_settings)
+        self.dock.drawRequested.connect(self.draw_area)
+        self.dock.exportRequested.connect(self.export_result)
+        self.dock.checkRequested.connect(self.check_backend)
+        self.dock.layerChanged.connect(self._watch_layer)
         configure.triggered.connect(self.open_settings)
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
         project.cleared.connect(self._refresh_history)
         self._refresh_history()
+        self._watch_layer(self.dock.layer_combo.currentLayer())
+        self.zmq_problem = zmq_problem()
+        if self.zmq_problem:
+            text = missing_zmq_text(self.zmq_problem, sys.platform, QgsApplication.prefixPath())
+            self.dock.show_missing_dependency(text)
+            notify(self.iface, text.replace("\n", " "), "warning", duration=0)
 
     def unload(self) -> None:
         if self.task is not None:
@@ -92,38 +112,45 @@ class LrsFocusPlugin:
                 signal.disconnect(self._refresh_history)
             except TypeError:
                 pass
+        self._watch_layer(None)
+        if self.extent_tool is not None:
+            canvas = self.iface.mapCanvas()
+            if canvas.mapTool() is self.extent_tool:
+                canvas.unsetMapTool(self.extent_tool)
+            self.extent_tool = None
         if self.dock is not None:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
         self.launcher.stop()
 
-    # -- actions ------------------------------------------------------------------------------
+    # -- asking -------------------------------------------------------------------------------
     def ask(self) -> Optional[object]:
-        """Start an AskTask for the dock's layer and question; returns the task (or None)."""
+        """Start an AskTask for the dock's layer, question, bands and area; returns the task (or None)."""
+        from .ask_request import RequestProblem, build_request
         from .ask_task import AskTask
 
+        if self.zmq_problem:
+            notify(self.iface, "pyzmq is missing: see the note at the top of the LRS Focus dock.", "warning")
+            return None
         if self.task is not None:
             notify(self.iface, "A question is already running: wait for it or press Cancel.", "warning")
             return None
+        try:
+            request, target, described = build_request(self.dock, self.iface, self.drawn)
+        except RequestProblem as exc:
+            notify(self.iface, str(exc), "warning")
+            return None
         layer = self.dock.layer_combo.currentLayer()
-        check = check_layer(layer)
-        if not check.ok:
-            notify(self.iface, check.reason, "warning")
-            return None
-        question = self.dock.question.text().strip()
-        if not question:
-            notify(self.iface, "Type a question first.", "warning")
-            return None
-        request = AskRequest(check.path, question, self.dock.options(), layer.name())
-        task = AskTask(request, settings.load_backend(), layer.crs(), self.launcher)
-        task.stageChanged.connect(lambda _stage, text: self.dock.show_stage(text, task.progress()))
-        task.progressChanged.connect(lambda p: self.dock.show_stage(self.dock.stage.text(), p))
+        task = AskTask(request, settings.load_backend(), layer.crs(), self.launcher, store=target)
+        task.stageChanged.connect(lambda _stage, text: self.dock and self.dock.show_stage(text, task.progress()))
+        task.progressChanged.connect(lambda p: self.dock and self.dock.show_stage(self.dock.stage.text(), p))
+        task.backendReady.connect(lambda health: self.dock and self.dock.show_backend(health))
         task.answered.connect(lambda result, layers: self._answered(task, result, layers))
         task.failed.connect(lambda code, message: self._failed(code, message))
         self.task = task
         self.dock.show_running(True)
-        self.dock.show_stage(f"asking about '{layer.name()}'", 0)
+        self.dock.show_stage(f"asking about '{layer.name()}' ({described})", 0)
         QgsApplication.taskManager().addTask(task)
         return task
 
@@ -147,6 +174,7 @@ class LrsFocusPlugin:
             f"done in {task.seconds:.1f} s: {counts.get('tiles_encoded', '?')} tiles encoded, "
             f"{counts.get('llm_vision_tokens', '?')} vision tokens to the LLM"
         )
+        stored = task.stored
         history.append(
             history.HistoryEntry(
                 question=task.request.question,
@@ -155,10 +183,16 @@ class LrsFocusPlugin:
                 job_id=str(result.get("job_id", "")),
                 when=datetime.datetime.now().isoformat(timespec="seconds"),
                 seconds=round(task.seconds, 2),
+                results=stored.gpkg_path if stored else "",
+                tiles_layer=stored.tiles_layer if stored else "",
+                heatmap=stored.heatmap_path if stored else "",
             )
         )
         self._refresh_history()
-        notify(self.iface, f"Answer: {answer}", "success", duration=5)
+        problems = [p for p in (task.store_error, stored.warning if stored else "") if p]
+        for problem in problems:
+            notify(self.iface, problem, "warning", duration=15)
+        self._notify_after_task_notice(f"Answer: {answer}", "success", 10)
         if layers:
             self.zoom_to_focus()
 
@@ -169,10 +203,98 @@ class LrsFocusPlugin:
         self.dock.show_running(False)
         if code == "cancelled":
             self.dock.show_stage("cancelled", 0)
-            notify(self.iface, "Question cancelled.", "info", duration=4)
+            self._notify_after_task_notice("Question cancelled.", "info", 4)
         else:
             self.dock.show_stage(f"failed [{code}]: {message}", 0)
-            notify(self.iface, f"[{code}] {message}", "critical", duration=15)
+            self._notify_after_task_notice(f"[{code}] {message}", "critical", 15)
+
+    def _notify_after_task_notice(self, message: str, level: str, duration: int) -> None:
+        QTimer.singleShot(AFTER_TASK_NOTICE_MS, lambda: notify(self.iface, message, level, duration))
+
+    # -- the area -----------------------------------------------------------------------------
+    def draw_area(self) -> None:
+        """Map tool: drag a rectangle; the next question is about that part of the raster."""
+        from qgis.gui import QgsMapToolExtent
+
+        canvas = self.iface.mapCanvas()
+        if self.extent_tool is None:
+            self.extent_tool = QgsMapToolExtent(canvas)
+            self.extent_tool.extentChanged.connect(self._area_drawn)
+        if canvas.mapTool() is not self.extent_tool:
+            self.previous_tool = canvas.mapTool()
+        canvas.setMapTool(self.extent_tool)
+        self.dock.show_area("drag a rectangle on the map...")
+
+    def _area_drawn(self, rectangle) -> None:
+        from .ask_request import DrawnArea
+
+        canvas = self.iface.mapCanvas()
+        if rectangle.isEmpty():
+            return
+        self.drawn = DrawnArea(rectangle, canvas.mapSettings().destinationCrs())
+        if self.dock is not None:
+            self.dock.area.setCurrentText("drawn rectangle")
+            self.dock.show_area(f"drawn: {rectangle.width():.6g} x {rectangle.height():.6g} map units")
+        if self.previous_tool is not None:
+            canvas.setMapTool(self.previous_tool)
+
+    # -- bands --------------------------------------------------------------------------------
+    def _watch_layer(self, layer) -> None:
+        """Keep the dock's 'as displayed' line in step with the layer's style."""
+        if self.watched_layer is not None:
+            try:
+                self.watched_layer.rendererChanged.disconnect(self._show_displayed_bands)
+            except (TypeError, RuntimeError):
+                pass
+        self.watched_layer = layer if layer is not None and hasattr(layer, "renderer") else None
+        if self.watched_layer is not None:
+            self.watched_layer.rendererChanged.connect(self._show_displayed_bands)
+        self._show_displayed_bands()
+
+    def _show_displayed_bands(self) -> None:
+        from .display_bands import displayed_bands
+
+        if self.dock is not None:
+            layer = self.watched_layer
+            self.dock.show_displayed_bands(displayed_bands(layer).text if layer is not None else "")
+
+    # -- backend, results, settings -----------------------------------------------------------
+    def check_backend(self) -> None:
+        from .ask_task import HealthTask
+
+        if self.zmq_problem or self.health_task is not None:
+            return
+        task = HealthTask(settings.load_backend())
+        task.checked.connect(lambda ok, text: self._checked(task, ok, text))
+        self.health_task = task
+        self.dock.show_backend(None, "checking...")
+        QgsApplication.taskManager().addTask(task)
+
+    def _checked(self, task, ok: bool, text: str) -> None:
+        self.health_task = None
+        if self.dock is not None:
+            self.dock.show_backend(task.health if ok else None, text)
+
+    def export_result(self, entry) -> Optional[list]:
+        from qgis.PyQt.QtWidgets import QFileDialog
+
+        from .export_result import export_entry
+        from .result_files import ResultFileError
+
+        start = os.path.join(os.path.dirname(entry.results or ""), "answer.gpkg")
+        path, _ = QFileDialog.getSaveFileName(
+            self.dock, "Export the answer", start, "GeoPackage, raster CRS (*.gpkg);;GeoJSON, RFC 7946 WGS 84 (*.geojson)"
+        )
+        if not path:
+            return None
+        try:
+            written = export_entry(entry, path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            level = "warning" if isinstance(exc, ResultFileError) else "critical"
+            notify(self.iface, f"Export failed: {exc}", level, duration=15)
+            return None
+        notify(self.iface, f"Exported to {', '.join(written)}", "success", duration=8)
+        return written
 
     def zoom_to_focus(self) -> None:
         from .result_layers import focus_extent

@@ -57,3 +57,12 @@ def save_options(options: AskOptions) -> None:
     s.setValue(PREFIX + "mode", options.mode)
     s.setValue(PREFIX + "alpha", float(options.alpha))
     s.setValue(PREFIX + "n_max", int(options.n_max or 0))
+
+
+def load_results_dir() -> str:
+    """The folder of the results GeoPackage; "" = beside the project file."""
+    return _get(QgsSettings(), "results_dir", "", str).strip()
+
+
+def save_results_dir(folder: str) -> None:
+    QgsSettings().setValue(PREFIX + "results_dir", folder.strip())

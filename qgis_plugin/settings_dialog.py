@@ -8,7 +8,9 @@ from qgis.PyQt.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -54,6 +56,18 @@ class SettingsDialog(QDialog):
         self.n_max.setSpecialValueText("model default")
         self.n_max.setValue(options.n_max or 0)
         form.addRow("Default N_max", self.n_max)
+        self.results_dir = QLineEdit(settings.load_results_dir(), self)
+        self.results_dir.setPlaceholderText("beside the project file")
+        self.results_dir.setToolTip(
+            "Folder of the GeoPackage that keeps every answer's tiles and heatmap, so they come back "
+            "when the project is reopened. Empty: beside the project file (unsaved projects: the QGIS profile)."
+        )
+        browse = QPushButton("...", self)
+        browse.clicked.connect(self._browse_results_dir)
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.results_dir, 1)
+        folder_row.addWidget(browse)
+        form.addRow("Results folder", folder_row)
 
         self.test_button = QPushButton("Test connection", self)
         self.test_result = QLabel("", self)
@@ -84,7 +98,13 @@ class SettingsDialog(QDialog):
     def accept(self) -> None:
         settings.save_backend(self.backend())
         settings.save_options(self.options())
+        settings.save_results_dir(self.results_dir.text())
         super().accept()
+
+    def _browse_results_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of the results GeoPackage", self.results_dir.text())
+        if folder:
+            self.results_dir.setText(folder)
 
     def _test(self) -> None:
         from .ask_task import HealthTask

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -59,6 +60,8 @@ class RasterGround:
     geotransform: tuple[float, ...]
     crs_wkt: str  # "" without a CRS (or without a geotransform: then a CRS means nothing)
     georeferenced: bool
+    width: int = 0  # pixels, as GDAL reads the file (QGIS warps rotated rasters to other sizes)
+    height: int = 0
 
 
 def raster_ground(path: str) -> RasterGround:
@@ -71,8 +74,10 @@ def raster_ground(path: str) -> RasterGround:
     gt = ds.GetGeoTransform(can_return_null=True)
     srs = ds.GetSpatialRef()
     wkt = srs.ExportToWkt() if (srs is not None and gt is not None) else ""
+    ground = RasterGround(tuple(gt) if gt is not None else UNGEOREFERENCED, wkt, gt is not None,
+                          ds.RasterXSize, ds.RasterYSize)
     ds = None
-    return RasterGround(tuple(gt) if gt is not None else UNGEOREFERENCED, wkt, gt is not None)
+    return ground
 
 
 def result_summary(doc: dict[str, Any], question: str = "", tiles_layer: str = "", heatmap: str = "",
@@ -120,16 +125,17 @@ def no_wgs84_message(path: str) -> str:
 
 def write_result(path: str, doc: dict[str, Any], crs_wkt: Optional[str] = None, question: str = "") -> str:
     """Write the result's tiles (and answer) to `path` (.geojson or .gpkg, replacing it); returns the path."""
-    kind = kind_of(path)
     wkt = doc.get("crs_wkt", "") if crs_wkt is None else crs_wkt
-    summary = result_summary(doc, question)
-    collection = doc.get("features") or {"features": []}
-    if kind == "geojson":
-        return write_geojson(path, collection, wkt, summary)
+    return write_tiles(path, doc.get("features") or {"features": []}, wkt, result_summary(doc, question))
+
+
+def write_tiles(path: str, collection: dict[str, Any], crs_wkt: str, summary: dict[str, Any]) -> str:
+    """Tiles + summary row to a new .geojson or .gpkg file (an existing one is replaced)."""
+    if kind_of(path) == "geojson":
+        return write_geojson(path, collection, crs_wkt, summary)
     if os.path.exists(path):
         os.remove(path)
-    summary["tiles_layer"] = "focus_tiles"
-    return write_geopackage(path, collection, wkt, summary, "focus_tiles")
+    return write_geopackage(path, collection, crs_wkt, dict(summary, tiles_layer="focus_tiles"), "focus_tiles")
 
 
 # -- GeoJSON (RFC 7946) -------------------------------------------------------------------------
@@ -197,9 +203,11 @@ def write_geopackage(path: str, collection: dict[str, Any], crs_wkt: str, summar
 
 
 def _set_undefined_cartesian(ds, table: str) -> None:
-    quoted = table.replace("'", "''")
+    """GDAL < 3.9 has no layer option for srs_id -1, so the GeoPackage's own metadata is updated."""
+    if not re.fullmatch(r"[A-Za-z0-9_]+", table):  # OGR's ExecuteSQL takes no bound parameters
+        raise ResultFileError(f"layer name {table!r}: letters, digits and _ only")
     for meta in ("gpkg_geometry_columns", "gpkg_contents"):
-        ds.ExecuteSQL(f"UPDATE {meta} SET srs_id = -1 WHERE table_name = '{quoted}'")
+        ds.ExecuteSQL(f"UPDATE {meta} SET srs_id = -1 WHERE table_name = '{table}'")  # nosec B608: checked name
 
 
 def _append_result_row(ds, summary: dict[str, Any]) -> None:

@@ -1,9 +1,12 @@
-"""Processing algorithm "Ask raster": question in, focused tiles out, answer in the log.
+"""Processing algorithm "Ask raster": question in, focused tiles (+ heatmap) out, answer in the log.
 
-`prepareAlgorithm` (main thread) checks the layer and copies its path and CRS;
-`processAlgorithm` (a worker thread when run from the toolbox) talks to the backend through
-the same Client as the dock's task, forwards progress and cancellation through `feedback`,
-and writes every focused tile of every level (attribute `level`) into the sink.
+`prepareAlgorithm` (main thread) checks the layer and copies what the worker needs: its path,
+CRS, the bands and stretch it displays, and its geotransform. `processAlgorithm` (a worker
+thread when run from the toolbox) talks to the backend through the same Client as the dock's
+task, forwards progress and cancellation through `feedback`, writes every focused tile of every
+level (attributes `level`, `focus_rank`...) into the sink and, if asked, the score heatmap as a
+GeoTIFF. Loaded outputs are styled by layer post-processors (main thread): focus tiles outlined
+and ranked 1..n, other levels faint; the heatmap in quantile classes.
 """
 
 from __future__ import annotations
@@ -16,27 +19,48 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingUtils,
     QgsWkbTypes,
 )
 
 from .. import settings
 from ..compat import enum_value as _enum
+from ..display_bands import choose, displayed_bands, parse_bands
 from ..params import MODES, AskOptions, AskRequest, BackendSettings
 from ..raster_check import check_layer
-from ..result_layers import crs_for, memory_layer, shown, style_layer, to_feature
+
+#: Post-processors must outlive processAlgorithm (QGIS keeps only a C++ pointer to them).
+_KEEP_ALIVE: list = []
+
+
+class _Styler(QgsProcessingLayerPostProcessorInterface):
+    def __init__(self, style):
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback):  # noqa: N802
+        self.style(layer)
+
+    @staticmethod
+    def attach(context, dest_id: str, style) -> None:
+        if dest_id and context.willLoadLayerOnCompletion(dest_id):
+            styler = _Styler(style)
+            _KEEP_ALIVE.append(styler)
+            context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(styler)
 
 
 class AskRasterAlgorithm(QgsProcessingAlgorithm):
-    INPUT, QUESTION, MODE, ALPHA, N_MAX, ENDPOINT, OUTPUT = (
-        "INPUT", "QUESTION", "MODE", "ALPHA", "N_MAX", "ENDPOINT", "OUTPUT",
+    INPUT, QUESTION, MODE, ALPHA, N_MAX, BANDS, AREA, ENDPOINT, OUTPUT, HEATMAP = (
+        "INPUT", "QUESTION", "MODE", "ALPHA", "N_MAX", "BANDS", "AREA", "ENDPOINT", "OUTPUT", "HEATMAP",
     )
     ANSWER, JOB_ID, TILES = "ANSWER", "JOB_ID", "TILES"
 
@@ -44,8 +68,9 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         super().__init__()
         self._raster_path = ""
         self._crs = None
-        self._dest_id = ""
-        self._results: dict[str, Any] = {}
+        self._band_count = 0
+        self._displayed = None
+        self._ground = None
 
     def name(self) -> str:
         return "askraster"
@@ -56,8 +81,12 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802
         return (
             "Asks the LRS Focus backend a question about a raster file. The answer goes to the log "
-            "and the ANSWER output; the tiles the model focused on (every pyramid level, attribute "
-            "'level', with score, rank and kept) go to the vector output, in the raster's CRS. "
+            "and the ANSWER output. The tiles the model looked at (every pyramid level, attribute "
+            "'level', with score, kept and the pixel window x0 y0 x1 y1) go to the vector output, in "
+            "the raster's CRS; 'focus_rank' numbers the tiles it finally kept 1..n (1 = most attention). "
+            "The optional heatmap output is the token scores as a Float32 GeoTIFF on the raster. "
+            "The model sees the bands the layer displays, with its min/max stretch, unless Bands "
+            "overrides them; Area limits the question to part of the raster. "
             "The backend must be running (lrs-focus serve) at the endpoint of the plugin settings."
         )
 
@@ -81,84 +110,151 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
                 self.N_MAX, "N_max (0 = the model's default)", integer, defaults.n_max or 0, False, 0, 100000
             )
         )
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, "Bands the model sees, e.g. 4,3,2 (empty = as the layer displays them)", "", optional=True))
+        self.addParameter(QgsProcessingParameterExtent(self.AREA, "Area to ask about (empty = the whole raster)",
+                                                       optional=True))
         self.addParameter(
             QgsProcessingParameterString(self.ENDPOINT, "Backend endpoint (empty = plugin settings)", "", optional=True)
         )
         polygons = _enum((Qgis, "ProcessingSourceType.VectorPolygon"), (QgsProcessing, "SourceType.TypeVectorPolygon"))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Focused tiles", polygons))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            self.HEATMAP, "Attention heatmap (Float32 GeoTIFF)", optional=True, createByDefault=False))
         self.addOutput(QgsProcessingOutputString(self.ANSWER, "Answer"))
         self.addOutput(QgsProcessingOutputString(self.JOB_ID, "Backend job id"))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, "Number of focused tiles"))
 
     def prepareAlgorithm(self, parameters, context, feedback) -> bool:  # noqa: N802
+        from ..result_files import raster_ground
+
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         check = check_layer(layer)
         if not check.ok:
             raise QgsProcessingException(check.reason)
-        self._raster_path, self._crs = check.path, layer.crs()
+        self._raster_path, self._crs, self._band_count = check.path, layer.crs(), layer.bandCount()
+        self._displayed = displayed_bands(layer)
+        try:
+            self._ground = raster_ground(check.path)
+        except (OSError, RuntimeError) as exc:
+            raise QgsProcessingException(f"GDAL cannot open {check.path}: {exc}") from None
         return True
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        from ..client import BackendError, Cancelled, Client
+    def _options(self, parameters, context) -> AskOptions:
+        from ..area import pixel_window
 
-        question = self.parameterAsString(parameters, self.QUESTION, context).strip()
-        if not question:
-            raise QgsProcessingException("the question is empty")
-        options = AskOptions(
+        override, reason = parse_bands(self.parameterAsString(parameters, self.BANDS, context) or "", self._band_count)
+        if reason:
+            raise QgsProcessingException(reason)
+        bands, stretch = choose(self._displayed, override)
+        window = None
+        if parameters.get(self.AREA):
+            rect = self.parameterAsExtent(parameters, self.AREA, context, self._crs)
+            corners = [(rect.xMinimum(), rect.yMinimum()), (rect.xMaximum(), rect.yMinimum()),
+                       (rect.xMaximum(), rect.yMaximum()), (rect.xMinimum(), rect.yMaximum())]
+            window = pixel_window(corners, self._ground.geotransform, self._ground.width, self._ground.height)
+            if window is None:
+                raise QgsProcessingException("the area does not overlap the raster")
+        return AskOptions(
             mode=MODES[self.parameterAsEnum(parameters, self.MODE, context)],
             alpha=self.parameterAsDouble(parameters, self.ALPHA, context),
             n_max=self.parameterAsInt(parameters, self.N_MAX, context) or None,
+            bands=bands, stretch=stretch, window=window,
         )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        question = self.parameterAsString(parameters, self.QUESTION, context).strip()
+        if not question:
+            raise QgsProcessingException("the question is empty")
+        options = self._options(parameters, context)
         backend = settings.load_backend()
         endpoint = self.parameterAsString(parameters, self.ENDPOINT, context).strip()
         if endpoint:
             backend = BackendSettings(endpoint, backend.start_command, backend.timeouts)
-        request = AskRequest(self._raster_path, question, options)
+        result = self._ask(backend, AskRequest(self._raster_path, question, options), feedback)
 
-        def on_progress(stage, level, fraction, message):
-            feedback.setProgress(100.0 * fraction)
-            feedback.setProgressText(f"{stage}" + (f" level {level}" if level is not None else ""))
-
-        feedback.pushInfo(f"Asking {backend.endpoint}: {question}")
-        try:
-            with Client(backend.endpoint, backend.timeouts) as client:
-                client.wait_healthy(backend.timeouts.health, feedback.isCanceled)
-                result = client.ask(request, on_progress, feedback.isCanceled)
-        except Cancelled:
-            raise QgsProcessingException("cancelled") from None
-        except BackendError as exc:
-            raise QgsProcessingException(f"[{exc.code}] {exc}") from None
-
-        crs = crs_for(result, self._crs)
-        fields = memory_layer("fields", crs).fields()
-        sink, self._dest_id = self.parameterAsSink(
-            parameters, self.OUTPUT, context, fields, _enum((Qgis, "WkbType.Polygon"), (QgsWkbTypes, "Type.Polygon")), crs
-        )
-        if sink is None:
-            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        template = memory_layer("template", crs)
-        count = 0
-        for feature in (result.get("features") or {}).get("features", []):
-            if shown(feature):
-                sink.addFeature(to_feature(template, feature), _enum((QgsFeatureSink, "Flag.FastInsert"), (QgsFeatureSink, "FastInsert")))
-                count += 1
+        count, dest_id = self._write_tiles(parameters, context, result)
+        heat_id = self._write_heatmap(parameters, context, result, feedback)
         answer = str(result.get("answer", ""))
         feedback.pushInfo(f"Answer: {answer}")
         if (result.get("model") or {}).get("random_weights"):
             feedback.reportError("The backend runs a random-weight test model (--model tiny): the answer is noise.",
                                  fatalError=False)
-        feedback.pushInfo(f"{count} focused tiles; job {result.get('job_id', '')}")
-        self._results = {
-            self.OUTPUT: self._dest_id,
-            self.ANSWER: answer,
-            self.JOB_ID: str(result.get("job_id", "")),
-            self.TILES: count,
-        }
-        return dict(self._results)
+        feedback.pushInfo(f"{count} tiles, {sum(1 for _ in self._focus(result))} of them in focus; "
+                          f"job {result.get('job_id', '')}")
+        out = {self.OUTPUT: dest_id, self.ANSWER: answer, self.JOB_ID: str(result.get("job_id", "")), self.TILES: count}
+        if heat_id:
+            out[self.HEATMAP] = heat_id
+        return out
 
-    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
-        """Main thread: style the output layer like the dock's layers when it is loaded."""
-        layer = QgsProcessingUtils.mapLayerFromString(self._dest_id, context) if self._dest_id else None
-        if layer is not None and layer.fields().indexOf("score") >= 0:
-            style_layer(layer, [f["score"] for f in layer.getFeatures()])
-        return dict(self._results)
+    def _ask(self, backend: BackendSettings, request: AskRequest, feedback) -> dict[str, Any]:
+        from ..deps import missing_zmq_text, zmq_problem
+        from ..progress import OverallProgress
+
+        problem = zmq_problem()
+        if problem:
+            raise QgsProcessingException(missing_zmq_text(problem).replace("\n", " "))
+        from ..client import BackendError, Cancelled, Client
+
+        overall = OverallProgress()
+
+        def on_progress(stage, level, fraction, message):
+            feedback.setProgress(overall.update(stage, level, fraction))
+            feedback.setProgressText(f"{stage}" + (f" level {level}" if level is not None else ""))
+
+        feedback.pushInfo(f"Asking {backend.endpoint}: {request.question} "
+                          f"(bands {request.options.bands or 'default'}, window {request.options.window or 'all'})")
+        try:
+            with Client(backend.endpoint, backend.timeouts) as client:
+                client.wait_healthy(backend.timeouts.health, feedback.isCanceled)
+                return client.ask(request, on_progress, feedback.isCanceled)
+        except Cancelled:
+            raise QgsProcessingException("cancelled") from None
+        except BackendError as exc:
+            raise QgsProcessingException(f"[{exc.code}] {exc}") from None
+
+    @staticmethod
+    def _focus(result):
+        for feature in (result.get("features") or {}).get("features", []):
+            if (feature.get("properties") or {}).get("focus_rank") is not None:
+                yield feature
+
+    def _write_tiles(self, parameters, context, result) -> tuple[int, str]:
+        from ..result_layers import crs_for, template_layer, to_feature
+        from ..result_style import style_all_levels
+
+        crs = crs_for(result, self._crs)
+        fields = template_layer(crs).fields()
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, fields, _enum((Qgis, "WkbType.Polygon"), (QgsWkbTypes, "Type.Polygon")), crs
+        )
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        fast = _enum((QgsFeatureSink, "Flag.FastInsert"), (QgsFeatureSink, "FastInsert"))
+        count = 0
+        for feature in (result.get("features") or {}).get("features", []):
+            sink.addFeature(to_feature(fields, feature), fast)
+            count += 1
+        _Styler.attach(context, dest_id, style_all_levels)
+        return count, dest_id
+
+    def _write_heatmap(self, parameters, context, result, feedback) -> str:
+        from .. import heatmap
+        from ..result_style import style_heatmap
+        from ..results_store import heat_breaks
+
+        if not parameters.get(self.HEATMAP):
+            return ""
+        path = self.parameterAsOutputLayer(parameters, self.HEATMAP, context)
+        try:
+            grid = heatmap.decode(result.get("heatmap"))
+        except heatmap.HeatmapError as exc:
+            raise QgsProcessingException(f"the result's heatmap is unreadable: {exc}") from None
+        if grid is None:
+            feedback.reportError("No heatmap: thumbnail mode scores no tokens.", fatalError=False)
+            return ""
+        crs_wkt = self._crs.toWkt() if self._crs is not None and self._crs.isValid() else ""
+        heatmap.write_geotiff(path, grid, self._ground.geotransform, crs_wkt)
+        breaks = heat_breaks(grid.values)
+        _Styler.attach(context, path, lambda layer: style_heatmap(layer, breaks))
+        return path

@@ -157,9 +157,8 @@ def fresh_backend(tmp_path, plugin_root):
     b.stop()
 
 
-@pytest.fixture
-def run_qgis(qgis_python, plugin_root, tmp_path):
-    """run_qgis("script.py", *args, timeout=...) -> the JSON document the script printed."""
+def qgis_runner(qgis_python: str, plugin_root: Path, tmp_path: Path):
+    """run("script.py", *args, timeout=...) -> the JSON document the script printed."""
 
     def run(script: str, *args, timeout: float = 180.0, env: dict | None = None) -> dict:
         home = tmp_path / "home"
@@ -176,6 +175,18 @@ def run_qgis(qgis_python, plugin_root, tmp_path):
         return json.loads(lines[-1])
 
     return run
+
+
+@pytest.fixture
+def run_qgis(qgis_python, plugin_root, tmp_path):
+    """run_qgis("script.py", *args, timeout=...) -> the JSON document the script printed."""
+    return qgis_runner(qgis_python, plugin_root, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def run_qgis_module(qgis_python, plugin_root, tmp_path_factory):
+    """run_qgis for module-scoped fixtures (one QGIS run shared by several tests)."""
+    return qgis_runner(qgis_python, plugin_root, tmp_path_factory.mktemp("qgis_run"))
 
 
 @pytest.fixture(scope="session")

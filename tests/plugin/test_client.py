@@ -19,7 +19,8 @@ def test_health_and_ask(plugin_import, backend, sentinel2_vrt):
     assert result["job_id"] and isinstance(result["answer"], str)
     assert result["features"]["type"] == "FeatureCollection" and result["features"]["features"]
     props = result["features"]["features"][0]["properties"]
-    assert {"level", "row", "col", "window", "score", "rank", "kept", "encoded", "job_id", "question"} <= set(props)
+    assert {"level", "row", "col", "window", "score", "rank", "focus_rank", "kept", "encoded", "job_id"} <= set(props)
+    assert "question" not in props and result["question"] == "Is there water?"  # once, in the document
     assert stages[0][0] == "queued" and len(stages) > 2
 
 

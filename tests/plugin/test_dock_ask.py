@@ -1,8 +1,10 @@
-"""Real QGIS (offscreen) + a real backend: ask from the dock, check the layer group."""
+"""Real QGIS (offscreen) + a real backend: ask from the dock twice, check the map's layer tree,
+the files behind it, the progress bar, and that everything comes back when the project is reopened."""
 
 from __future__ import annotations
 
 import pytest
+from osgeo import gdal, ogr
 
 pytestmark = pytest.mark.qgis
 
@@ -11,35 +13,122 @@ def _key(f):
     return (f["level"], f["row"], f["col"])
 
 
-def test_dock_ask_adds_group_matching_result(run_qgis, backend, sentinel2_vrt):
-    doc = run_qgis("dock_ask.py", backend.endpoint, sentinel2_vrt, "Where are the largest agricultural fields?")
-    assert doc["finished"] and doc["error"] is None, doc["error"]
-    # the backend runs `--model tiny`: the dock must not pass its noise off as a prediction
-    assert doc["answer"] and doc["answer_in_dock"] == doc["answer"] + " [random-weight test model: this answer is noise]"
-    assert len(doc["groups"]) == 1
-    group = doc["groups"][0]
-    assert group["name"].startswith("Q: Where are the largest")
-    layers = group["layers"]
-    assert layers and all(l["same_crs_as_raster"] and l["crs"] == "EPSG:32618" for l in layers)
-    assert doc["raster_crs"] == "EPSG:32618"
-    got = {_key(f): f for l in layers for f in l["features"]}
-    want = {_key(f): f for f in doc["expected"]}
+def _bbox(ring):
+    xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _layers(group):
+    return {n["layer"].split(":")[0].split(" (")[0]: n for n in group["children"] if "layer" in n}
+
+
+@pytest.fixture(scope="module")
+def asked(run_qgis_module, backend, sentinel2_vrt, tmp_path_factory):
+    project = tmp_path_factory.mktemp("project") / "analysis.qgz"
+    return run_qgis_module("dock_ask.py", backend.endpoint, sentinel2_vrt,
+                           "Where are the largest agricultural fields?", 120, 2, project), project
+
+
+def test_answers_reach_the_dock_and_the_history(asked):
+    doc, _ = asked
+    for run in doc["runs"]:
+        assert run["finished"] and run["error"] is None, run["error"]
+        # the backend runs `--model tiny`: the dock must not pass its noise off as a prediction
+        assert run["answer_in_dock"] == run["answer"] + " [random-weight test model: this answer is noise]"
+    assert len(doc["history"]) == 2 and doc["runs"][1]["answer"] in doc["history"][0]
+    assert "tiny" in doc["backend_label"] and "RANDOM WEIGHTS" in doc["backend_label"]
+    assert doc["messages"][-1].startswith("LRS Focus: Answer: ")
+
+
+def test_one_monotone_progress_bar(asked):
+    doc, _ = asked
+    for run in doc["runs"]:
+        progress = run["progress"]
+        assert progress == sorted(progress) and progress[-1] == 100
+        assert len(set(round(p) for p in progress)) >= 8  # it moves through the levels, not in 2 jumps
+
+
+def test_new_result_visible_and_expanded_the_previous_hidden(asked):
+    doc, _ = asked
+    groups = [n for n in doc["tree"] if "group" in n]
+    assert [g["group"] for g in groups] == ["Q: Where are the largest agricultural fields? (2)",
+                                            "Q: Where are the largest agricultural fields?"]
+    new, old = groups
+    assert new["checked"] and new["expanded"] and not old["checked"] and not old["expanded"]
+    assert new["job_id"] == doc["runs"][1]["job_id"]
+    names = [n.get("layer") or n.get("group") for n in new["children"]]
+    assert names[0].startswith("focus:") and names[1].startswith("attention heatmap")
+    assert names[2] == "all levels (finest first)"
+    levels = new["children"][2]
+    assert not levels["checked"] and not levels["expanded"]
+    assert all(not n["checked"] for n in levels["children"])
+
+
+def test_focus_layer_is_the_final_levels_kept_tiles_ranked_1_to_n(asked):
+    doc, _ = asked
+    run = doc["runs"][1]
+    focus = doc["tree"][0]["children"][0]
+    assert focus["valid"] and focus["checked"] and focus["labels"] and focus["crs"] == "EPSG:32618"
+    want = {_key(f["properties"]): f for f in run["features"] if f["properties"]["focus_rank"] is not None}
+    got = {_key(f): f for f in focus["features"]}
     assert got.keys() == want.keys() and want
+    assert {k[0] for k in got} == {run["stopped_at"]}
+    assert sorted(f["focus_rank"] for f in got.values()) == list(range(1, len(got) + 1))
     for key, f in want.items():
-        assert got[key]["kept"] == f["kept"] and got[key]["rank"] == f["rank"]
-        assert got[key]["bbox"] == pytest.approx(f["bbox"], abs=1e-6)
-    # base level tiles cover exactly the raster, as QGIS draws it
-    base = [f for f in want.values() if f["level"] == 0]
-    union = [min(f["bbox"][0] for f in base), min(f["bbox"][1] for f in base),
-             max(f["bbox"][2] for f in base), max(f["bbox"][3] for f in base)]
+        assert got[key]["focus_rank"] == f["properties"]["focus_rank"] and got[key]["kept"]
+        assert got[key]["bbox"] == pytest.approx(_bbox(f["geometry"]["coordinates"][0]), abs=1e-6)
+        assert got[key]["window"] == f["properties"]["window"]
+
+
+def test_all_levels_hold_every_tile_and_the_base_covers_the_raster(asked):
+    doc, _ = asked
+    run = doc["runs"][1]
+    levels = doc["tree"][0]["children"][2]["children"]
+    assert [n["layer"] for n in levels] == [f"level {k}" for k in range(run["stopped_at"], -1, -1)]
+    got = {_key(f): f for n in levels for f in n["features"]}
+    want = {_key(f["properties"]): f for f in run["features"]}
+    assert got.keys() == want.keys()
+    for key, f in want.items():
+        assert got[key]["bbox"] == pytest.approx(_bbox(f["geometry"]["coordinates"][0]), abs=1e-6)
+    base = [f["bbox"] for f in got.values() if f["level"] == 0]
+    union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
     assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
-    # finest level first, one layer per level, styled and labelled
-    levels = [l["features"][0]["level"] for l in layers]
-    assert levels == sorted(set(levels), reverse=True)
-    assert all(l["renderer"] == "graduatedSymbol" for l in layers)
-    assert [l["labels"] for l in layers] == [True] + [False] * (len(layers) - 1)  # finest level labelled
-    assert len(doc["history"]) == 1 and doc["answer"] in doc["history"][0]
-    # zoomed to the focus: the canvas lies inside the raster's neighbourhood
-    cx0, cy0, cx1, cy1 = doc["canvas_extent"]
-    rx0, ry0, rx1, ry1 = doc["raster_extent"]
-    assert cx1 > rx0 and cx0 < rx1 and cy1 > ry0 and cy0 < ry1
+
+
+def test_heatmap_layer_lies_on_the_raster(asked, sentinel2_vrt):
+    doc, _ = asked
+    run = doc["runs"][1]
+    heat = doc["tree"][0]["children"][1]
+    assert heat["valid"] and heat["crs"] == "EPSG:32618" and heat["renderer"] == "singlebandpseudocolor"
+    assert heat["size"] == list(reversed(run["heatmap"]["shape"]))
+    x0, y0, x1, y1 = run["heatmap"]["window"]
+    gt = gdal.Open(str(sentinel2_vrt)).GetGeoTransform()
+    corners = [gdal.ApplyGeoTransform(gt, x, y) for x, y in [(x0, y0), (x1, y1)]]
+    want = [min(c[0] for c in corners), min(c[1] for c in corners), max(c[0] for c in corners),
+            max(c[1] for c in corners)]
+    assert heat["extent"] == pytest.approx(want, abs=1e-6)
+    assert heat["legend"][0].startswith("lower half: least attention") and heat["legend"][-1].endswith("most attention")
+
+
+def test_results_are_filed_and_survive_reopening_the_project(asked):
+    doc, project = asked
+    gpkg = project.with_name("analysis_lrs_focus.gpkg")
+    ds = ogr.Open(str(gpkg))
+    rows = [(f.GetField("job_id"), f.GetField("question"), f.GetField("tiles_layer"))
+            for f in ds.GetLayerByName("lrs_focus_results")]
+    assert [r[0] for r in rows] == [run["job_id"] for run in doc["runs"]]
+    assert rows[1][1] == "Where are the largest agricultural fields? (2)"
+    assert all(ds.GetLayerByName(r[2]) is not None for r in rows)
+    assert list(project.parent.glob("analysis_lrs_focus_heatmaps/*.tif"))
+
+    def summary(tree):
+        out = []
+        for node in tree:
+            if "group" in node:
+                out.append((node["group"], node["checked"], summary(node["children"])))
+            else:
+                out.append((node["layer"], node["valid"], len(node.get("features", [])), node["extent"]))
+        return out
+
+    assert summary(doc["reopened_tree"]) == summary(doc["tree"])
+    assert doc["history_after_reopen"] == doc["history"]

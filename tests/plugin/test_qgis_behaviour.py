@@ -71,14 +71,20 @@ def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
         ds.GetRasterBand(b).WriteArray((np.indices((1000, 1500)).sum(0) * b % 255).astype("uint8"))
     ds = None
     doc = run_qgis("dock_ask.py", backend.endpoint, path, "What is in the top left corner?")
-    assert doc["finished"] and doc["error"] is None, doc["error"]
+    run = doc["runs"][0]
+    assert run["finished"] and run["error"] is None, run["error"]
     assert doc["raster_crs"] == ""
     assert doc["raster_extent"] == [0.0, -1000.0, 1500.0, 0.0]  # how QGIS draws it
-    layers = doc["groups"][0]["layers"]
-    assert all(not l["crs_valid"] for l in layers)
+    group = doc["tree"][0]
+    focus, heat, levels = group["children"]
+    layers = levels["children"]
+    # tiles: srs_id -1 (QGIS: "Undefined Cartesian", drawn untransformed); heatmap: no CRS
+    assert heat["valid"] and not heat["crs_valid"] and focus["crs"] == ""
     base = [f["bbox"] for l in layers for f in l["features"] if f["level"] == 0]
     union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
     assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
+    x0, y0, x1, y1 = run["heatmap"]["window"]
+    assert heat["extent"] == pytest.approx([x0, -y1, x1, -y0], abs=1e-6)  # y negative downward, like the raster
 
 
 @pytest.mark.slow

@@ -1,18 +1,24 @@
-"""Ask through the plugin's dock (Ask button) and report the layers it added.
+"""Ask through the plugin's dock (Ask button), then report the layer tree and what the result holds.
 
-usage: dock_ask.py ENDPOINT RASTER QUESTION [TIMEOUT_S]
+usage: dock_ask.py ENDPOINT RASTER QUESTION [TIMEOUT_S] [ASKS] [PROJECT_FILE]
+
+ASKS questions are asked one after the other (the tree then shows how earlier answers are hidden).
+With PROJECT_FILE the project is saved there before the asks (so answers are filed beside it) and
+after them, cleared, and read back; the tree after reopening is reported too (results must survive).
 """
 
 import sys
 import time
 
-from qgis_env import FakeIface, add_raster, bbox, emit, load_plugin, start_qgis, wait_for
+from qgis_env import FakeIface, add_raster, emit, layer_tree, load_plugin, rect, start_qgis, wait_for
 
 endpoint, raster, question = sys.argv[1:4]
 timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 120.0
+asks = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+project_file = sys.argv[6] if len(sys.argv) > 6 else ""
 app = start_qgis()
 
-from qgis.core import QgsGeometry, QgsProject, QgsSettings  # noqa: E402
+from qgis.core import QgsProject, QgsSettings  # noqa: E402
 
 QgsSettings().setValue("lrs_focus/endpoint", endpoint)
 layer = add_raster(raster)
@@ -20,60 +26,47 @@ iface = FakeIface()
 plugin = load_plugin(iface)
 dock = plugin.dock
 dock.layer_combo.setLayer(layer)
-dock.question.setText(question)
-captured = {}
-started = time.monotonic()
-dock.ask_button.click()
-task = plugin.task
-task.answered.connect(lambda result, layers: captured.update(result=result))
-task.failed.connect(lambda code, message: captured.update(error=[code, message]))
-stages = []
-task.stageChanged.connect(lambda stage, text: stages.append(stage))
-finished = wait_for(lambda: plugin.task is None, timeout)
-elapsed = time.monotonic() - started
+if project_file:  # a saved project: its answers are filed beside it
+    QgsProject.instance().write(project_file)
+runs = []
+for i in range(asks):
+    dock.question.setText(question if i == 0 else f"{question} ({i + 1})")
+    captured = {"progress": []}
+    started = time.monotonic()
+    dock.ask_button.click()
+    task = plugin.task
+    task.answered.connect(lambda result, layers: captured.update(result=result))
+    task.failed.connect(lambda code, message: captured.update(error=[code, message]))
+    task.progressChanged.connect(lambda p: captured["progress"].append(p))
+    stages = []
+    task.stageChanged.connect(lambda stage, text: stages.append(stage))
+    finished = wait_for(lambda: plugin.task is None, timeout)
+    wait_for(lambda: False, 0.6)  # let the deferred message-bar notice arrive
+    result = captured.get("result") or {}
+    runs.append({
+        "finished": finished, "seconds": time.monotonic() - started, "error": captured.get("error"),
+        "answer": result.get("answer"), "job_id": result.get("job_id"), "stages": stages,
+        "progress": captured["progress"], "features": (result.get("features") or {}).get("features", []),
+        "heatmap": {k: v for k, v in (result.get("heatmap") or {}).items() if k != "data"},
+        "stopped_at": (result.get("trace") or {}).get("stopped_at"),
+        "answer_in_dock": dock.answer.toPlainText(),
+    })
 
-root = QgsProject.instance().layerTreeRoot()
-groups = []
-for group in root.findGroups():
-    layers = []
-    for node in group.findLayers():
-        vl = node.layer()
-        feats = [
-            {"level": f["level"], "row": f["row"], "col": f["col"], "kept": bool(f["kept"]),
-             "rank": f["rank"] if f["rank"] is not None and str(f["rank"]) != "NULL" else None,
-             "bbox": bbox(f.geometry())}
-            for f in vl.getFeatures()
-        ]
-        layers.append({"name": vl.name(), "crs": vl.crs().authid(), "crs_valid": vl.crs().isValid(),
-                       "same_crs_as_raster": vl.crs() == layer.crs(), "features": feats,
-                       "renderer": vl.renderer().type(), "labels": vl.labelsEnabled()})
-    groups.append({"name": group.name(), "layers": layers})
-
-expected = []
-result = captured.get("result") or {}
-for f in (result.get("features") or {}).get("features", []):
-    p = f["properties"]
-    if p.get("encoded") or p.get("kept"):
-        ring = f["geometry"]["coordinates"][0]
-        xs, ys = [c[0] for c in ring], [c[1] for c in ring]
-        expected.append({"level": p["level"], "row": p["row"], "col": p["col"], "kept": p["kept"],
-                         "rank": p.get("rank"), "bbox": [min(xs), min(ys), max(xs), max(ys)]})
-ext = layer.extent()
-canvas = iface.canvas.extent()
-emit({
-    "finished": finished,
-    "seconds": elapsed,
-    "error": captured.get("error"),
-    "answer_in_dock": dock.answer.toPlainText(),
-    "answer": result.get("answer"),
-    "job_id": result.get("job_id"),
-    "stages": stages,
-    "groups": groups,
-    "expected": expected,
+report = {
+    "runs": runs,
+    "tree": layer_tree(QgsProject.instance().layerTreeRoot()),
     "raster_crs": layer.crs().authid(),
-    "raster_extent": [ext.xMinimum(), ext.yMinimum(), ext.xMaximum(), ext.yMaximum()],
-    "canvas_extent": [canvas.xMinimum(), canvas.yMinimum(), canvas.xMaximum(), canvas.yMaximum()],
+    "raster_extent": rect(layer.extent()),
+    "canvas_extent": rect(iface.canvas.extent()),
     "history": [dock.history.item(i).text() for i in range(dock.history.count())],
+    "backend_label": dock.backend.text(),
     "messages": iface.messages,
-})
+}
+if project_file:
+    QgsProject.instance().write(project_file)
+    QgsProject.instance().clear()
+    QgsProject.instance().read(project_file)
+    report["reopened_tree"] = layer_tree(QgsProject.instance().layerTreeRoot())
+    report["history_after_reopen"] = [dock.history.item(i).text() for i in range(dock.history.count())]
+emit(report)
 plugin.unload()

@@ -45,6 +45,7 @@ task.stageChanged.connect(on_stage)
 task.failed.connect(lambda code, message: state.update(error=[code, message], end=time.monotonic()))
 finished = wait_for(lambda: plugin.task is None, 90)
 end = state.get("end", time.monotonic())
+wait_for(lambda: False, 0.6)  # the message bar notice comes after QGIS's own task notice
 emit({
     "finished": finished,
     "error": state.get("error"),

@@ -103,6 +103,45 @@ def load_plugin(iface):
     return plugin
 
 
+def layer_tree(node) -> list[dict]:
+    """The layer tree below `node`: groups (name, checked, expanded, children) and layers."""
+    from qgis.core import QgsLayerTreeGroup, QgsRasterLayer, QgsVectorLayer
+
+    out = []
+    for child in node.children():
+        if isinstance(child, QgsLayerTreeGroup):
+            out.append({"group": child.name(), "checked": child.itemVisibilityChecked(),
+                        "expanded": child.isExpanded(), "job_id": child.customProperty("lrs_focus/job_id"),
+                        "children": layer_tree(child)})
+            continue
+        layer = child.layer()
+        info = {"layer": layer.name(), "checked": child.itemVisibilityChecked(), "valid": layer.isValid(),
+                "source": layer.source(), "crs": layer.crs().authid(), "crs_valid": layer.crs().isValid(),
+                "extent": rect(layer.extent()), "renderer": layer.renderer().type() if layer.renderer() else None}
+        if isinstance(layer, QgsVectorLayer):
+            info["labels"] = layer.labelsEnabled()
+            info["subset"] = layer.subsetString()
+            info["features"] = [
+                {"level": f["level"], "row": f["row"], "col": f["col"], "kept": bool(f["kept"]),
+                 "focus_rank": _value(f["focus_rank"]), "window": [f[k] for k in ("x0", "y0", "x1", "y1")],
+                 "bbox": bbox(f.geometry())}
+                for f in layer.getFeatures()
+            ]
+        elif isinstance(layer, QgsRasterLayer):
+            info["size"] = [layer.width(), layer.height()]
+            info["legend"] = [text for text, _ in layer.legendSymbologyItems()]
+        out.append(info)
+    return out
+
+
+def _value(v):
+    return None if v is None or str(v) == "NULL" else v
+
+
+def rect(r) -> list[float]:
+    return [r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()]
+
+
 def bbox(geom) -> list[float]:
     r = geom.boundingBox()
     return [r.xMinimum(), r.yMinimum(), r.xMaximum(), r.yMaximum()]

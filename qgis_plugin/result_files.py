@@ -1,0 +1,1 @@
+../backend/lrs_focus/result_files.py
