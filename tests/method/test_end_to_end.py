@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from lrs_focus import errors
@@ -71,3 +72,129 @@ def test_bad_options_and_missing_raster(tiny_engine, tmp_path):
         tiny_engine.ask("x.tif", QUESTION, AskOptions(mode="zoom"))
     with pytest.raises(errors.RasterNotFound):
         tiny_engine.ask(str(tmp_path / "missing.tif"), QUESTION)
+
+
+def test_released_mode_from_a_checkpoint_in_the_released_layout(tiny_engine, sentinel2_vrt, tmp_path):
+    """The project writes the released key layout; loading it back answers exactly as in memory."""
+    import json
+
+    from lrs_focus.engine import Engine
+    from lrs_focus.model.loading import save_released
+
+    ckpt = save_released(tiny_engine.model, tiny_engine.tokenizer, tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["mm_projector_type"] == "mlp2x_gelu_after_distillpruner"
+    loaded = Engine(str(ckpt), device="cpu", dtype="float32", cache_mb=0)
+    assert loaded.info["random_weights"] is False
+    opts = AskOptions(mode="released", max_new_tokens=8)
+    a = tiny_engine.ask(str(sentinel2_vrt), QUESTION, opts)
+    b = loaded.ask(str(sentinel2_vrt), QUESTION, opts)
+    a["counts"].pop("tiles_from_cache"), b["counts"].pop("tiles_from_cache")  # tiny_engine's cache is warm
+    assert a["answer"] == b["answer"] and a["trace"] == b["trace"] and a["counts"] == b["counts"]
+    assert b["options"]["pixels"] == "exact"
+
+
+def test_released_mode_in_float32_rounds_the_rotary_tables_to_float16(tiny_models):
+    import torch
+
+    model, _ = tiny_models["qwen2"]
+    x = torch.zeros(1, 5, model.config.hidden_size)
+    pos = torch.tensor([[0, 1, 700, 5000, 31000]])
+    cos, sin = model.llm.model.rotary_emb(x, pos)
+    with model.float16_rotary(True):
+        cos16, sin16 = model.llm.model.rotary_emb(x, pos)
+        rcos, _ = model.rfm.rotary_emb(x, pos)
+    assert torch.equal(cos16, cos.half().float()) and torch.equal(sin16, sin.half().float())
+    assert torch.equal(rcos, model.rfm.rotary_emb(x, pos)[0].half().float())
+    assert not torch.equal(cos16, cos)
+    assert torch.equal(model.llm.model.rotary_emb(x, pos)[0], cos)  # hooks removed afterwards
+
+
+def test_cli_all_tiles_past_max_length_keeps_the_question_and_reports_drops(sentinel2_vrt):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "lrs_focus.cli", "ask", str(sentinel2_vrt), QUESTION, "--model", "tiny",
+         "--mode", "all-tiles", "--max-length", "600", "--max-new-tokens", "4", "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    doc = json.loads(out.stdout)
+    counts, budget = doc["counts"], doc["trace"]["budget"]
+    assert counts["llm_sequence_tokens"] <= 600 and counts["vision_tokens_dropped"] > 0
+    # every text token is in: sequence = text + thumbnail + ':' + the vision tokens that were kept
+    assert counts["llm_sequence_tokens"] == budget["text_tokens"] + 64 + 1 + (counts["llm_vision_tokens"] - 64)
+    assert doc["question"] == QUESTION and budget["vision_tokens_dropped"] == counts["vision_tokens_dropped"]
+    assert doc["trace"]["all_tiles_capped"]["limit"] == 320
+
+
+def test_the_suffix_is_the_last_thing_the_llm_reads(tiny_engine, sentinel2_vrt, monkeypatch):
+    """Whatever is dropped, the sequence ends with the question and the assistant prefix."""
+    from lrs_focus.model.prompts import encode_prompt
+
+    seen = {}
+    original = tiny_engine.model.generate
+
+    def spy(seq, tokenizer, max_new_tokens, should_stop=None):
+        seen["seq"] = seq
+        return original(seq, tokenizer, max_new_tokens, should_stop=should_stop)
+
+    monkeypatch.setattr(tiny_engine.model, "generate", spy)
+    tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="paper", max_length=300, max_new_tokens=2))
+    seq = seen["seq"]
+    suffix = encode_prompt(tiny_engine.tokenizer, "chatml", QUESTION).suffix
+    emb = tiny_engine.model.text_embeds(suffix)
+    assert seq.length <= 300
+    import torch
+
+    assert torch.equal(seq.embeds[0, -len(suffix):], emb)
+
+
+def test_window_keeps_raster_pixel_coordinates(tiny_engine, sentinel2_vrt):
+    res = tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(window=[900, 300, 1700, 1100], max_new_tokens=2))
+    assert res["trace"]["window"] == [900, 300, 1700, 1100]
+    for lv in res["trace"]["levels"]:
+        for t in lv["tiles"]:
+            x0, y0, x1, y1 = t["window"]
+            assert 900 <= x0 < x1 <= 1700 and 300 <= y0 < y1 <= 1100
+    hx0, hy0, hx1, hy1 = res["heatmap"]["window"]
+    assert (hx0, hy0) == (900, 300) and hx1 <= 1700 + 40 and hy1 <= 1100 + 40
+
+
+def test_heatmap_follows_the_kept_tiles(tiny_engine, sentinel2_vrt):
+    from lrs_focus.score_map import decode_heatmap
+
+    res = tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(max_new_tokens=2))
+    hm = res["heatmap"]
+    grid = decode_heatmap(hm)
+    assert list(grid.shape) == hm["shape"] and hm["level"] == res["trace"]["stopped_at"]
+    assert np.isfinite(grid).mean() > 0.9  # the base level covers the raster
+    x0, y0, x1, y1 = hm["window"]
+    rows, cols = grid.shape
+    final = res["trace"]["levels"][hm["level"]]
+    best = min((t for t in final["tiles"] if t["kept"]), key=lambda t: t["rank"])
+    bx0, by0, bx1, by1 = best["window"]
+    cells = grid[int((by0 - y0) / (y1 - y0) * rows):int(np.ceil((by1 - y0) / (y1 - y0) * rows)),
+                 int((bx0 - x0) / (x1 - x0) * cols):int(np.ceil((bx1 - x0) / (x1 - x0) * cols))]
+    assert np.nanmax(cells) >= np.nanpercentile(grid, 90)  # the top-ranked kept tile is hot
+
+
+def test_cancel_during_generation_stops_within_a_token(tiny_engine, sentinel2_vrt):
+    state = {"generating": False, "polls_after": 0}
+
+    def progress(stage, level, frac, msg):
+        state["generating"] = stage == "generate"
+
+    def stop():
+        if state["generating"]:
+            state["polls_after"] += 1
+            return state["polls_after"] >= 3  # stage boundary, then the first generated tokens
+        return False
+
+    with pytest.raises(errors.Cancelled, match="generation"):
+        tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="thumbnail", max_new_tokens=4000),
+                        progress=progress, should_stop=stop)
+    # stage boundary, two tokens, the poll that said stop, and the engine's own check after decoding:
+    # decoding ended at the token where the cancel came, not after 4,000 tokens
+    assert state["polls_after"] == 4
