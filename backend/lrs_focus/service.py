@@ -634,7 +634,10 @@ class Server:
 
     def _accept(self, identity: bytes, owner: bytes, msg: dict[str, Any]) -> None:
         rid = msg["id"]
-        options = AskOptions.from_dict(dict(msg.get("options") or {}))  # BadOptions -> error reply
+        asked = dict(msg.get("options") or {})
+        options = AskOptions.from_dict(asked)  # BadOptions -> error reply
+        if "max_new_tokens" not in asked:  # the default follows the server's maximum
+            options.max_new_tokens = min(int(options.max_new_tokens), self.limits.max_new_tokens)
         if int(options.max_new_tokens) > self.limits.max_new_tokens:
             raise BadOptions(f"max_new_tokens {options.max_new_tokens} is above this server's limit of "
                              f"{self.limits.max_new_tokens}")
