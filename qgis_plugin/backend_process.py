@@ -1,24 +1,56 @@
 """Start a local backend from the command in the settings, as an argument list.
 
 The command is split with `shlex` and run directly (never through a shell: a setting must not
-be able to inject shell syntax), its output goes to a log file in the temp folder, and the
-plugin stops only the process it started itself, when QGIS unloads the plugin. Readiness is
-not assumed: the ask task health-checks the endpoint with the longer start timeout.
+be able to inject shell syntax), its output goes to a log file in a private per-user folder
+(`private_log_dir`: 0700, owned by the user; never a fixed name in the shared temp folder, and
+the log is opened without following a symlink), and the plugin stops only the process it
+started itself, when QGIS unloads the plugin. Readiness is not assumed: the ask task
+health-checks the endpoint with the longer start timeout.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import stat
 import subprocess  # nosec B404: argument-list Popen of a user-configured local command, no shell
-import tempfile
 from typing import Optional
+
+LOG_NAME = "backend.log"
+
+
+def private_log_dir() -> str:
+    """The user's own cache folder for the plugin ($XDG_CACHE_HOME or ~/.cache, %LOCALAPPDATA%)."""
+    if os.name == "nt":
+        base = os.environ.get("LOCALAPPDATA") or os.path.join(os.path.expanduser("~"), "AppData", "Local")
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lrs_focus")
+
+
+def _ensure_private_dir(folder: str) -> None:
+    """Creates `folder` 0700; refuses one that is a symlink or that another user owns."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise OSError(f"{folder} is not a plain folder (a symlink?): refusing to write the backend log there")
+    if os.name == "posix":
+        if info.st_uid != os.getuid():
+            raise OSError(f"{folder} belongs to another user: refusing to write the backend log there")
+        if info.st_mode & 0o077:
+            os.chmod(folder, 0o700)
+
+
+def _open_private(path: str, flags: int):
+    """os.open that never follows a symlink at `path` (O_NOFOLLOW) and creates files 0600."""
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
 
 
 class BackendLauncher:
-    def __init__(self) -> None:
+    def __init__(self, log_dir: Optional[str] = None) -> None:
         self._process: Optional[subprocess.Popen] = None
-        self.log_path = os.path.join(tempfile.gettempdir(), "lrs_focus_backend.log")
+        self.log_dir = log_dir or private_log_dir()
+        self.log_path = os.path.join(self.log_dir, LOG_NAME)
 
     @staticmethod
     def split(command: str) -> list[str]:
@@ -35,7 +67,8 @@ class BackendLauncher:
         if self.running():
             return False
         args = self.split(command)
-        with open(self.log_path, "ab") as log:
+        _ensure_private_dir(self.log_dir)
+        with os.fdopen(_open_private(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
             self._process = subprocess.Popen(  # nosec B603: list argv, shell=False
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, shell=False
             )
@@ -46,7 +79,7 @@ class BackendLauncher:
 
     def log_tail(self, lines: int = 15) -> str:
         try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            with os.fdopen(_open_private(self.log_path, os.O_RDONLY), encoding="utf-8", errors="replace") as f:
                 return "".join(f.readlines()[-lines:])
         except OSError:
             return ""

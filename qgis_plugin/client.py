@@ -48,6 +48,8 @@ class Client:
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDTIMEO, 2000)  # a send never blocks the thread for long
+        # a larger frame drops the connection before it is received (results are a few MB)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_REPLY_BYTES)
         try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
