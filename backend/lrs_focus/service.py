@@ -10,9 +10,10 @@ Why it is shaped this way:
   encoded by a function that cannot fail, and the loop itself survives any one iteration.
 - Every accepted job gets exactly one terminal message (`Server._finish` is the only way out,
   guarded by the job's state), also when it is cancelled, stuck at shutdown or its peer vanished.
-- Bounded memory per peer: a low send high-water mark and ROUTER_MANDATORY with NOBLOCK. A peer
-  whose queue is full (it stopped reading) or that is gone loses that message and its jobs are
-  cancelled; nothing ever blocks on it.
+- Bounded memory per peer: a send high-water mark, ROUTER_MANDATORY with NOBLOCK, and
+  TCP_USER_TIMEOUT (ZMQ_TCP_MAXRT). A peer whose queue is full loses that message; one that
+  stopped reading is disconnected by the kernel after `stalled_peer_timeout_s`, which frees what
+  was queued for it; either way its jobs are cancelled. Nothing ever blocks on a peer.
 - Jobs belong to their client: the CURVE public key when CURVE is on, else the ZeroMQ routing
   identity (random, unforgeable). `status` shows a client only its own jobs, and a `cancel` or
   `status` for anyone else's job gets the same answer as for a job that never existed.
@@ -80,13 +81,14 @@ class ServiceLimits:
     open_timeout_s: float = 30.0  # access check + first GDAL open of the raster
     shutdown_timeout_s: float = 10.0  # how long shutdown waits for the running job
     send_hwm: int = 256  # replies queued per peer before it counts as not reading (>= one read burst)
+    stalled_peer_timeout_s: float = 20.0  # a peer that acknowledges nothing this long is disconnected
     max_stuck_opens: int = 4  # abandoned (timed-out) opens still running before asks are refused
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_question_tokens", "send_hwm", "max_stuck_opens"):
             if int(getattr(self, name)) < 1:
                 raise ServiceConfigError(f"{name} must be >= 1, not {getattr(self, name)!r}")
-        if not (self.open_timeout_s > 0 and self.shutdown_timeout_s > 0):
+        if not (self.open_timeout_s > 0 and self.shutdown_timeout_s > 0 and self.stalled_peer_timeout_s > 0):
             raise ServiceConfigError("timeouts must be positive")
 
 
@@ -157,6 +159,18 @@ def check_security(endpoint: str, keys_dir: Optional[str], force_curve: bool = F
     if public and check_roots and not roots:
         raise ServiceConfigError(f"refusing to listen on {endpoint} without --allow-root: off loopback the "
                                  "rasters clients may read must be confined to folders")
+
+
+def _abort_stalled_peers(sock: zmq.Socket, timeout_s: float) -> None:
+    """TCP_USER_TIMEOUT (ZMQ_TCP_MAXRT; Linux, Windows): the kernel aborts a connection whose
+    sent data stays unacknowledged for `timeout_s`, which includes a peer that stopped reading
+    (zero window). ZeroMQ then frees everything queued for it and later sends to it fail, which
+    cancels its jobs. A client that reads, even slowly, is never affected; its own I/O thread
+    drains the socket whatever the application does."""
+    try:
+        sock.setsockopt(zmq.TCP_MAXRT, max(1, int(timeout_s * 1000)))
+    except (zmq.ZMQError, AttributeError):  # pragma: no cover - platform without it
+        log.warning("TCP_MAXRT is not supported here: a peer that stops reading keeps its replies queued")
 
 
 def secure_socket(ctx: zmq.Context, sock: zmq.Socket, endpoint: str, keys_dir: Optional[str],
@@ -400,6 +414,7 @@ class Server:
                 # full or vanished peers raise instead of silently queueing/dropping: see _send
                 self._sock.router_mandatory = True
                 self._sock.maxmsgsize = max_message_bytes
+                _abort_stalled_peers(self._sock, self.limits.stalled_peer_timeout_s)
                 check_security(endpoint, keys_dir, force_curve, getattr(access, "roots", ()),
                                check_roots=access is not None)
                 self._auth = secure_socket(self._ctx, self._sock, endpoint, keys_dir, force_curve)
@@ -808,7 +823,8 @@ class ProxyFrontend:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, keys_dir: Optional[str] = None, force_curve: bool = False,
                  max_message_bytes: int = protocol.MAX_MESSAGE_BYTES, context: Optional[zmq.Context] = None,
                  backend_endpoint: Optional[str] = None, capture_endpoint: Optional[str] = None,
-                 send_hwm: int = ServiceLimits.send_hwm):
+                 send_hwm: int = ServiceLimits.send_hwm,
+                 stalled_peer_timeout_s: float = ServiceLimits.stalled_peer_timeout_s):
         self._ctx = context or zmq.Context.instance()
         tag = uuid.uuid4().hex
         self.backend_endpoint = backend_endpoint or f"inproc://lrs-workers-{tag}"
@@ -820,6 +836,7 @@ class ProxyFrontend:
         self.frontend.linger = _ROUTER_LINGER_MS
         self.frontend.sndhwm = send_hwm
         self.frontend.rcvhwm = _RCVHWM
+        _abort_stalled_peers(self.frontend, stalled_peer_timeout_s)
         self._auth = secure_socket(self._ctx, self.frontend, endpoint, keys_dir, force_curve)
         self.frontend.bind(endpoint)
         self.endpoint = self.frontend.last_endpoint.decode()
@@ -868,7 +885,8 @@ def serve_workers(engines: list[AskEngine], endpoint: str = DEFAULT_ENDPOINT, *,
     limits = limits or ServiceLimits()
     check_security(endpoint, keys_dir, force_curve, getattr(access, "roots", ()), check_roots=access is not None)
     ctx = zmq.Context.instance()
-    proxy = ProxyFrontend(endpoint, keys_dir=keys_dir, force_curve=force_curve, context=ctx, send_hwm=limits.send_hwm)
+    proxy = ProxyFrontend(endpoint, keys_dir=keys_dir, force_curve=force_curve, context=ctx, send_hwm=limits.send_hwm,
+                          stalled_peer_timeout_s=limits.stalled_peer_timeout_s)
     workers = [Server(engine, proxy.backend_endpoint, queue_size=queue_size, connect=True,
                       capture_endpoint=proxy.capture_endpoint, worker_name=f"w{i}",
                       frontend_is_loopback=proxy.local_only, context=ctx, access=access, limits=limits,

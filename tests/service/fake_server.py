@@ -89,7 +89,7 @@ class FakeEngine:
 
 
 def main() -> int:
-    from lrs_focus.service import Server
+    from lrs_focus.service import Server, ServiceLimits
 
     p = argparse.ArgumentParser()
     p.add_argument("endpoint")
@@ -98,14 +98,17 @@ def main() -> int:
     p.add_argument("--keys-dir")
     p.add_argument("--force-curve", action="store_true")
     p.add_argument("--allow-root", action="append", default=None, help="apply an AccessPolicy with these roots")
+    p.add_argument("--stalled-peer-timeout", type=float, default=None)
     a = p.parse_args()
+    limits = ServiceLimits() if a.stalled_peer_timeout is None else \
+        ServiceLimits(stalled_peer_timeout_s=a.stalled_peer_timeout)
     access = None
     if a.allow_root is not None:
         from lrs_focus.access import AccessPolicy
 
         access = AccessPolicy(roots=tuple(a.allow_root))
     server = Server(FakeEngine(a.stage_s), a.endpoint, queue_size=a.queue_size, keys_dir=a.keys_dir,
-                    force_curve=a.force_curve, access=access)
+                    force_curve=a.force_curve, access=access, limits=limits)
     print(f"READY {server.endpoint}", flush=True)
     server.serve_forever()
     return 0

@@ -222,5 +222,6 @@ def test_serve_help_defaults_are_the_service_limits():
     from lrs_focus.service import ServiceLimits
 
     d = ServiceLimits()
-    assert (serve.DEFAULT_MAX_NEW_TOKENS, serve.DEFAULT_MAX_QUESTION_TOKENS, serve.DEFAULT_OPEN_TIMEOUT_S) == \
-        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s)
+    assert (serve.DEFAULT_MAX_NEW_TOKENS, serve.DEFAULT_MAX_QUESTION_TOKENS, serve.DEFAULT_OPEN_TIMEOUT_S,
+            serve.DEFAULT_STALLED_PEER_TIMEOUT_S) == \
+        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s, d.stalled_peer_timeout_s)

@@ -24,6 +24,7 @@ log = logging.getLogger("lrs_focus.serve")
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_QUESTION_TOKENS = 512
 DEFAULT_OPEN_TIMEOUT_S = 30.0
+DEFAULT_STALLED_PEER_TIMEOUT_S = 20.0
 
 
 def register(subparsers) -> None:
@@ -58,6 +59,9 @@ def register(subparsers) -> None:
                    help=f"longest question in tokens of the model's tokenizer (default {DEFAULT_MAX_QUESTION_TOKENS})")
     p.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S,
                    help=f"seconds for the access check and first open of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
+    p.add_argument("--stalled-peer-timeout", type=float, default=DEFAULT_STALLED_PEER_TIMEOUT_S,
+                   help="seconds a client may leave replies unread before it is disconnected and its jobs "
+                        f"cancelled (default {DEFAULT_STALLED_PEER_TIMEOUT_S:g})")
     p.set_defaults(func=run)
 
 
@@ -87,7 +91,7 @@ def _policy_and_limits(args):
     try:
         policy = AccessPolicy(roots=tuple(args.allow_root), allow_remote=args.allow_remote)
         limits = ServiceLimits(max_new_tokens=args.max_new_tokens_limit, max_question_tokens=args.max_question_tokens,
-                               open_timeout_s=args.open_timeout)
+                               open_timeout_s=args.open_timeout, stalled_peer_timeout_s=args.stalled_peer_timeout)
     except ValueError as exc:
         raise ServiceConfigError(str(exc)) from None
     return policy, limits
