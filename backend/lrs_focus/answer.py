@@ -7,6 +7,7 @@ without torch); this module is imported only when a real question is asked.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,9 @@ from .errors import BadOptions, Cancelled
 from .exact_pixels import ExactPyramid
 from .features import FeatureCache, TileEncoder, ViewKey
 from .focus import Canvas, FocusResult, build_trace, run_focus
-from .geo import trace_to_features
 from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, encode_prompt
 from .pyramid import ImagePyramid, PyramidConfig
-from .raster import RasterSource, RasterWindow
 from .score_map import heatmap_document
 
 #: The pixel path of modes that do not force one. "exact" = the released preprocessing (bilinear
@@ -106,7 +105,7 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
     return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
 
 
-def view_key(engine: Any, src: RasterSource, options: AskOptions, pixels: str, window: tuple | None) -> ViewKey:
+def view_key(engine: Any, src: Any, options: AskOptions, pixels: str, window: tuple | None) -> ViewKey:
     return ViewKey(
         identity=src.identity(),
         bands=tuple(src.bands),
@@ -120,6 +119,8 @@ def view_key(engine: Any, src: RasterSource, options: AskOptions, pixels: str, w
 
 def open_view(engine: Any, raster: str, options: AskOptions, pixels: str):
     """Open the raster, restore cached stretch statistics, apply the window. -> (src, view, key)."""
+    from .raster import RasterSource, RasterWindow
+
     src = RasterSource.open(raster, bands=options.bands, stretch=options.stretch)
     try:
         view = RasterWindow(src, options.window) if options.window is not None else src
@@ -140,6 +141,67 @@ def open_view(engine: Any, raster: str, options: AskOptions, pixels: str):
     return src, view, key
 
 
+@dataclass
+class Run:
+    """What one question produced before it is turned into the result document."""
+
+    result: FocusResult
+    answer: str
+    sequence_tokens: int
+    budget: dict[str, int]
+    encoder: TileEncoder
+    timings: dict[str, float]
+    n_max: int
+
+
+def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
+                 key: ViewKey | None = None) -> Run:
+    """Thumbnail, Algorithm 1 and the answer on an open pyramid (any pixel source, no GDAL needed):
+    the engine's path and the GPU check's."""
+    model: LrsFocusModel = engine.model
+    cfg = model.config
+    timings: dict[str, float] = {}
+    prompt = encode_prompt(engine.tokenizer, cfg.template, question)
+    budget = sequence_budget(model, prompt, options)
+    n_max = int(options.n_max or cfg.n_max)
+    encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
+    released_numerics = options.mode == "released" and model.dtype == torch.float32
+    with torch.inference_mode(), model.float16_rotary(released_numerics):
+        check("encode", None, 0.0, "encoding the thumbnail")
+        t0 = time.perf_counter()
+        thumbnail = encoder.thumbnail()
+        timings["thumbnail"] = time.perf_counter() - t0
+        scorer = RfmScorer(model, prompt, thumbnail)
+        t0 = time.perf_counter()
+        result = run_focus(
+            pyramid.geometry,
+            options.mode,
+            encoder,
+            scorer,
+            alpha=float(options.alpha),
+            n_max=n_max,
+            max_levels=options.max_levels,
+            check=check,
+            thumbnail_tokens=cfg.thumbnail_tokens,
+            vision_budget=budget["vision_budget"],
+        )
+        timings["encode"] = encoder.seconds
+        timings["focus"] = scorer.seconds
+        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
+        seq = final_sequence(model, prompt, thumbnail, result)
+        if result.canvas is not None:
+            result.canvas.feats = None  # generation needs only the sequence
+        if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
+            raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
+        check("generate", None, 0.0, f"answering from {seq.length} tokens")
+        t0 = time.perf_counter()
+        answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop)
+        timings["generate"] = time.perf_counter() - t0
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled during generation")
+    return Run(result, answer, seq.length, budget, encoder, timings, n_max)
+
+
 def answer_question(
     engine: Any,
     raster: str,
@@ -149,62 +211,27 @@ def answer_question(
     should_stop: StopFn | None = None,
     job_id: str = "",
 ) -> dict[str, Any]:
+    from .geo import trace_to_features
+
     model: LrsFocusModel = engine.model
     cfg = model.config
     check = stage_checker(progress, should_stop)
-    timings: dict[str, float] = {}
     t_start = time.perf_counter()
     pixels = pixel_path(options)
 
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
     src, view, key = open_view(engine, raster, options, pixels)
-    timings["open"] = time.perf_counter() - t0
+    open_seconds = time.perf_counter() - t0
     try:
         check("pyramid", None, 0.0, f"pyramid of a {view.height}x{view.width} raster")
         pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop))
         geo = pyramid.geometry
-        prompt = encode_prompt(engine.tokenizer, cfg.template, question)
-        budget = sequence_budget(model, prompt, options)
-        n_max = int(options.n_max or cfg.n_max)
-        encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
-        released_numerics = options.mode == "released" and model.dtype == torch.float32
-        with torch.inference_mode(), model.float16_rotary(released_numerics):
-            check("encode", None, 0.0, "encoding the thumbnail")
-            t0 = time.perf_counter()
-            thumbnail = encoder.thumbnail()
-            timings["thumbnail"] = time.perf_counter() - t0
-            scorer = RfmScorer(model, prompt, thumbnail)
-            t0 = time.perf_counter()
-            result = run_focus(
-                geo,
-                options.mode,
-                encoder,
-                scorer,
-                alpha=float(options.alpha),
-                n_max=n_max,
-                max_levels=options.max_levels,
-                check=check,
-                thumbnail_tokens=cfg.thumbnail_tokens,
-                vision_budget=budget["vision_budget"],
-            )
-            timings["encode"] = encoder.seconds
-            timings["focus"] = scorer.seconds
-            timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
-            seq = final_sequence(model, prompt, thumbnail, result)
-            if result.canvas is not None:
-                result.canvas.feats = None  # generation needs only the sequence
-            if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
-                raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
-            check("generate", None, 0.0, f"answering from {seq.length} tokens")
-            t0 = time.perf_counter()
-            answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop)
-            timings["generate"] = time.perf_counter() - t0
-            if should_stop is not None and should_stop():
-                raise Cancelled("cancelled during generation")
+        run = run_question(engine, pyramid, question, options, check, should_stop, key)
+        result = run.result
         origin = getattr(view, "origin", (0, 0))
         trace = build_trace(geo, result, options.score_reduce, origin=origin)
-        trace["budget"] = {**budget, "llm_sequence_tokens": seq.length,
+        trace["budget"] = {**run.budget, "llm_sequence_tokens": run.sequence_tokens,
                            "vision_tokens_dropped": result.vision_tokens_dropped}
         if origin != (0, 0):
             trace["window"] = list(view.window)
@@ -214,26 +241,14 @@ def answer_question(
     finally:
         src.close()
 
-    llm_vision = cfg.thumbnail_tokens + int(result.keep.size)
-    counts = {
-        "tiles_encoded": int(result.tiles_encoded),
-        "tiles_from_cache": int(encoder.cached),
-        "vit_tokens": int((1 + result.tiles_encoded) * cfg.thumbnail_tokens),
-        "llm_vision_tokens": int(llm_vision),
-        "llm_sequence_tokens": int(seq.length),
-        "vision_tokens_dropped": int(result.vision_tokens_dropped),
-        "rfm_passes": len(result.rfm_vision_tokens),
-        "prefill_tflops": flops.method_prefill_tflops(
-            llm_vision, result.rfm_vision_tokens, rfm_layers=cfg.rfm_layers, **flops.shape_of(cfg.text_config)
-        ),
-    }
+    counts = result_counts(cfg, run)
     check("done", None, 1.0, "done")
-    timings["total"] = time.perf_counter() - t_start
+    timings = {"open": open_seconds, **run.timings, "total": time.perf_counter() - t_start}
     opts = options.to_dict()
-    opts["n_max"] = n_max
+    opts["n_max"] = run.n_max
     opts["pixels"] = pixels
     return {
-        "answer": answer,
+        "answer": run.answer,
         "question": question,
         "trace": trace,
         "counts": counts,
@@ -250,4 +265,21 @@ def answer_question(
         "options": opts,
         "raster": {"path": str(raster), "size": [src.height, src.width]},
         "job_id": job_id,
+    }
+
+
+def result_counts(cfg: Any, run: Run) -> dict[str, Any]:
+    result = run.result
+    llm_vision = cfg.thumbnail_tokens + int(result.keep.size)
+    return {
+        "tiles_encoded": int(result.tiles_encoded),
+        "tiles_from_cache": int(run.encoder.cached),
+        "vit_tokens": int((1 + result.tiles_encoded) * cfg.thumbnail_tokens),
+        "llm_vision_tokens": int(llm_vision),
+        "llm_sequence_tokens": int(run.sequence_tokens),
+        "vision_tokens_dropped": int(result.vision_tokens_dropped),
+        "rfm_passes": len(result.rfm_vision_tokens),
+        "prefill_tflops": flops.method_prefill_tflops(
+            llm_vision, result.rfm_vision_tokens, rfm_layers=cfg.rfm_layers, **flops.shape_of(cfg.text_config)
+        ),
     }

@@ -48,9 +48,11 @@ def test_bench_pyramid_quick(tmp_path):
     doc = json.loads(_cli("bench", "pyramid", "--json", "--sizes", "1200x900,2400x1800", "--tiles", "5",
                           "--cache-dir", tmp_path).stdout)
     names = [c["name"] for c in doc["cases"]]
-    assert names == ["1200x900 overviews", "1200x900 no-overviews", "2400x1800 overviews", "2400x1800 no-overviews"]
+    assert names == [f"{size} {path} {ovr}" for size in ("1200x900", "2400x1800") for path in ("gdal", "exact")
+                     for ovr in ("overviews", "no-overviews")]
     for case in doc["cases"]:
         assert case["ours"]["peak_mb"] > 0 and case["ours"]["seconds"] > 0
         assert case["baseline"]["peak_mb"] > 0 and case["ratio"] > 0
         assert case["ours"]["peak_mb"] < 500  # the target, even for small rasters
     assert doc["cases"][0]["ours"]["overviews_seen"] >= 1 and doc["cases"][1]["ours"]["overviews_seen"] == 0
+    assert all(c["pixels"] == "exact" for c in doc["cases"][2:4])

@@ -3,8 +3,11 @@
 Workload per raster size (the first steps of an `ask`): open, the thumbnail, every base-level
 tile, and N random finest-level tiles (default 80, the Qwen2 N_max).
 
-- ours: `RasterSource` + `ImagePyramid` (GDAL windowed resampled reads), with the raster's
-  overviews and with them ignored (GDAL open option OVERVIEW_LEVEL=NONE);
+- ours, `gdal` path: `RasterSource` + `ImagePyramid` (GDAL windowed resampled reads), with the
+  raster's overviews and with them ignored (GDAL open option OVERVIEW_LEVEL=NONE);
+- ours, `exact` path: `ExactPyramid`, the released preprocessing computed lazily (bilinear without
+  antialiasing from the full-resolution rows and columns each output pixel needs; overviews are
+  never used, so the two cases differ only by what GDAL opens);
 - baseline: what the released code does first: read the whole image, convert it to float32 and
   normalise it with the CLIP mean/std, then resize the thumbnail and base level from it with
   torch bilinear interpolation and crop the tiles. It is a lower bound of the released code's
@@ -44,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiles", type=int, default=None, help="random finest-level tiles (default 80)")
     parser.add_argument("--cache-dir", default=_default_cache(), help="where the synthetic rasters are kept")
     parser.add_argument("--no-baseline", action="store_true", help="skip the whole-image baseline")
+    parser.add_argument("--paths", default="gdal,exact", help="pixel paths measured (default gdal,exact)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -79,10 +83,10 @@ def ensure_raster(cache_dir: Path, width: int, height: int) -> Path:
     return path
 
 
-def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int) -> dict:
+def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixels: str = "gdal") -> dict:
     """Run one measurement in a fresh interpreter; return its JSON report."""
     cmd = [sys.executable, "-m", "lrs_focus.bench.pyramid", kind, raster, str(tiles),
-           "1" if overviews else "0", str(seed)]
+           "1" if overviews else "0", str(seed), pixels]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -102,22 +106,24 @@ def run(args) -> dict:
         if not args.no_baseline:
             _log(f"{w}x{h}: baseline (whole image as float32)")
             baseline = _child("baseline", str(path), tiles, True, args.seed)
-        for overviews in (True, False):
-            _log(f"{w}x{h}: ours ({'with' if overviews else 'without'} overviews)")
-            ours = _child("ours", str(path), tiles, overviews, args.seed)
-            case = {
-                "name": f"{w}x{h} {'overviews' if overviews else 'no-overviews'}",
-                "size": [h, w],
-                "overviews": overviews,
-                "tiles": tiles,
-                "ours": ours,
-                "baseline": baseline,
-                "ratio": None,
-            }
-            if baseline and "peak_mb" in baseline and "peak_mb" in ours:
-                case["ratio"] = round(baseline["peak_mb"] / ours["peak_mb"], 2)  # x less memory
-                case["time_ratio"] = round(baseline["seconds"] / ours["seconds"], 2)  # x faster
-            cases.append(case)
+        for pixels in [p.strip() for p in args.paths.split(",") if p.strip()]:
+            for overviews in (True, False):
+                _log(f"{w}x{h}: ours, {pixels} pixels ({'with' if overviews else 'without'} overviews)")
+                ours = _child("ours", str(path), tiles, overviews, args.seed, pixels)
+                case = {
+                    "name": f"{w}x{h} {pixels} {'overviews' if overviews else 'no-overviews'}",
+                    "pixels": pixels,
+                    "size": [h, w],
+                    "overviews": overviews,
+                    "tiles": tiles,
+                    "ours": ours,
+                    "baseline": baseline,
+                    "ratio": None,
+                }
+                if baseline and "peak_mb" in baseline and "peak_mb" in ours:
+                    case["ratio"] = round(baseline["peak_mb"] / ours["peak_mb"], 2)  # x less memory
+                    case["time_ratio"] = round(baseline["seconds"] / ours["seconds"], 2)  # x faster
+                cases.append(case)
     return {
         "benchmark": "pyramid",
         "workload": f"open + thumbnail + all base-level tiles + {tiles} random finest-level tiles",
@@ -128,7 +134,7 @@ def run(args) -> dict:
 
 def format_table(doc: dict) -> str:
     lines = [doc.get("workload", ""),
-             f"{'case':<28} {'ours MB':>9} {'ours s':>8} {'base MB':>9} {'base s':>8} {'mem x':>7} {'time x':>7}"]
+             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'base MB':>9} {'base s':>8} {'mem x':>7} {'time x':>7}"]
     for c in doc["cases"]:
         o, b = c["ours"], c["baseline"] or {}
 
@@ -136,7 +142,7 @@ def format_table(doc: dict) -> str:
             return format(d[key], fmt) if key in d else ("err" if "error" in d else "-")
 
         lines.append(
-            f"{c['name']:<28} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} "
+            f"{c['name']:<34} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} "
             f"{cell(b, 'peak_mb', '9.0f')} {cell(b, 'seconds', '8.2f')} "
             f"{(format(c['ratio'], '7.1f') if c['ratio'] else '-'):>7} "
             f"{(format(c.get('time_ratio'), '7.1f') if c.get('time_ratio') else '-'):>7}"
@@ -172,14 +178,15 @@ def _random_tiles(grid: tuple[int, int], n: int, seed: int) -> list[tuple[int, i
     return [(i // grid[1], i % grid[1]) for i in picks]
 
 
-def _measure_ours(raster: str, n_tiles: int, overviews: bool, seed: int) -> dict:
+def _measure_ours(raster: str, n_tiles: int, overviews: bool, seed: int, pixels: str = "gdal") -> dict:
+    from ..exact_pixels import ExactPyramid
     from ..pyramid import ImagePyramid
     from ..raster import RasterSource
 
     import_mb = _peak_mb()
     t0 = time.perf_counter()
     src = RasterSource.open(raster, open_options=None if overviews else ["OVERVIEW_LEVEL=NONE"])
-    pyr = ImagePyramid(src)
+    pyr = ExactPyramid(src) if pixels == "exact" else ImagePyramid(src)
     geo = pyr.geometry
     pyr.thumbnail()
     t_thumb = time.perf_counter()
@@ -246,9 +253,9 @@ def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
 
 
 def _child_main(argv: list[str]) -> int:
-    kind, raster, n_tiles, overviews, seed = argv
+    kind, raster, n_tiles, overviews, seed, pixels = argv
     if kind == "ours":
-        doc = _measure_ours(raster, int(n_tiles), overviews == "1", int(seed))
+        doc = _measure_ours(raster, int(n_tiles), overviews == "1", int(seed), pixels)
     elif kind == "baseline":
         doc = _measure_baseline(raster, int(n_tiles), int(seed))
     else:

@@ -1,4 +1,4 @@
-"""`lrs-focus bench pyramid|tokens|service`: each measures ours against its baseline in one run.
+"""`lrs-focus bench pyramid|tokens|service|memory|cache`: each measures ours against its baseline in one run.
 
 A benchmark module under `lrs_focus.bench` defines `add_arguments(parser)`, `run(args) -> dict`
 (the `{"cases": [{"name", "ours", "baseline", "ratio"}, ...]}` document) and `format_table(doc)`.
@@ -14,6 +14,8 @@ BENCHMARKS = {
     "pyramid": "lazy DIP reads vs loading the whole raster as float32 (memory, time)",
     "tokens": "vision tokens and prefill TFLOPs per mode vs anyres-p144; tiny model end to end",
     "service": "ZeroMQ ping round trip p50/p99 and asks per second with the tiny model",
+    "memory": "feature/canvas/sequence memory of a question at the 7B geometry vs dense canvases",
+    "cache": "a follow-up question about the same raster vs a cold one (feature cache)",
 }
 
 

@@ -184,8 +184,10 @@ class LrsFocusModel(nn.Module):
         self.llm = llm_cls(config.text_config)
         self.rfm = RegionFocusModule(config)
         self.separator_token_id: int | None = None  # set by the loader from the tokenizer (':')
-        self.register_buffer("_pixel_mean", torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_pixel_std", torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        # float32 whatever the default dtype: these define the numerics (see `cast`)
+        mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        self.register_buffer("_pixel_mean", mean, persistent=False)
+        self.register_buffer("_pixel_std", std, persistent=False)
 
     # -- helpers -------------------------------------------------------------------------------
     @property
