@@ -109,3 +109,37 @@ def test_bench_service_document(sentinel2_vrt):
     assert asks["ours"]["asks_per_s"] > 0 and asks["baseline"]["asks_per_s"] > 0 and asks["ratio"] > 0
     assert asks["ours"]["result_bytes"] > 1000
     assert "RANDOM" in bench.format_table(doc)
+
+
+@pytest.mark.slow
+def test_the_question_travels_once_per_result(tiny_engine, sentinel2_vrt, make_server):
+    """A long question is in the result document once, not in every GeoJSON feature."""
+    import zmq
+
+    from lrs_focus.service import ServiceLimits
+
+    server = make_server(engine=tiny_engine, limits=ServiceLimits(max_question_tokens=10_000, max_new_tokens=4))
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(server.endpoint)
+
+    def raw_result(question: str) -> bytes:
+        sock.send(P.encode(P.ask(str(sentinel2_vrt), question, {"max_new_tokens": 4})))
+        while sock.poll(300_000):
+            frame = sock.recv()
+            if P.is_terminal(P.decode(frame, P.MAX_REPLY_BYTES)):
+                return frame
+        raise AssertionError("no result")
+
+    try:
+        short = raw_result("Ships?")
+        marker = "Q" + "".join(f"{i:05d}" for i in range(1200))  # 6 kB, unique
+        long = raw_result(marker)
+    finally:
+        sock.close()
+    doc = json.loads(long)["result"]
+    assert doc["question"] == marker and len(doc["features"]["features"]) > 10
+    assert long.count(marker.encode()) == 1, "the question must be stored once per result"
+    grown = len(long) - len(short)
+    print(f"result frame: {len(short)} B with a 6-char question, {len(long)} B with a {len(marker)}-char one")
+    assert grown < len(marker) + 2_000, f"the reply grew by {grown} B for a {len(marker)}-char question"
