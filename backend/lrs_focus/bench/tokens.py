@@ -76,21 +76,17 @@ def _scorer(geo, kind: str, rng: np.random.Generator):
     t = geo.cfg.tile_size / geo.cfg.tokens_per_tile
 
     def score(canvas):
-        rows, cols = canvas.rows, canvas.cols
         lv = geo.levels[canvas.level]
         fy, fx = geo.height / lv.resized[0], geo.width / lv.resized[1]
-        ys = (np.arange(rows) + 0.5) * t * fy
-        xs = (np.arange(cols) + 0.5) * t * fx
+        ys = (canvas.row + 0.5) * t * fy
+        xs = (canvas.col + 0.5) * t * fx
         if kind == "peaked":
-            d2 = (ys[:, None] - ty) ** 2 + (xs[None, :] - tx) ** 2
-            s = np.exp(-d2 / (2 * sigma**2)) + 1e-6 * rng.random((rows, cols))
+            d2 = (ys - ty) ** 2 + (xs - tx) ** 2
+            s = np.exp(-d2 / (2 * sigma**2)) + 1e-6 * rng.random(canvas.size)
         else:
-            s = rng.random((rows, cols))
-        out = np.full(canvas.valid.shape, np.nan)
-        out[:, :cols] = s
-        out[:, cols] = 1e-9
-        out[~canvas.valid] = np.nan
-        return out / np.nansum(out)
+            s = rng.random(canvas.size)
+        s[canvas.is_newline] = 1e-9
+        return s / s.sum()
 
     return score
 
