@@ -107,6 +107,7 @@ class AskDock(QgsDockWidget):
         self.area_note = QLabel("", body)
         self.area_note.setWordWrap(True)
         self.area_note.setStyleSheet("color: #555;")
+        self.area_note.setVisible(False)
         form.addRow("", self.area_note)
 
         self.bands = QLineEdit(body)
@@ -226,9 +227,11 @@ class AskDock(QgsDockWidget):
         """What the layer displays, which the model sees unless the Bands box overrides it."""
         self.bands.setPlaceholderText("as displayed")
         self.bands_note.setText(f"As displayed: {text}" if text else "")
+        self.bands_note.setVisible(bool(text))
 
     def show_area(self, text: str) -> None:
         self.area_note.setText(text)
+        self.area_note.setVisible(bool(text))
 
     def show_backend(self, health: Optional[dict[str, Any]], problem: str = "") -> None:
         if not health:

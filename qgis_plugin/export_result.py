@@ -3,7 +3,8 @@
 Reads the answer back from the project's GeoPackage (results_store), so it also works for
 answers of earlier sessions, and writes with the same code as `lrs-focus ask --out`:
 .gpkg in the raster's CRS, or .geojson as RFC 7946 (WGS 84). The heatmap GeoTIFF is copied
-next to the export as `<name>_heatmap.tif`. No QGIS objects: plain files in, files out.
+next to the export as `<name>_heatmap.tif`. No QGIS objects: plain files in, files out; `entry` is
+a history.HistoryEntry (or anything with its results, tiles_layer, heatmap, question, answer, job_id).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import os
 import shutil
 
 from . import result_files
-from .history import HistoryEntry
 
 
-def export_entry(entry: HistoryEntry, path: str) -> list[str]:
+def export_entry(entry, path: str) -> list[str]:
     """Write `path` (and `<stem>_heatmap.tif` when the answer has a heatmap); returns the files written."""
     if not entry.results or not os.path.exists(entry.results):
         raise result_files.ResultFileError(f"the answer's GeoPackage {entry.results or '(none)'} is gone")
@@ -32,7 +32,7 @@ def export_entry(entry: HistoryEntry, path: str) -> list[str]:
     return written
 
 
-def _heatmap_file(entry: HistoryEntry, summary: dict) -> str:
+def _heatmap_file(entry, summary: dict) -> str:
     for candidate in (entry.heatmap, os.path.join(os.path.dirname(entry.results), summary.get("heatmap") or "")):
         if candidate and os.path.isfile(candidate):
             return candidate

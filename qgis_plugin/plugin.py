@@ -21,7 +21,7 @@ from . import history, settings
 from .backend_process import BackendLauncher
 from .compat import qaction_class
 from .deps import missing_zmq_text, zmq_problem
-from .log import notify
+from .log import log, notify
 
 MENU = "&LRS Focus"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
@@ -94,7 +94,9 @@ class LrsFocusPlugin:
         if self.zmq_problem:
             text = missing_zmq_text(self.zmq_problem, sys.platform, QgsApplication.prefixPath())
             self.dock.show_missing_dependency(text)
-            notify(self.iface, text.replace("\n", " "), "warning", duration=0)
+            log(text)
+            notify(self.iface, "pyzmq is missing from the Python of QGIS: the LRS Focus dock shows the command "
+                               "that installs it.", "warning", duration=0)
 
     def unload(self) -> None:
         if self.task is not None:

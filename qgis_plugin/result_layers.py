@@ -53,7 +53,7 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
 
     final = stored.stopped_at
     if stored.focus_tiles:
-        focus = _tiles_layer(stored, f"focus: {stored.focus_tiles} tiles ranked, 1 = most attention (level {final})",
+        focus = _tiles_layer(stored, f"focus (level {final}): {stored.focus_tiles} tiles, 1 = most attention",
                              '"focus_rank" IS NOT NULL', raster_crs)
         result_style.style_focus(focus)
         layers.append(focus)
@@ -65,7 +65,7 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
                 heat.setCrs(raster_crs)
             result_style.style_heatmap(heat, stored.heatmap_breaks)
             layers.append(heat)
-            _add(project, group, heat, visible=True)
+            _add(project, group, heat, visible=True, expanded=True)  # its legend: which end is "more attention"
     if stored.levels:
         sub = group.addGroup("all levels (finest first)")
         for level in stored.levels:
@@ -76,6 +76,9 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
         sub.setItemVisibilityChecked(False)
         sub.setExpanded(False)
     group.setItemVisibilityChecked(True)
+    # Toggled, not just set: the Layers panel expands a group on the expandedChanged signal, and
+    # a group inserted already "expanded" is often drawn collapsed there.
+    group.setExpanded(False)
     group.setExpanded(True)
     return group, layers
 
@@ -90,11 +93,11 @@ def _tiles_layer(stored: StoredResult, name: str, subset: str, raster_crs) -> Qg
     return layer
 
 
-def _add(project: QgsProject, group: QgsLayerTreeGroup, layer, visible: bool) -> None:
+def _add(project: QgsProject, group: QgsLayerTreeGroup, layer, visible: bool, expanded: bool = False) -> None:
     project.addMapLayer(layer, False)
     node = group.addLayer(layer)
     node.setItemVisibilityChecked(visible)
-    node.setExpanded(False)
+    node.setExpanded(expanded)
 
 
 def hide_previous_results(root) -> int:

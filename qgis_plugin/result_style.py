@@ -39,15 +39,15 @@ from qgis.PyQt.QtGui import QColor, QFont
 
 from .compat import enum_value as _enum
 
-FOCUS_LINE, FOCUS_HALO = "#00e5ff", "#101010"
+FOCUS_LINE, FOCUS_HALO = "0,229,255,255", "16,16,16,180"  # QGIS "r,g,b,a"
 #: Heatmap classes, low to high: (colour, alpha 0-255, legend label). Their upper bounds are the
 #: quantiles of results_store.HEAT_QUANTILES, then the maximum.
 HEAT_CLASSES = (
-    ("#000000", 115, "lower half: least attention (dimmed)"),
-    ("#000000", 40, "50-75 %"),
-    ("#ffe066", 110, "top 25 %"),
-    ("#ff8c1a", 150, "top 10 %"),
-    ("#e8170c", 190, "top 3 %: most attention"),
+    ("#000000", 100, "lower half: least attention (dimmed)"),
+    ("#000000", 0, "50-75 % (no tint)"),
+    ("#ffd24d", 95, "top 25 %"),
+    ("#ff8c1a", 135, "top 10 %"),
+    ("#e8170c", 175, "top 3 %: most attention"),
 )
 #: Per-level classes by score quantile, low to high: (upper quantile, colour, label).
 LEVEL_CLASSES = (
@@ -61,9 +61,9 @@ LEVEL_CLASSES = (
 # -- focus tiles --------------------------------------------------------------------------------
 def focus_symbol() -> QgsFillSymbol:
     """Outline only: a dark halo under a bright line, readable on any image and on the heatmap."""
-    symbol = QgsFillSymbol.createSimple({"style": "no", "outline_color": FOCUS_HALO + "c8", "outline_width": "1.5"})
+    symbol = QgsFillSymbol.createSimple({"style": "no", "outline_color": FOCUS_HALO, "outline_width": "1.1"})
     symbol.appendSymbolLayer(QgsSimpleFillSymbolLayer.create(
-        {"style": "no", "outline_color": FOCUS_LINE, "outline_width": "0.6", "joinstyle": "miter"}))
+        {"style": "no", "outline_color": FOCUS_LINE, "outline_width": "0.45", "joinstyle": "miter"}))
     return symbol
 
 
@@ -80,7 +80,7 @@ def set_rank_labels(layer: QgsVectorLayer, field: str = "focus_rank") -> None:
     font = QFont()
     font.setBold(True)
     fmt.setFont(font)
-    fmt.setSize(11)
+    fmt.setSize(10)
     fmt.setColor(QColor("#ffffff"))
     buffer = QgsTextBufferSettings()
     buffer.setEnabled(True)

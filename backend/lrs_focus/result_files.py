@@ -204,8 +204,8 @@ def write_geopackage(path: str, collection: dict[str, Any], crs_wkt: str, summar
 
 def _set_undefined_cartesian(ds, table: str) -> None:
     """GDAL < 3.9 has no layer option for srs_id -1, so the GeoPackage's own metadata is updated."""
-    if not re.fullmatch(r"[A-Za-z0-9_]+", table):  # OGR's ExecuteSQL takes no bound parameters
-        raise ResultFileError(f"layer name {table!r}: letters, digits and _ only")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", table):  # OGR's ExecuteSQL takes no bound parameters
+        raise ResultFileError(f"layer name {table!r}: letters, digits, _ and - only")
     for meta in ("gpkg_geometry_columns", "gpkg_contents"):
         ds.ExecuteSQL(f"UPDATE {meta} SET srs_id = -1 WHERE table_name = '{table}'")  # nosec B608: checked name
 

@@ -202,8 +202,10 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             feedback.setProgress(overall.update(stage, level, fraction))
             feedback.setProgressText(f"{stage}" + (f" level {level}" if level is not None else ""))
 
-        feedback.pushInfo(f"Asking {backend.endpoint}: {request.question} "
-                          f"(bands {request.options.bands or 'default'}, window {request.options.window or 'all'})")
+        opts = request.options
+        bands = ",".join(map(str, opts.bands)) if opts.bands else "the backend's default"
+        window = "pixel window " + ",".join(map(str, opts.window)) if opts.window else "the whole raster"
+        feedback.pushInfo(f"Asking {backend.endpoint}: {request.question} (bands {bands}; {window})")
         try:
             with Client(backend.endpoint, backend.timeouts) as client:
                 client.wait_healthy(backend.timeouts.health, feedback.isCanceled)

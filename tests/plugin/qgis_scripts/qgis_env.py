@@ -63,6 +63,7 @@ class FakeIface:
         self.bar = QgsMessageBar(self.window)
         self.messages = []
         self.bar.widgetAdded.connect(self._record)
+        self.active = None  # the "active layer" of the Layers panel
 
     def _record(self, _widget):
         item = self.bar.currentItem()
@@ -77,6 +78,9 @@ class FakeIface:
 
     def messageBar(self):  # noqa: N802
         return self.bar
+
+    def activeLayer(self):  # noqa: N802
+        return self.active
 
     def addDockWidget(self, area, dock):  # noqa: N802
         self.window.addDockWidget(area, dock)
