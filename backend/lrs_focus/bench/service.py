@@ -5,7 +5,8 @@ Cases (one engine, loaded once, serves every case; the server runs in a thread o
   validate, ROUTER dispatch); baseline = a bare DEALER->ROUTER echo of the same bytes on the
   same machine. ratio = ours p50 / baseline p50 (the protocol's latency factor).
 - `asks/s, tiny model`: sequential asks on the real Sentinel-2 sample through `Client.ask`
-  (accepted, progress stream, result with the GeoJSON) vs `Engine.ask` called in-process.
+  (the access policy of `serve`, the bounded first open, accepted, progress stream, result with
+  the GeoJSON) vs `Engine.ask` called in-process.
   ratio = ours asks/s / baseline asks/s (the share of in-process throughput kept; 1.0 = free).
 """
 
@@ -82,6 +83,7 @@ def _raster_size(path: str) -> str:
 
 def run(args) -> dict[str, Any]:
     from .. import protocol
+    from ..access import AccessPolicy
     from ..client import Client
     from ..engine import AskOptions, Engine
     from ..service import Server
@@ -96,7 +98,7 @@ def run(args) -> dict[str, Any]:
     engine = Engine(args.model, device=args.device)
     info = engine.describe()
     options = {"mode": args.mode}
-    server = Server(engine, "tcp://127.0.0.1:*", queue_size=4).start()
+    server = Server(engine, "tcp://127.0.0.1:*", queue_size=4, access=AccessPolicy()).start()
     try:
         with Client(server.endpoint, timeout_s=600) as client:
             samples = []
