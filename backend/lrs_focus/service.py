@@ -345,8 +345,8 @@ def _probe_open(path: str) -> None:
     try:
         from osgeo import gdal
 
-        ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
-        ds = None  # noqa: F841 (closes it)
+        dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+        del dataset  # closes it
     except Exception:  # nosec B110: the engine opens again and reports the precise error
         pass
 

@@ -36,7 +36,7 @@ def served(tmp_path_factory):
     os.mkfifo(root / "pipe.tif")
     (root / "escape.tif").symlink_to(outside / "secret.tif")
     server = ServeCli("--allow-root", str(root), "--queue-size", "4", "--max-new-tokens-limit", "8",
-                      "--open-timeout", "5")
+                      "--max-question-tokens", "64", "--open-timeout", "5")
     yield server, root, outside
     server.kill()
 
@@ -122,6 +122,9 @@ def test_hostile_rasters_are_refused_by_the_process(served, http_server):
             assert time.monotonic() - t0 < 10, f"{path} took {time.monotonic() - t0:.1f} s"
             messages[path] = str(info.value)
         assert c.ask(str(root / "ok.tif"), "and a good one?")["answer"] is not None
+        with pytest.raises(ServiceError) as info:  # counted by the tiny model's own tokenizer
+            c.ask(str(root / "ok.tif"), "ships " * 65)
+        assert info.value.code == P.BAD_REQUEST and "tokens" in str(info.value)
     outside_answers = {messages[str(outside / "secret.tif")], messages[str(outside / "missing.tif")],
                        messages[str(root / "escape.tif")]}
     assert len(outside_answers) == 1 and str(outside) not in outside_answers.pop(), "nothing about outside paths"

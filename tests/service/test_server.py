@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import zmq
 
 from lrs_focus import protocol as P
 from lrs_focus.client import Client, ServiceError, ServiceTimeout
