@@ -143,3 +143,29 @@ def test_the_question_travels_once_per_result(tiny_engine, sentinel2_vrt, make_s
     grown = len(long) - len(short)
     print(f"result frame: {len(short)} B with a 6-char question, {len(long)} B with a {len(marker)}-char one")
     assert grown < len(marker) + 2_000, f"the reply grew by {grown} B for a {len(marker)}-char question"
+
+
+@pytest.mark.slow
+def test_cancel_during_generation_ends_within_a_few_tokens(tiny_engine, make_server, tmp_path):
+    """512 new tokens take tens of seconds with the tiny model on a busy CPU; a cancel sent once
+    generation starts must end the job quickly (the engine checks between generated tokens)."""
+    from .conftest import small_geotiff
+
+    raster = small_geotiff(tmp_path / "small.tif")
+    server = make_server(engine=tiny_engine)
+    stages = []
+    with Client(server.endpoint, timeout_s=60) as c:
+        acc = c.submit(str(raster), QUESTION, {"max_new_tokens": 512})
+        cancel_at = []
+
+        def should_cancel() -> bool:
+            if stages and stages[-1] == "generate" and not cancel_at:
+                cancel_at.append(time.monotonic())
+            return bool(cancel_at)
+
+        with pytest.raises(ServiceError) as info:
+            c.wait(acc, progress=lambda stage, *a: stages.append(stage), should_cancel=should_cancel)
+        took = time.monotonic() - cancel_at[0]
+    assert info.value.code == P.CANCELLED
+    print(f"cancel during generation answered in {took:.2f} s")
+    assert took < 5, f"cancel during generation took {took:.1f} s"
