@@ -156,7 +156,7 @@ def write_geotiff(path: str, grid: HeatmapGrid, raster_geotransform: Sequence[fl
                         "LRS_FOCUS_WINDOW": ",".join(f"{v:g}" for v in grid.window)})
         band = ds.GetRasterBand(1)
         band.SetNoDataValue(float("nan"))
-        band.SetDescription("attention")
+        band.SetDescription("relative attention, 1 = uniform")
         if band.WriteArray(np.ascontiguousarray(grid.values, dtype=np.float32)) != 0:
             raise OSError(f"GDAL cannot write {path}: {gdal.GetLastErrorMsg()}")
         ds.FlushCache()

@@ -29,6 +29,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
+    QgsProject,
     QgsWkbTypes,
 )
 
@@ -58,6 +59,19 @@ class _Styler(QgsProcessingLayerPostProcessorInterface):
             context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(styler)
 
 
+def _below_other_outputs(layer, raster_id: str) -> None:
+    """Move the heatmap's node just above the asked raster, so the tiles' outlines stay on top
+    (QGIS loads outputs in the order of their paths, each at the top of the tree)."""
+    root = QgsProject.instance().layerTreeRoot()
+    node, raster = root.findLayer(layer.id()), root.findLayer(raster_id)
+    if node is None or raster is None or node.parent() is not raster.parent():
+        return
+    parent = node.parent()
+    clone = node.clone()
+    parent.insertChildNode(parent.children().index(raster), clone)
+    parent.removeChildNode(node)
+
+
 class AskRasterAlgorithm(QgsProcessingAlgorithm):
     INPUT, QUESTION, MODE, ALPHA, N_MAX, BANDS, AREA, ENDPOINT, OUTPUT, HEATMAP = (
         "INPUT", "QUESTION", "MODE", "ALPHA", "N_MAX", "BANDS", "AREA", "ENDPOINT", "OUTPUT", "HEATMAP",
@@ -71,6 +85,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         self._band_count = 0
         self._displayed = None
         self._ground = None
+        self._raster_id = ""
 
     def name(self) -> str:
         return "askraster"
@@ -133,6 +148,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         if not check.ok:
             raise QgsProcessingException(check.reason)
         self._raster_path, self._crs, self._band_count = check.path, layer.crs(), layer.bandCount()
+        self._raster_id = layer.id()
         self._displayed = displayed_bands(layer)
         try:
             self._ground = raster_ground(check.path)
@@ -171,10 +187,11 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         endpoint = self.parameterAsString(parameters, self.ENDPOINT, context).strip()
         if endpoint:
             backend = BackendSettings(endpoint, backend.start_command, backend.timeouts)
+        heat_path = self.parameterAsOutputLayer(parameters, self.HEATMAP, context) if parameters.get(self.HEATMAP) else ""
         result = self._ask(backend, AskRequest(self._raster_path, question, options), feedback)
 
         count, dest_id = self._write_tiles(parameters, context, result)
-        heat_id = self._write_heatmap(parameters, context, result, feedback)
+        heat_id = self._write_heatmap(heat_path, context, result, feedback)
         answer = str(result.get("answer", ""))
         feedback.pushInfo(f"Answer: {answer}")
         if (result.get("model") or {}).get("random_weights"):
@@ -240,14 +257,13 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         _Styler.attach(context, dest_id, style_all_levels)
         return count, dest_id
 
-    def _write_heatmap(self, parameters, context, result, feedback) -> str:
+    def _write_heatmap(self, path: str, context, result, feedback) -> str:
         from .. import heatmap
         from ..result_style import style_heatmap
         from ..results_store import heat_breaks
 
-        if not parameters.get(self.HEATMAP):
+        if not path:
             return ""
-        path = self.parameterAsOutputLayer(parameters, self.HEATMAP, context)
         try:
             grid = heatmap.decode(result.get("heatmap"))
         except heatmap.HeatmapError as exc:
@@ -258,5 +274,11 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         crs_wkt = self._crs.toWkt() if self._crs is not None and self._crs.isValid() else ""
         heatmap.write_geotiff(path, grid, self._ground.geotransform, crs_wkt)
         breaks = heat_breaks(grid.values)
-        _Styler.attach(context, path, lambda layer: style_heatmap(layer, breaks))
+        raster_id = self._raster_id
+
+        def style(layer):
+            style_heatmap(layer, breaks)
+            _below_other_outputs(layer, raster_id)
+
+        _Styler.attach(context, path, style)
         return path

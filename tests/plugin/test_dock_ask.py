@@ -3,6 +3,9 @@ the files behind it, the progress bar, and that everything comes back when the p
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from osgeo import gdal, ogr
 
@@ -132,3 +135,22 @@ def test_results_are_filed_and_survive_reopening_the_project(asked):
 
     assert summary(doc["reopened_tree"]) == summary(doc["tree"])
     assert doc["history_after_reopen"] == doc["history"]
+
+
+def test_export_writes_the_answer_with_its_tiles_and_heatmap(asked):
+    doc, project = asked
+    gpkg, heat = doc["exports"]["gpkg"]
+    ds = ogr.Open(gpkg)
+    row = ds.GetLayerByName("lrs_focus_results").GetNextFeature()
+    assert row.GetField("answer") == doc["runs"][1]["answer"] and row.GetField("heatmap") == Path(heat).name
+    assert ds.GetLayerByName("focus_tiles").GetFeatureCount() == len(doc["runs"][1]["features"])
+    assert gdal.Open(heat).GetRasterBand(1).DataType == gdal.GDT_Float32
+    assert doc["export_messages"][-1].startswith("LRS Focus: Exported to ")
+    geojson = json.loads(Path(doc["exports"]["geojson"][0]).read_text(encoding="utf-8"))
+    assert geojson["lrs_focus"]["answer"] == doc["runs"][1]["answer"] and "crs" not in geojson
+
+
+def test_options_have_tooltips(asked):
+    tips = asked[0]["tooltips"]
+    assert "kept" in tips["alpha"] and "N_max" in tips["n_max"] and "paper" in tips["mode"]
+    assert "4,3,2" in tips["bands"] and "rectangle you draw" in tips["area"]

@@ -48,6 +48,34 @@ def test_zip_protocol_is_the_backend_protocol(plugin_zip):
     assert shipped == (REPO / "backend" / "lrs_focus" / "protocol.py").read_bytes()
 
 
+SHARED = ("heatmap.py", "result_files.py")  # one source for the CLI and the plugin, like protocol.py
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_zip_ships_the_backends_shared_modules(plugin_zip, name):
+    link = REPO / "qgis_plugin" / name
+    assert link.is_symlink() and os.readlink(link) == f"../backend/lrs_focus/{name}"
+    with zipfile.ZipFile(plugin_zip) as zf:
+        assert zf.read(f"lrs_focus_plugin/{name}") == (REPO / "backend" / "lrs_focus" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_modules_need_only_what_qgis_python_has(name):
+    """QGIS's Python has the standard library, numpy and GDAL's osgeo; nothing else may be imported."""
+    allowed = set(sys.stdlib_module_names) | {"numpy", "osgeo", "__future__"}
+    tree = ast.parse((REPO / "backend" / "lrs_focus" / name).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{name}: relative import {node.module!r} (the plugin has no lrs_focus package)"
+            roots = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        assert set(roots) <= allowed, f"{name} imports {roots}"
+    assert "UseExceptions" not in (REPO / "backend" / "lrs_focus" / name).read_text()  # global GDAL state of QGIS
+
+
 def test_metadata_fields():
     meta = _metadata((REPO / "metadata.txt").read_text(encoding="utf-8"))
     assert all(meta.get(k, "").strip() for k in REQUIRED)

@@ -114,6 +114,7 @@ def run_processing():
     loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.id() != layer.id()]
     report["loaded"] = [{"name": lyr.name(), "renderer": lyr.renderer().type() if lyr.renderer() else None,
                          "labels": bool(getattr(lyr, "labelsEnabled", lambda: False)())} for lyr in loaded]
+    report["order"] = [node.name() for node in QgsProject.instance().layerTreeRoot().children()]
     view = iface.layerTreeView()
     for node in QgsProject.instance().layerTreeRoot().findLayers():
         node.setExpanded(node.layer().id() != layer.id())

@@ -52,7 +52,19 @@ for i in range(asks):
         "answer_in_dock": dock.answer.toPlainText(),
     })
 
+# Export... of the selected (latest) answer, with the file dialog answered by the script
+from qgis.PyQt import QtWidgets  # noqa: E402
+
+exports, messages_after_asks = {}, list(iface.messages)
+if project_file:
+    for suffix in ("gpkg", "geojson"):
+        target = project_file.rsplit(".", 1)[0] + f"_export.{suffix}"
+        QtWidgets.QFileDialog.getSaveFileName = staticmethod(lambda *a, _t=target, **k: (_t, ""))
+        exports[suffix] = plugin.export_result(dock.selected_entry())
+
 report = {
+    "exports": exports,
+    "tooltips": {name: getattr(dock, name).toolTip() for name in ("mode", "alpha", "n_max", "bands", "area")},
     "runs": runs,
     "tree": layer_tree(QgsProject.instance().layerTreeRoot()),
     "raster_crs": layer.crs().authid(),
@@ -60,7 +72,8 @@ report = {
     "canvas_extent": rect(iface.canvas.extent()),
     "history": [dock.history.item(i).text() for i in range(dock.history.count())],
     "backend_label": dock.backend.text(),
-    "messages": iface.messages,
+    "messages": messages_after_asks,
+    "export_messages": iface.messages[len(messages_after_asks):],
 }
 if project_file:
     QgsProject.instance().write(project_file)
