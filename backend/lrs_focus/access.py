@@ -18,8 +18,8 @@ turn /etc/passwd into pixels that reach the model. So, by default, a served rast
   functions are refused outright.
 
 Network rasters (/vsicurl/https://..., /vsis3/..., /vsigs/, /vsiaz/...) only with
-`serve --allow-remote`; even then /vsicurl/ URLs to loopback, private or link-local IP literals
-(cloud metadata endpoints) are refused. Every other /vsi file system (/vsistdin/, /vsimem/,
+`serve --allow-remote`; even then /vsicurl/ URLs whose host is or resolves to a loopback,
+private or link-local address (cloud metadata endpoints) are refused. Every other /vsi file system (/vsistdin/, /vsimem/,
 archives) is always refused.
 
 `harden_gdal()` is the process-wide half of this, applied by `lrs-focus serve` only (it changes
@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import re
+import socket
 import stat
 import xml.etree.ElementTree as ET  # nosec B405: input is size-capped and DTDs/entities are refused first
 from dataclasses import dataclass, field
@@ -148,11 +149,16 @@ class AccessPolicy:
         if not self.allow_remote:
             raise RasterForbidden("network rasters are not allowed on this server (it runs without --allow-remote)")
         if prefix == "/vsicurl/":
-            url = urlsplit(path[len(prefix):])
+            text = path[len(prefix):]
+            url = urlsplit(text)
             if url.scheme.lower() not in ("http", "https") or not url.hostname:
                 raise RasterForbidden("/vsicurl/ rasters must be http:// or https:// URLs")
+            if "@" in url.netloc or any(c in text for c in "\\ \t\r\n"):
+                # user info, backslashes and blanks are where URL parsers disagree with curl
+                raise RasterForbidden("/vsicurl/ URLs with user info, backslashes or blanks are not served")
             if not self.allow_private_hosts and _private_host(url.hostname):
-                raise RasterForbidden("/vsicurl/ URLs to loopback, private or link-local addresses are not served")
+                raise RasterForbidden("/vsicurl/ URLs must name a host that resolves to public addresses only "
+                                      "(not loopback, private or link-local)")
         return path
 
     def _driver(self, path: str) -> str:
@@ -217,13 +223,15 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _private_host(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
+    """True unless every address `host` stands for is global. getaddrinfo also reads the numeric
+    forms curl accepts ("2130706433", "127.1", "0x7f.1"); a name that does not resolve counts as
+    private. DNS may answer differently when curl asks again (rebinding): not covered."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False  # a DNS name: resolved by GDAL/curl, which this check does not follow
-    return not address.is_global
+        infos = socket.getaddrinfo(host.strip("[]"), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return True
+    addresses = {ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos}
+    return not addresses or any(not a.is_global for a in addresses)
 
 
 def _read_capped(path: str) -> bytes:

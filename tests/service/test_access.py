@@ -118,10 +118,15 @@ def test_network_rasters_need_allow_remote_and_never_touch_the_network_otherwise
     http_server.requests.clear()
     assert refused(AccessPolicy(), url).code == "raster_forbidden"
     exc = refused(AccessPolicy(allow_remote=True), url)
-    assert exc.code == "raster_forbidden" and "private" in str(exc), "loopback IP literals stay refused"
+    assert exc.code == "raster_forbidden" and "public addresses" in str(exc), "loopback stays refused"
     assert refused(AccessPolicy(allow_remote=True), "/vsicurl/http://169.254.169.254/latest/x.tif").code == \
         "raster_forbidden"
     assert refused(AccessPolicy(allow_remote=True), "/vsicurl/file:///etc/passwd").code == "raster_forbidden"
+    for sneaky in (f"http://2130706433:{http_server.port}/ok.tif", f"http://127.1:{http_server.port}/ok.tif",
+                   f"http://0x7f.0.0.1:{http_server.port}/ok.tif", f"http://[::1]:{http_server.port}/ok.tif",
+                   f"http://localhost:{http_server.port}/ok.tif", f"http://x@127.0.0.1:{http_server.port}/ok.tif",
+                   f"http://example.com\\@127.0.0.1:{http_server.port}/ok.tif", "http://no-such-host.invalid/x.tif"):
+        assert refused(AccessPolicy(allow_remote=True), "/vsicurl/" + sneaky).code == "raster_forbidden", sneaky
     assert http_server.requests == [], "no refused path may cause a request"
     http_server.files["/fresh.tif"] = http_server.files["/ok.tif"]  # GDAL caches what it fetched for ok.tif
     fresh = "/vsicurl/" + http_server.url("fresh.tif")
