@@ -19,8 +19,8 @@ turn /etc/passwd into pixels that reach the model. So, by default, a served rast
 
 Network rasters (/vsicurl/https://..., /vsis3/..., /vsigs/, /vsiaz/...) only with
 `serve --allow-remote`; even then /vsicurl/ URLs whose host is or resolves to a loopback,
-private or link-local address (cloud metadata endpoints) are refused. Every other /vsi file system (/vsistdin/, /vsimem/,
-archives) is always refused.
+private or link-local address (cloud metadata endpoints) are refused. Every other /vsi file
+system (/vsistdin/, /vsimem/, archives) is always refused.
 
 `harden_gdal()` is the process-wide half of this, applied by `lrs-focus serve` only (it changes
 GDAL for the whole process): it unregisters every raster driver not on the allow-list and,
