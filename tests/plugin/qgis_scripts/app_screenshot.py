@@ -74,12 +74,14 @@ def start():
     plugin.dock.layer_combo.setLayer(layer)
     plugin.dock.question.setText(QUESTION)
     state.update(plugin=plugin, layer=layer)
+    report["backend_on_show"] = plugin.dock.backend.text()  # the health check started when the dock showed
     if MODE == "answer":
         plugin.dock.ask_button.click()
         later(250, wait_answer)
     elif MODE == "processing":
-        later(250, run_processing)
+        later(1500, run_processing)
     else:
+        report["backend_on_show"] = plugin.dock.backend.text()
         report["dependency_note"] = plugin.dock.dependency_note.text() if plugin.dock.dependency_note.isVisible() else ""
         report["ask_enabled"] = plugin.dock.ask_button.isEnabled()
         later(2000, shoot)
@@ -111,6 +113,7 @@ def run_processing():
     })
     report = state["report"]
     report["answer"] = results.get("ANSWER")
+    report["backend_after_check"] = state["plugin"].dock.backend.text()
     loaded = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.id() != layer.id()]
     report["loaded"] = [{"name": lyr.name(), "renderer": lyr.renderer().type() if lyr.renderer() else None,
                          "labels": bool(getattr(lyr, "labelsEnabled", lambda: False)())} for lyr in loaded]
