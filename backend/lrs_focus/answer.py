@@ -17,7 +17,7 @@ from . import flops
 from .engine import AskOptions, ProgressFn, StopFn, stage_checker
 from .errors import BadOptions, Cancelled
 from .exact_pixels import ExactPyramid
-from .features import FeatureCache, TileEncoder, ViewKey
+from .features import CachedGrids, FeatureCache, TileEncoder, ViewKey
 from .focus import Canvas, FocusResult, build_trace, run_focus
 from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, encode_prompt
@@ -46,8 +46,8 @@ def pixel_path(options: AskOptions) -> str:
     return "exact" if options.mode == "released" else (options.pixels or DEFAULT_PIXELS)
 
 
-def make_pyramid(src: Any, cfg: PyramidConfig, pixels: str, check=None) -> ImagePyramid | ExactPyramid:
-    return ExactPyramid(src, cfg, check=check) if pixels == "exact" else ImagePyramid(src, cfg)
+def make_pyramid(src: Any, cfg: PyramidConfig, pixels: str, check=None, grids=None) -> ImagePyramid | ExactPyramid:
+    return ExactPyramid(src, cfg, check=check, grids=grids) if pixels == "exact" else ImagePyramid(src, cfg)
 
 
 class RfmScorer:
@@ -225,7 +225,9 @@ def answer_question(
     open_seconds = time.perf_counter() - t0
     try:
         check("pyramid", None, 0.0, f"pyramid of a {view.height}x{view.width} raster")
-        pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop))
+        cache: FeatureCache | None = getattr(engine, "cache", None)
+        grids = CachedGrids(cache, key) if cache is not None else None
+        pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop), grids=grids)
         geo = pyramid.geometry
         run = run_question(engine, pyramid, question, options, check, should_stop, key)
         result = run.result

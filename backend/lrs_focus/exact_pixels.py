@@ -94,16 +94,66 @@ def _runs(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
     return runs
 
 
+class SampleGrid:
+    """Source pixels at a sorted set of rows and columns (uint8, stretched): what resizes sample."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray):
+        self.rows, self.cols, self.pixels = rows, cols, pixels
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.pixels.nbytes)
+
+    def resize(self, index_y, index_x) -> np.ndarray:
+        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis."""
+        (yi0, yi1, ly), (xi0, xi1, lx) = index_y, index_x
+        ry0, ry1 = np.searchsorted(self.rows, yi0), np.searchsorted(self.rows, yi1)
+        cx0, cx1 = np.searchsorted(self.cols, xi0), np.searchsorted(self.cols, xi1)
+        if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
+                and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
+            raise ValueError("sample grid lacks rows or columns this resize needs")
+        px = lambda r, c: normalise(self.pixels[r][:, c])  # noqa: E731
+        wx1 = lx[None, :, None]
+        wx0 = np.float32(1.0) - wx1
+        wy1 = ly[:, None, None]
+        wy0 = np.float32(1.0) - wy1
+        top = px(ry0, cx0) * wx0 + px(ry0, cx1) * wx1
+        bottom = px(ry1, cx0) * wx0 + px(ry1, cx1) * wx1
+        return (top * wy0 + bottom * wy1).astype(np.float32)
+
+    def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
+        return SampleGrid(rows, cols, self.pixels[np.ix_(np.searchsorted(self.rows, rows),
+                                                         np.searchsorted(self.cols, cols))])
+
+
+def normalise(u8: np.ndarray) -> np.ndarray:
+    """torchvision's ToTensor + Normalize(CLIP) in float32, channels last."""
+    x = u8.astype(np.float32) / np.float32(255.0)
+    return (x - _MEAN) / _STD
+
+
+def _needed(index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    return np.unique(np.concatenate([index[0], index[1]]))
+
+
 class ExactPyramid:
     """Lazy tiles of a raster with the released code's pixels: float32, CLIP-normalised, zero padded.
 
     `src` is anything with `height`, `width` and `read_rgb(window, out_size, pad_rgb=...)` (a
     `raster.RasterSource`, its stretch and band choice included). Tiles come back as float32
     (B, B, 3) already normalised, which `LrsFocusModel.pixels` takes as they are.
+
+    Coarse levels sample sparse rows spread over the whole raster, so a tile of theirs would
+    decode a large window for a few rows. The base level's pass decodes every block row anyway;
+    it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES
+    (`grids`, reusable across questions: the engine keeps them in its cache), and tiles of those
+    levels then cost no reading at all.
     """
 
+    GRID_BYTES = 64 << 20  # bound of the base pass's gathered samples (all grids together)
+
     def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 16,
-                 check: Optional[Callable[[], None]] = None):
+                 check: Optional[Callable[[], None]] = None, grids: Optional[dict] = None):
         self.src = src
         self.cfg = cfg or PyramidConfig()
         self.geometry = PyramidGeometry(src.height, src.width, self.cfg)
@@ -111,13 +161,14 @@ class ExactPyramid:
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._base: np.ndarray | None = None
         self._thumbnail: np.ndarray | None = None
+        self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
         self.check = check  # called between strip reads: lets a cancel interrupt a long read
         self.reads = 0
         self.source_pixels = 0  # source pixels read, for the benchmark
 
     # -- reading --------------------------------------------------------------------------------
-    def _gather(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Normalised float32 (len(rows), len(cols), 3) of the source at the given sorted rows/cols."""
+    def _gather(self, rows: np.ndarray, cols: np.ndarray) -> SampleGrid:
+        """uint8 source pixels at the given sorted rows/cols, read in strips of <= STRIP_BYTES."""
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         max_rows = max(1, STRIP_BYTES // (3 * (c1 - c0)))
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
@@ -131,32 +182,29 @@ class ExactPyramid:
             want = rows[(rows >= y0) & (rows < y1)]
             out[filled:filled + want.size] = strip[want - y0][:, cols - c0]
             filled += want.size
-        x = out.astype(np.float32) / np.float32(255.0)  # ToTensor
-        return (x - _MEAN) / _STD  # Normalize
+        return SampleGrid(rows, cols, out)
 
-    def _resize(self, out_hw: tuple[int, int], window: tuple[int, int, int, int],
-                extra: Optional[tuple[tuple[int, int], tuple[int, int, int, int]]] = None) -> list[np.ndarray]:
-        """Output pixels `window` = (y0, y1, x0, x1) of the whole image resized to `out_hw`
-        (and optionally a second resize sharing the same read). Returns float32 (h, w, 3) arrays."""
-        jobs = [(out_hw, window)] + ([extra] if extra is not None else [])
-        idx = []
-        for (oh, ow), (y0, y1, x0, x1) in jobs:
-            idx.append((source_index(self.geometry.height, oh, y0, y1), source_index(self.geometry.width, ow, x0, x1)))
-        rows = np.unique(np.concatenate([np.concatenate([a[0][0], a[0][1]]) for a in idx]))
-        cols = np.unique(np.concatenate([np.concatenate([a[1][0], a[1][1]]) for a in idx]))
-        g = self._gather(rows, cols)
-        outs = []
-        for (yi0, yi1, ly), (xi0, xi1, lx) in idx:
-            ry0, ry1 = np.searchsorted(rows, yi0), np.searchsorted(rows, yi1)
-            cx0, cx1 = np.searchsorted(cols, xi0), np.searchsorted(cols, xi1)
-            wx1 = lx[None, :, None]
-            wx0 = np.float32(1.0) - wx1
-            wy1 = ly[:, None, None]
-            wy0 = np.float32(1.0) - wy1
-            top = g[ry0][:, cx0] * wx0 + g[ry0][:, cx1] * wx1
-            bottom = g[ry1][:, cx0] * wx0 + g[ry1][:, cx1] * wx1
-            outs.append((top * wy0 + bottom * wy1).astype(np.float32))
-        return outs
+    def _index(self, out_hw: tuple[int, int], window: tuple[int, int, int, int]):
+        (oh, ow), (y0, y1, x0, x1) = out_hw, window
+        return source_index(self.geometry.height, oh, y0, y1), source_index(self.geometry.width, ow, x0, x1)
+
+    def _plan_base_pass(self, rows: np.ndarray, cols: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Coarse levels whose whole-level samples the base pass can gather too, coarsest first, while
+        the gathered rows x columns stay within GRID_BYTES: index -> (rows, cols)."""
+        out = {}
+        for lv in self.geometry.levels[1:]:
+            if lv.index in self.grids:
+                continue
+            iy, ix = self._index(lv.resized, (0, lv.resized[0], 0, lv.resized[1]))
+            r, c = _needed(iy), _needed(ix)
+            if r.size >= self.geometry.height:  # dense sampling: tiles read their own windows cheaply
+                break
+            ur, uc = np.union1d(rows, r), np.union1d(cols, c)
+            if ur.size * uc.size * 3 > self.GRID_BYTES:
+                break
+            rows, cols = ur, uc
+            out[lv.index] = (r, c)
+        return out
 
     # -- the pyramid interface ------------------------------------------------------------------
     def _blank(self) -> np.ndarray:
@@ -164,16 +212,26 @@ class ExactPyramid:
         return np.zeros((b, b, 3), dtype=np.float32)
 
     def _base_and_thumbnail(self) -> None:
-        """The whole base level and the thumbnail from one read of the rows both need."""
+        """The base level, the thumbnail and the sample grids of the coarse levels, from one read."""
         base = self.geometry.levels[0]
         th, tw = self.geometry.thumbnail_size
         rh, rw = base.resized
-        level, thumb = self._resize((rh, rw), (0, rh, 0, rw), extra=((th, tw), (0, th, 0, tw)))
-        out = self._blank()
-        out[:th, :tw] = thumb
-        for a in (level, out):
+        i_base, i_thumb = self._index((rh, rw), (0, rh, 0, rw)), self._index((th, tw), (0, th, 0, tw))
+        rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
+        cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
+        wanted = self._plan_base_pass(rows, cols)
+        for r, c in wanted.values():
+            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
+        union = self._gather(rows, cols)
+        for level, (r, c) in wanted.items():
+            self.grids[level] = union.subset(r, c)
+        level = union.resize(*i_base)
+        thumb = self._blank()
+        thumb[:th, :tw] = union.resize(*i_thumb)
+        del union
+        for a in (level, thumb):
             a.setflags(write=False)
-        self._base, self._thumbnail = level, out
+        self._base, self._thumbnail = level, thumb
 
     def base_image(self) -> np.ndarray:
         if self._base is None:
@@ -198,8 +256,10 @@ class ExactPyramid:
         if lv.index == 0:
             out[:ch, :cw] = self.base_image()[row * b: row * b + ch, col * b: col * b + cw]
         else:
-            (part,) = self._resize(lv.resized, (row * b, row * b + ch, col * b, col * b + cw))
-            out[:ch, :cw] = part
+            iy, ix = self._index(lv.resized, (row * b, row * b + ch, col * b, col * b + cw))
+            grid = self.grids.get(lv.index)
+            source = grid if grid is not None else self._gather(_needed(iy), _needed(ix))
+            out[:ch, :cw] = source.resize(iy, ix)
         out.setflags(write=False)
         if self.cache_tiles:
             self._cache[key] = out

@@ -62,6 +62,7 @@ class FeatureCache:
         self.hits = self.misses = 0
         self._lock = threading.Lock()
         self._versions: dict[str, tuple] = {}  # path -> identity last seen
+        self._host_only: set = set()
 
     # -- entries --------------------------------------------------------------------------------
     def get(self, key: Hashable) -> torch.Tensor | None:
@@ -73,20 +74,26 @@ class FeatureCache:
                     self.used[tier] -= _nbytes(value)
                     self.hits += 1
                     self._insert(key, value)  # promote to the device tier (most recent)
-                    return self.tiers["device" if self.budgets["device"] else "host"][key]
+                    for t in ("device", "host"):
+                        if key in self.tiers[t]:
+                            return self.tiers[t][key]
+                    return value  # larger than a tier's budget: served once, not kept
             self.misses += 1
             return None
 
-    def put(self, key: Hashable, value: torch.Tensor) -> None:
+    def put(self, key: Hashable, value: torch.Tensor, host: bool = False) -> None:
+        """Cache `value`; `host=True` keeps it in host memory (pixels, not features)."""
         with self._lock:
             for tier in ("device", "host"):
                 old = self.tiers[tier].pop(key, None)
                 if old is not None:
                     self.used[tier] -= _nbytes(old)
+            if host:
+                self._host_only.add(key)
             self._insert(key, value.detach())
 
     def _insert(self, key: Hashable, value: torch.Tensor) -> None:
-        tier = "device" if self.budgets["device"] else "host"
+        tier = "device" if self.budgets["device"] and key not in self._host_only else "host"
         if tier == "device":
             value = value.to(self.device)
         elif value.device.type != "cpu":
@@ -106,8 +113,9 @@ class FeatureCache:
                 host[key] = value.cpu()
                 self.used["host"] += _nbytes(value)
         while self.used["host"] > self.budgets["host"] and host:
-            _, value = host.popitem(last=False)
+            key, value = host.popitem(last=False)
             self.used["host"] -= _nbytes(value)
+            self._host_only.discard(key)
 
     # -- raster versions ------------------------------------------------------------------------
     def observe(self, view: ViewKey) -> None:
@@ -117,11 +125,12 @@ class FeatureCache:
             self._versions[view.path] = view.identity
             if seen is None or seen == view.identity:
                 return
+            stale_view = lambda v: isinstance(v, ViewKey) and v.path == view.path and v.identity != view.identity  # noqa: E731
             for tier in ("device", "host"):
-                stale = [k for k in self.tiers[tier] if k[0].path == view.path and k[0].identity != view.identity]
-                for k in stale:
+                for k in [k for k in self.tiers[tier] if stale_view(k[0])]:
                     self.used[tier] -= _nbytes(self.tiers[tier].pop(k))
-            for k in [k for k in self.meta if k[0] == view.path and k[1] != view.identity]:
+                    self._host_only.discard(k)
+            for k in [k for k in self.meta if (k[0] == view.path and k[1] != view.identity) or stale_view(k[0])]:
                 del self.meta[k]
 
     def get_meta(self, key: Hashable) -> Any:
@@ -144,6 +153,7 @@ class FeatureCache:
             self.used = {"device": 0, "host": 0}
             self.meta.clear()
             self._versions.clear()
+            self._host_only.clear()
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -155,6 +165,31 @@ class FeatureCache:
                 "hits": self.hits,
                 "misses": self.misses,
             }
+
+
+class CachedGrids:
+    """The exact pixel path's per-level sample grids of one raster view, kept in the cache's host
+    tier (bytes counted), so that a follow-up's coarse tiles read nothing. Dict-like for
+    `ExactPyramid(grids=...)`."""
+
+    def __init__(self, cache: FeatureCache, view: ViewKey):
+        self.cache, self.view = cache, view
+
+    def get(self, level: int) -> Any:
+        from .exact_pixels import SampleGrid
+
+        pixels = self.cache.get((self.view, "grid", level))
+        axes = self.cache.get_meta((self.view, "grid", level))
+        if pixels is None or axes is None:
+            return None
+        return SampleGrid(axes[0], axes[1], pixels.numpy())
+
+    def __contains__(self, level: int) -> bool:
+        return self.get(level) is not None
+
+    def __setitem__(self, level: int, grid: Any) -> None:
+        self.cache.put_meta((self.view, "grid", level), (grid.rows, grid.cols))
+        self.cache.put((self.view, "grid", level), torch.from_numpy(grid.pixels), host=True)
 
 
 class TileEncoder:
