@@ -54,7 +54,8 @@ def build_request(dock, iface, drawn: Optional[DrawnArea] = None) -> tuple[AskRe
     options = replace(dock.options(), bands=bands, stretch=stretch, window=window)
 
     crs = layer.crs()
-    target = StoreTarget(results_gpkg(), ground.geotransform, crs.toWkt() if crs.isValid() else "")
+    fallback = results_location("", "", QgsApplication.qgisSettingsDirPath())
+    target = StoreTarget(results_gpkg(), ground.geotransform, crs.toWkt() if crs.isValid() else "", fallback)
     bands_text = f"bands {','.join(map(str, bands))}" if bands else "the backend's default bands"
     return AskRequest(check.path, question, options, layer.name()), target, f"{bands_text}; {area_text}"
 

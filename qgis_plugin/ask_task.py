@@ -9,6 +9,7 @@ it never touches layers or widgets and never raises (the error is kept for `fini
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Optional
 
 from qgis.core import QgsCoordinateReferenceSystem, QgsTask
@@ -119,11 +120,20 @@ class AskTask(QgsTask):
             return
         from .results_store import store_result
 
-        self.stageChanged.emit("store", f"filing the result in {self.store.gpkg_path}")
-        try:
-            self.stored = store_result(self.store, self.result, self.request.question, seconds)
-        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: GDAL with exceptions on
-            self.store_error = f"the answer could not be filed in {self.store.gpkg_path}: {exc}"
+        targets = [self.store]
+        if self.store.fallback_path and self.store.fallback_path != self.store.gpkg_path:
+            targets.append(replace(self.store, gpkg_path=self.store.fallback_path))
+        problems = []
+        for target in targets:
+            self.stageChanged.emit("store", f"filing the result in {target.gpkg_path}")
+            try:
+                self.stored = store_result(target, self.result, self.request.question, seconds)
+                break
+            except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: GDAL with exceptions on
+                problems.append(f"{target.gpkg_path}: {exc}")
+        if problems:
+            where = f"; filed in {self.stored.gpkg_path} instead" if self.stored else ""
+            self.store_error = f"the answer could not be filed in {'; '.join(problems)}{where}"
 
     # -- main thread --------------------------------------------------------------------------
     def finished(self, ok: bool) -> None:

@@ -83,3 +83,4 @@ class StoreTarget:
     gpkg_path: str
     geotransform: tuple[float, ...]
     crs_wkt: str
+    fallback_path: str = ""  # where to file it when gpkg_path cannot be written (read-only folder)

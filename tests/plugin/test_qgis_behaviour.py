@@ -130,3 +130,16 @@ def test_start_command_never_goes_through_a_shell(run_qgis, unused_endpoint, sen
     assert doc["error"][0] == "backend_exited" and "exited with code 0" in doc["error"][1]
     assert "hi; touch" in doc["error"][1]  # echo got the ';' as an argument: no shell parsed it
     assert not marker.exists()
+
+
+def test_unwritable_results_folder_falls_back_to_the_profile(run_qgis, backend, sentinel2_vrt):
+    """The results folder cannot be created (its parent is a file): the answer is filed in the
+    QGIS profile instead, the map shows it, and the user is told where it went."""
+    doc = run_qgis("dock_ask.py", backend.endpoint, sentinel2_vrt, "Is there a beach?",
+                   env={"LRS_TEST_RESULTS_DIR": "/dev/null/results"})
+    run = doc["runs"][0]
+    assert run["finished"] and run["error"] is None, run["error"]
+    warning = [m for m in doc["messages"] if "could not be filed" in m]
+    assert warning and "/dev/null/results" in warning[0] and "instead" in warning[0]
+    focus = doc["tree"][0]["children"][0]
+    assert focus["valid"] and focus["features"] and "lrs_focus/unsaved_project_lrs_focus.gpkg" in focus["source"]

@@ -7,6 +7,7 @@ With PROJECT_FILE the project is saved there before the asks (so answers are fil
 after them, cleared, and read back; the tree after reopening is reported too (results must survive).
 """
 
+import os
 import sys
 import time
 
@@ -21,6 +22,7 @@ app = start_qgis()
 from qgis.core import QgsProject, QgsSettings  # noqa: E402
 
 QgsSettings().setValue("lrs_focus/endpoint", endpoint)
+QgsSettings().setValue("lrs_focus/results_dir", os.environ.get("LRS_TEST_RESULTS_DIR", ""))
 layer = add_raster(raster)
 iface = FakeIface()
 plugin = load_plugin(iface)
