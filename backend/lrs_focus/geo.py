@@ -84,18 +84,17 @@ def focus_ranks(trace: dict[str, Any]) -> dict[tuple[int, int], int]:
     return {}
 
 
-def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_wkt: str, job_id: str = "",
-                      question: str = "") -> dict[str, Any]:
+def trace_to_features(trace: dict[str, Any], geotransform: Sequence[float], crs_wkt: str,
+                      job_id: str = "") -> dict[str, Any]:
     """GeoJSON FeatureCollection of the focused tiles: one Polygon per tile the model encoded
     (kept tiles are a subset), at every level, in the raster CRS. The trace itself also lists the
     tiles that were never looked at; as map features they would only bury the focus.
 
     Coordinates are in the raster's CRS (not WGS 84): the collection carries `crs_wkt` and, when
     the CRS has an authority code, the legacy `crs` member. Files for other tools are written by
-    `result_files` (RFC 7946 GeoJSON, GeoPackage). `question` is accepted for old callers and
-    ignored: the result document holds the question once, not every feature.
+    `result_files` (RFC 7946 GeoJSON, GeoPackage). The question is not repeated on every feature:
+    the result document holds it once.
     """
-    del question
     gt = tuple(geotransform) if geotransform else UNGEOREFERENCED
     ranks = focus_ranks(trace)
     final = trace.get("stopped_at")

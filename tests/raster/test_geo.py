@@ -103,7 +103,7 @@ def test_trace_to_features(sentinel2_vrt):
     src = RasterSource.open(sentinel2_vrt)
     geo = PyramidGeometry(src.height, src.width)
     trace = _trace(geo)
-    fc = trace_to_features(trace, src.geotransform, src.crs_wkt, job_id="j1", question="Where is the pier?")
+    fc = trace_to_features(trace, src.geotransform, src.crs_wkt, job_id="j1")
     n = sum(len(lv["tiles"]) for lv in trace["levels"])
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == n
     assert fc["crs"]["properties"]["name"] == "EPSG:32618" and fc["crs_wkt"] == src.crs_wkt
