@@ -16,7 +16,7 @@ from typing import Optional
 def zmq_problem() -> Optional[str]:
     """None when pyzmq imports; else the import error's text."""
     try:
-        import zmq  # noqa: F401
+        import zmq  # noqa: F401  # pyflakes: only whether it imports matters
     except ImportError as exc:  # also a broken binary wheel (DLL load failed)
         return str(exc) or type(exc).__name__
     return None

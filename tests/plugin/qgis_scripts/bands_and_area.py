@@ -8,7 +8,6 @@ SPEC: {"multiband": 6-band UInt16 tif, "rgb8": 3-band Byte tif, "palette": palet
 
 import json
 import sys
-import time
 
 from qgis_env import FakeIface, add_raster, emit, load_plugin, rect, start_qgis, wait_for
 
@@ -89,7 +88,7 @@ report["renderers"]["rgb 8-bit default"] = shown(add_raster(spec["rgb8"], "rgb8"
 report["parse"] = {text: list(parse_bands(text, 6)) for text in ("", "4,3,2", "4 3 2", "7", "1,2", "a,b,c")}
 
 # -- areas -> pixel windows ---------------------------------------------------------------------
-from lrs_focus_plugin.area import window_for_features, window_for_rectangle  # noqa: E402
+from lrs_focus_plugin.area import window_for_rectangle  # noqa: E402
 from lrs_focus_plugin.result_files import raster_ground  # noqa: E402
 
 web = QgsCoordinateReferenceSystem("EPSG:3857")
