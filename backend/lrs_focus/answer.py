@@ -60,12 +60,21 @@ class RfmScorer:
     def __call__(self, canvas: Canvas) -> np.ndarray:
         t0 = time.perf_counter()
         tiles = canvas.gather(self.model.image_newline)
-        offsets = torch.as_tensor(canvas.offsets) if canvas.keep_gaps else None
-        seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles, tile_offsets=offsets, tile_span=canvas.span)
-        del tiles
-        scores = self.model.rfm_scores(seq).float().cpu().numpy().astype(np.float64)
+        if canvas.keep_gaps:  # released stage B: the whole canvas, absent tiles as zero placeholders
+            full = tiles.new_zeros(canvas.span, tiles.shape[-1])
+            offsets = torch.as_tensor(canvas.offsets, device=tiles.device)
+            full[offsets] = tiles
+            present = torch.zeros(canvas.span, dtype=torch.bool)
+            present[torch.as_tensor(canvas.offsets)] = True
+            seq = self.model.build_sequence(self.prompt, self.thumbnail, full)
+            del tiles, full
+            scores = self.model.rfm_scores(seq, present=present)[offsets]
+        else:
+            seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles)
+            del tiles
+            scores = self.model.rfm_scores(seq)
         self.seconds += time.perf_counter() - t0
-        return scores
+        return scores.float().cpu().numpy().astype(np.float64)
 
 
 def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor,
@@ -195,7 +204,8 @@ def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, 
             raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
         check("generate", None, 0.0, f"answering from {seq.length} tokens")
         t0 = time.perf_counter()
-        answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop)
+        answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop,
+                                   config_eos_only=options.mode == "released")
         timings["generate"] = time.perf_counter() - t0
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled during generation")
@@ -265,7 +275,7 @@ def answer_question(
             "dtype": engine.info["dtype"],
         },
         "options": opts,
-        "raster": {"path": str(raster), "size": [src.height, src.width]},
+        "raster": {"path": str(raster), "size": [src.height, src.width], "geotransform": list(src.geotransform)},
         "job_id": job_id,
     }
 

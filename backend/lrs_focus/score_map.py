@@ -1,7 +1,8 @@
 """The score heatmap: where the RFM's attention went, as one grid over the raster.
 
 Cells are the tokens of the finest level the run scored (coarser once the grid would exceed
-MAX_CELLS_SIDE on its long side). Each level paints the cells its tokens cover, coarse first, so
+MAX_CELLS_SIDE on its long side), over the whole image (the sliver a level's unpadding cuts off at
+the right and bottom takes its last token's value). Each level paints the cells its tokens cover, coarse first, so
 finer tokens overwrite coarser ones where both exist. Values are *relative* attention, a token's
 score times the number of tokens scored in the same RFM pass: 1 is what a uniform spread gives
 each token, so levels with different token counts share one scale.
@@ -41,10 +42,11 @@ def score_grid(geo: PyramidGeometry, records: Sequence[LevelRecord],
     if not scored:
         return None
     finest = max(scored, key=lambda r: r.level)
-    rows, cols = finest.canvas.rows, finest.canvas.cols
+    th, tw = _token_size(geo, finest.level)
+    # cover the whole image: a level's unpadded token grid can stop short of the edge by < 1 token
+    rows, cols = max(finest.canvas.rows, math.ceil(geo.height / th)), max(finest.canvas.cols, math.ceil(geo.width / tw))
     stride = max(1, math.ceil(max(rows, cols) / max_side))
     g_rows, g_cols = math.ceil(rows / stride), math.ceil(cols / stride)
-    th, tw = _token_size(geo, finest.level)
     cell_h, cell_w = th * stride, tw * stride
     grid = np.full((g_rows, g_cols), np.nan, dtype=np.float32)
     eps = 1e-6
@@ -54,10 +56,13 @@ def score_grid(geo: PyramidGeometry, records: Sequence[LevelRecord],
         values = (rec.scores[tok] * canvas.size).astype(np.float32)
         h, w = _token_size(geo, rec.level)
         y0, x0 = canvas.row[tok] * h, canvas.col[tok] * w
+        # the last token row/column of a level also paints the sliver its unpadding cut off
+        y1 = np.where(canvas.row[tok] == canvas.rows - 1, np.maximum(y0 + h, geo.height), y0 + h)
+        x1 = np.where(canvas.col[tok] == canvas.cols - 1, np.maximum(x0 + w, geo.width), x0 + w)
         r0 = np.clip(np.floor(y0 / cell_h + eps).astype(np.int64), 0, g_rows - 1)
         c0 = np.clip(np.floor(x0 / cell_w + eps).astype(np.int64), 0, g_cols - 1)
-        r1 = np.clip(np.ceil((y0 + h) / cell_h - eps).astype(np.int64), r0 + 1, g_rows)
-        c1 = np.clip(np.ceil((x0 + w) / cell_w - eps).astype(np.int64), c0 + 1, g_cols)
+        r1 = np.clip(np.ceil(y1 / cell_h - eps).astype(np.int64), r0 + 1, g_rows)
+        c1 = np.clip(np.ceil(x1 / cell_w - eps).astype(np.int64), c0 + 1, g_cols)
         layer = np.full_like(grid, np.nan)
         single = (r1 - r0 == 1) & (c1 - c0 == 1)
         np.fmax.at(layer, (r0[single], c0[single]), values[single])

@@ -136,9 +136,9 @@ def test_the_suffix_is_the_last_thing_the_llm_reads(tiny_engine, sentinel2_vrt, 
     seen = {}
     original = tiny_engine.model.generate
 
-    def spy(seq, tokenizer, max_new_tokens, should_stop=None):
+    def spy(seq, tokenizer, max_new_tokens, **kw):
         seen["seq"] = seq
-        return original(seq, tokenizer, max_new_tokens, should_stop=should_stop)
+        return original(seq, tokenizer, max_new_tokens, **kw)
 
     monkeypatch.setattr(tiny_engine.model, "generate", spy)
     tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="paper", max_length=300, max_new_tokens=2))
@@ -169,8 +169,10 @@ def test_heatmap_follows_the_kept_tiles(tiny_engine, sentinel2_vrt):
     hm = res["heatmap"]
     grid = decode_heatmap(hm)
     assert list(grid.shape) == hm["shape"] and hm["level"] == res["trace"]["stopped_at"]
-    assert np.isfinite(grid).mean() > 0.9  # the base level covers the raster
     x0, y0, x1, y1 = hm["window"]
+    assert (x0, y0) == (0, 0) and x1 >= 1933 and y1 >= 1947  # the whole raster, to its right/bottom edge
+    assert x1 - 1933 < (x1 - x0) / grid.shape[1] and y1 - 1947 < (y1 - y0) / grid.shape[0]  # < 1 cell beyond
+    assert np.isfinite(grid).all()  # the base level covers every cell
     rows, cols = grid.shape
     final = res["trace"]["levels"][hm["level"]]
     best = min((t for t in final["tiles"] if t["kept"]), key=lambda t: t["rank"])

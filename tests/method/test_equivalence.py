@@ -155,3 +155,51 @@ def test_init_rfm_from_llm_copies_layers(tiny_models):
         for (k, a), (_, b) in zip(dst.state_dict().items(), model.llm.model.layers[i].state_dict().items()):
             assert torch.equal(a, b), k
     assert torch.equal(model.rfm.norm.weight, model.llm.model.norm.weight)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_released_stage_b_score_reproduces_the_public_mask_quirk(tiny_models, family):
+    """The public `get_text_image_attn`: the level-1 canvas runs whole (absent tiles = zero embeddings,
+    masked as keys in layers 0..R-2); at the score the 4-D float mask is cast to bool and *added*, so
+    placeholder keys stay in the softmax with logit + 1. Reference written from that code, eager."""
+    model, tok = tiny_models[family]
+    g = torch.Generator().manual_seed(11)
+    d = model.config.hidden_size
+    prompt = encode_prompt(tok, model.config.template, "How many ships are docked at the northern pier?")
+    thumb = torch.randn(model.config.thumbnail_tokens, d, generator=g)
+    span = 120
+    present = torch.rand(span, generator=g) > 0.4
+    canvas = torch.randn(span, d, generator=g) * present[:, None]  # placeholders are zeros
+    with torch.no_grad():
+        seq = model.build_sequence(prompt, thumb, canvas)
+        ours = model.rfm_scores(seq, present=present)
+        valid = torch.ones(seq.length, dtype=torch.bool)
+        valid[seq.tiles] = present
+        n = seq.length
+        rfm = copy.deepcopy(model.rfm)
+        rfm.config._attn_implementation = "eager"
+        allowed = torch.tril(torch.ones(n, n, dtype=torch.bool)) & valid[None, :]
+        mask4d = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[None, None]
+        pos_emb = rfm.rotary_emb(seq.embeds, position_ids=seq.position_ids)
+        h = seq.embeds
+        for layer in rfm.layers[:-1]:
+            h = layer(h, attention_mask=mask4d, position_ids=seq.position_ids, position_embeddings=pos_emb)
+        last = rfm.layers[-1]
+        x = last.input_layernorm(h)
+        attn = last.self_attn
+        hd = attn.head_dim
+        q = attn.q_proj(x).view(1, n, -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(1, n, -1, hd).transpose(1, 2)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+        q, k = apply_rotary_pos_emb(q, k, *pos_emb)
+        k = repeat_kv(k, q.shape[1] // k.shape[1])
+        qi = seq.query_index
+        logits = (q[0, :, qi:qi + 1] @ k[0].transpose(-1, -2))[:, 0] / hd ** 0.5  # (heads, n)
+        logits = logits + (mask4d[0, 0, seq.query_index] != 0).float()  # the bool cast, added
+        ref = torch.softmax(logits[:, seq.tiles], dim=-1).mean(dim=0)
+        plain = model.rfm_scores(model.build_sequence(prompt, thumb, canvas[present],
+                                                      tile_offsets=torch.nonzero(present)[:, 0], tile_span=span))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-7)
+    assert float(ours[~present].sum()) > 0.05  # placeholders really take attention mass
+    assert not torch.allclose(ours[present] / ours[present].sum(), plain, atol=1e-4)

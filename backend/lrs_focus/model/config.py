@@ -46,7 +46,18 @@ MM_KEYS = _WRITTEN + (
     "tune_mm_mlp_adapter",
     "freeze_mm_mlp_adapter",
     "use_mm_proj",
+    "select_stu_state_layer",
 )
+
+
+def _rope_theta(text_config: PretrainedConfig) -> float:
+    params = getattr(text_config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0)))
+
+
+#: What the public code's loader reads although inference never uses it; written when absent so a
+#: checkpoint saved here loads there too (the released files carry their own values).
+RELEASED_DEFAULTS = {"image_aspect_ratio": "pyramid_crop", "select_stu_state_layer": 1}
 
 
 @dataclass
@@ -115,6 +126,7 @@ class LrsFocusConfig:
     def to_released_dict(self) -> dict[str, Any]:
         """The flat config.json of a released checkpoint (LLM fields + LLaVA `mm_*` fields)."""
         out = self.text_config.to_dict()
+        out.update(RELEASED_DEFAULTS)
         out.update(copy.deepcopy(self.released_extra))
         out.update(
             {
@@ -133,6 +145,8 @@ class LrsFocusConfig:
                 "tokenizer_model_max_length": self.max_length,
                 "mm_use_im_start_end": False,
                 "mm_use_im_patch_token": False,
+                # older loaders (transformers 4.x, the public code) read rope_theta, not rope_parameters
+                "rope_theta": _rope_theta(self.text_config),
                 # Not in the released files: what a checkpoint without a hub vision tower needs.
                 "lrs_focus": {
                     "vision_config": self.vision_config.to_dict(),

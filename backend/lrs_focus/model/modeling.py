@@ -111,19 +111,21 @@ class RegionFocusModule(nn.Module):
         self.rotary_emb = rope_cls(config=self.config)
 
     def hidden_states(
-        self, embeds: torch.Tensor, position_ids: torch.Tensor, upto: int | None = None
+        self, embeds: torch.Tensor, position_ids: torch.Tensor, upto: int | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """Run layers [0, upto) causally (default: all but the last).
 
-        Returns (last hidden, [input of layer 0, output of layer 0, ...], (cos, sin)). The 2-D
-        all-ones mask makes transformers treat gapped position ids as one sequence (released stage B
-        keeps the positions of unselected tiles), not as packed sequences.
+        Returns (last hidden, [input of layer 0, output of layer 0, ...], (cos, sin)). The 2-D mask
+        (all ones unless `key_mask` (1, n) marks keys no query may attend to) also makes
+        transformers treat gapped position ids as one sequence, not as packed sequences.
         """
         upto = len(self.layers) - 1 if upto is None else upto
         pos_emb = self.rotary_emb(embeds, position_ids=position_ids)
-        ones = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        keys = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if key_mask is None \
+            else key_mask.to(device=embeds.device, dtype=torch.long)
         mask = create_causal_mask(
-            config=self.config, inputs_embeds=embeds, attention_mask=ones, cache=None, position_ids=position_ids
+            config=self.config, inputs_embeds=embeds, attention_mask=keys, cache=None, position_ids=position_ids
         )
         h = embeds
         states = [h]
@@ -140,6 +142,23 @@ class RegionFocusModule(nn.Module):
         h, _, pos_emb = self.hidden_states(embeds, position_ids)
         q_idx = torch.tensor([query_index], device=embeds.device)
         logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index.to(embeds.device))
+        return torch.softmax(logits, dim=-1).mean(dim=0)[0]
+
+    def score_with_placeholders(self, embeds: torch.Tensor, position_ids: torch.Tensor, query_index: int,
+                                key_index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The released stage-B score over a whole canvas whose absent tiles are placeholders.
+
+        The public code feeds the level's full canvas with zero embeddings for unselected tiles,
+        masks those keys in RFM layers 0..R-2, and then, in `get_text_image_attn`, turns the 4-D
+        float mask into booleans before adding it to the score logits: placeholder keys stay in
+        the softmax with their logit raised by 1 instead of being excluded. Released mode
+        reproduces that; `present` (n,) bool marks real tokens. Returns (len(key_index),) float32.
+        """
+        h, _, pos_emb = self.hidden_states(embeds, position_ids, key_mask=present[None])
+        q_idx = torch.tensor([query_index], device=embeds.device)
+        key_index = key_index.to(embeds.device)
+        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index)
+        logits = logits + (~present.to(embeds.device)[key_index]).float()
         return torch.softmax(logits, dim=-1).mean(dim=0)[0]
 
 
@@ -342,21 +361,33 @@ class LrsFocusModel(nn.Module):
             **kwargs,
         )
 
-    def rfm_scores(self, seq: MultimodalSequence) -> torch.Tensor:
-        """RFM scores of the sequence's tile tokens (newline tokens included), float32 (m,)."""
+    def rfm_scores(self, seq: MultimodalSequence, present: torch.Tensor | None = None) -> torch.Tensor:
+        """RFM scores of the sequence's tile tokens (newline tokens included), float32 (m,).
+
+        `present` (m,) bool: the tile part is a full released canvas whose False entries are
+        placeholders (released stage B, `RegionFocusModule.score_with_placeholders`)."""
         keys = torch.arange(seq.tiles.start, seq.tiles.stop, device=seq.embeds.device)
-        return self.rfm.score(seq.embeds.detach(), seq.position_ids, seq.query_index, keys)
+        if present is None:
+            return self.rfm.score(seq.embeds.detach(), seq.position_ids, seq.query_index, keys)
+        valid = torch.ones(seq.length, dtype=torch.bool)
+        valid[seq.tiles] = present.cpu()
+        return self.rfm.score_with_placeholders(seq.embeds.detach(), seq.position_ids, seq.query_index, keys, valid)
 
     @torch.no_grad()
     def generate(self, seq: MultimodalSequence, tokenizer: Any, max_new_tokens: int = 64,
-                 should_stop: Callable[[], bool] | None = None) -> tuple[str, list[int]]:
+                 should_stop: Callable[[], bool] | None = None, config_eos_only: bool = False) -> tuple[str, list[int]]:
         """Greedy decoding from the sequence (contiguous positions from 0, as in the released final pass).
 
         `should_stop` is polled after every generated token; when it returns True decoding ends
-        there (the caller raises Cancelled), so a cancel never waits for a long answer.
+        there (the caller raises Cancelled), so a cancel never waits for a long answer. Decoding
+        stops at the tokenizer's and the model config's end tokens; `config_eos_only` keeps only
+        the config's, as the released `model.generate` does.
         """
         ones = torch.ones(seq.embeds.shape[:2], dtype=torch.long, device=seq.embeds.device)
-        eos = [i for i in {tokenizer.eos_token_id, self.llm.config.eos_token_id} if isinstance(i, int)]
+        config_eos = self.llm.config.eos_token_id
+        config_eos = list(config_eos) if isinstance(config_eos, (list, tuple)) else [config_eos]
+        candidates = config_eos if config_eos_only else [tokenizer.eos_token_id, *config_eos]
+        eos = sorted({i for i in candidates if isinstance(i, int)})
         criteria = StoppingCriteriaList([_PollStop(should_stop)]) if should_stop is not None else None
         out = self.llm.generate(
             inputs_embeds=seq.embeds,
