@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -47,7 +46,8 @@ def results_location(project_file: str, results_dir: str, profile_dir: str) -> s
         return os.path.join(results_dir, name)
     if project_file:
         return os.path.join(os.path.dirname(os.path.abspath(project_file)), name)
-    return os.path.join(profile_dir or tempfile.gettempdir(), "lrs_focus", name)
+    # never the shared temp folder (anyone could plant a link there): the user's own folders only
+    return os.path.join(profile_dir or os.path.join(os.path.expanduser("~"), ".local", "share"), "lrs_focus", name)
 
 
 def _safe(text: str) -> str:
