@@ -61,14 +61,14 @@ class RfmScorer:
         t0 = time.perf_counter()
         tiles = canvas.gather(self.model.image_newline)
         if canvas.keep_gaps:  # released stage B: the whole canvas, absent tiles as zero placeholders
+            offsets = torch.as_tensor(canvas.offsets)
             full = tiles.new_zeros(canvas.span, tiles.shape[-1])
-            offsets = torch.as_tensor(canvas.offsets, device=tiles.device)
-            full[offsets] = tiles
+            full[offsets.to(tiles.device)] = tiles
             present = torch.zeros(canvas.span, dtype=torch.bool)
-            present[torch.as_tensor(canvas.offsets)] = True
+            present[offsets] = True
             seq = self.model.build_sequence(self.prompt, self.thumbnail, full)
             del tiles, full
-            scores = self.model.rfm_scores(seq, present=present)[offsets]
+            scores = self.model.rfm_scores(seq, present=present)[offsets.to(seq.embeds.device)]
         else:
             seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles)
             del tiles
@@ -114,7 +114,7 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
     return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
 
 
-def view_key(engine: Any, src: Any, options: AskOptions, pixels: str, window: tuple | None) -> ViewKey:
+def view_key(engine: Any, src: Any, pixels: str, window: tuple | None) -> ViewKey:
     return ViewKey(
         identity=src.identity(),
         bands=tuple(src.bands),
@@ -134,7 +134,7 @@ def open_view(engine: Any, raster: str, options: AskOptions, pixels: str):
     try:
         view = RasterWindow(src, options.window) if options.window is not None else src
         cache: FeatureCache | None = getattr(engine, "cache", None)
-        key = view_key(engine, src, options, pixels, getattr(view, "window", None))
+        key = view_key(engine, src, pixels, getattr(view, "window", None))
         if cache is not None:
             cache.observe(key)
             if not src.explicit_stretch:
