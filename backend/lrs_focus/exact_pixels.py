@@ -20,13 +20,12 @@ whole image in memory.
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .pyramid import LevelRef, PyramidConfig, PyramidGeometry
+from .pyramid import LazyTiles, Level, PyramidConfig
 
 STRIP_BYTES = 32 << 20  # at most this many bytes of source pixels per read
 MERGE_GAP = 8  # needed rows closer than this are read in one strip
@@ -136,7 +135,7 @@ def _needed(index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     return np.unique(np.concatenate([index[0], index[1]]))
 
 
-class ExactPyramid:
+class ExactPyramid(LazyTiles):
     """Lazy tiles of a raster with the released code's pixels: float32, CLIP-normalised, zero padded.
 
     `src` is anything with `height`, `width` and `read_rgb(window, out_size, pad_rgb=...)` (a
@@ -154,16 +153,9 @@ class ExactPyramid:
 
     def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 16,
                  check: Optional[Callable[[], None]] = None, grids: Optional[dict] = None):
-        self.src = src
-        self.cfg = cfg or PyramidConfig()
-        self.geometry = PyramidGeometry(src.height, src.width, self.cfg)
-        self.cache_tiles = max(0, int(cache_tiles))
-        self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-        self._base: np.ndarray | None = None
-        self._thumbnail: np.ndarray | None = None
+        super().__init__(src, cfg, cache_tiles)
         self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
         self.check = check  # called between strip reads: lets a cancel interrupt a long read
-        self.reads = 0
         self.source_pixels = 0  # source pixels read, for the benchmark
 
     # -- reading --------------------------------------------------------------------------------
@@ -243,29 +235,9 @@ class ExactPyramid:
             self._base_and_thumbnail()
         return self._thumbnail
 
-    def tile(self, level: LevelRef, row: int, col: int) -> np.ndarray:
-        lv = self.geometry.level(level)
-        key = (lv.index, int(row), int(col))
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        ch, cw = self.geometry.tile_content(lv, row, col)
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int]) -> np.ndarray:
         b = self.cfg.tile_size
-        out = self._blank()
-        if lv.index == 0:
-            out[:ch, :cw] = self.base_image()[row * b: row * b + ch, col * b: col * b + cw]
-        else:
-            iy, ix = self._index(lv.resized, (row * b, row * b + ch, col * b, col * b + cw))
-            grid = self.grids.get(lv.index)
-            source = grid if grid is not None else self._gather(_needed(iy), _needed(ix))
-            out[:ch, :cw] = source.resize(iy, ix)
-        out.setflags(write=False)
-        if self.cache_tiles:
-            self._cache[key] = out
-            while len(self._cache) > self.cache_tiles:
-                self._cache.popitem(last=False)
-        return out
-
-    def tiles(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> list[np.ndarray]:
-        return [self.tile(level, r, c) for r, c in positions]
+        iy, ix = self._index(lv.resized, (row * b, row * b + content[0], col * b, col * b + content[1]))
+        grid = self.grids.get(lv.index)
+        source = grid if grid is not None else self._gather(_needed(iy), _needed(ix))
+        return source.resize(iy, ix)

@@ -272,12 +272,10 @@ class PyramidGeometry:
         }
 
 
-class ImagePyramid:
-    """Lazy tiles of a raster: one resampled GDAL read per tile, a bounded LRU cache.
-
-    `src` is anything with `height`, `width` and `read_rgb(window, out_size) -> uint8 (h, w, 3)`
-    (a `raster.RasterSource`), so this module needs no GDAL itself.
-    """
+class LazyTiles:
+    """What both pixel paths share: base tiles cut from one read of the whole base level, finer
+    tiles read on demand (`_read_tile`), a bounded LRU cache of tiles. Subclasses: `ImagePyramid`
+    (GDAL resampling) and `exact_pixels.ExactPyramid` (the released preprocessing)."""
 
     def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 128):
         self.src = src
@@ -287,9 +285,58 @@ class ImagePyramid:
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._thumbnail: np.ndarray | None = None
         self._base: np.ndarray | None = None
+        self.reads = 0  # raster reads issued (cache misses), for tests and benchmarks
+
+    def _blank(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def base_image(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int]) -> np.ndarray:
+        """The image part (content h, w) of a tile finer than the base level."""
+        raise NotImplementedError
+
+    def tile(self, level: LevelRef, row: int, col: int) -> np.ndarray:
+        """(B, B, 3): the tile's image part, padding beyond the image; read-only, LRU-cached."""
+        lv = self.geometry.level(level)
+        key = (lv.index, int(row), int(col))
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        ch, cw = self.geometry.tile_content(lv, row, col)
+        out = self._blank()
+        if lv.index == 0:
+            b = self.cfg.tile_size
+            out[:ch, :cw] = self.base_image()[row * b: row * b + ch, col * b: col * b + cw]
+        else:
+            out[:ch, :cw] = self._read_tile(lv, int(row), int(col), (ch, cw))
+        out.setflags(write=False)
+        if self.cache_tiles:
+            self._cache[key] = out
+            while len(self._cache) > self.cache_tiles:
+                self._cache.popitem(last=False)
+        return out
+
+    def tiles(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> list[np.ndarray]:
+        return [self.tile(level, r, c) for r, c in positions]
+
+    def cache_info(self) -> dict[str, int]:
+        return {"cached": len(self._cache), "capacity": self.cache_tiles, "reads": self.reads}
+
+
+class ImagePyramid(LazyTiles):
+    """Lazy uint8 tiles of a raster: one resampled GDAL read per tile (overviews when close).
+
+    `src` is anything with `height`, `width` and `read_rgb(window, out_size) -> uint8 (h, w, 3)`
+    (a `raster.RasterSource`), so this module needs no GDAL itself.
+    """
+
+    def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 128):
+        super().__init__(src, cfg, cache_tiles)
         # nodata pixels take the pad colour; plain `read_rgb(window, out_size)` sources still work
         self._pad_kw = {"pad_rgb": self.cfg.pad_rgb} if tuple(self.cfg.pad_rgb) != (0, 0, 0) else {}
-        self.reads = 0  # GDAL reads issued (cache misses), for tests and benchmarks
 
     def _blank(self) -> np.ndarray:
         b = self.cfg.tile_size
@@ -334,32 +381,6 @@ class ImagePyramid:
             self._thumbnail = out
         return self._thumbnail
 
-    def tile(self, level: LevelRef, row: int, col: int) -> np.ndarray:
-        """uint8 (B, B, 3): the tile's image part resampled by GDAL, pad_rgb beyond the image."""
-        lv = self.geometry.level(level)
-        key = (lv.index, int(row), int(col))
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        ch, cw = self.geometry.tile_content(lv, row, col)
-        out = self._blank()
-        if lv.index == 0:
-            b = self.cfg.tile_size
-            out[:ch, :cw] = self.base_image()[row * b: row * b + ch, col * b: col * b + cw]
-        else:
-            out[:ch, :cw] = self.src.read_rgb(self.geometry.tile_window_float(lv, row, col), (ch, cw),
-                                              **self._pad_kw)
-            self.reads += 1
-        out.setflags(write=False)
-        if self.cache_tiles:
-            self._cache[key] = out
-            while len(self._cache) > self.cache_tiles:
-                self._cache.popitem(last=False)
-        return out
-
-    def tiles(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> list[np.ndarray]:
-        return [self.tile(level, r, c) for r, c in positions]
-
-    def cache_info(self) -> dict[str, int]:
-        return {"cached": len(self._cache), "capacity": self.cache_tiles, "reads": self.reads}
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int]) -> np.ndarray:
+        self.reads += 1
+        return self.src.read_rgb(self.geometry.tile_window_float(lv, row, col), content, **self._pad_kw)
