@@ -1,46 +1,53 @@
-"""Seeded synthetic "needle" scenes: large textured rasters with a few small coloured shapes.
+"""Seeded synthetic "ringed needle" scenes: find the white ring, read the dot inside it.
 
-Why: with no real weights and no real data on CPU, the only way to show that the method works end
-to end is a task whose answer sits in one small object that the thumbnail cannot resolve. Every
-question carries the pixel boxes of the objects it depends on, so focus recall can be measured.
+Why this task: the method needs two things a real checkpoint has and a tiny model trained in
+minutes must learn: *where* to look must be decidable at the coarse (base) level, and *what* is
+there must need a finer level. A conspicuous white ring is visible at base scale (1-1.5 tokens);
+the coloured dot at its centre (a tenth of the ring's diameter) is 1-2 px there, illegible, and
+only readable after zooming in. Decoys make the ring, not the colour, the thing to look for:
+loose dots of the answer colours lie outside any ring (a model that attends to "a coloured dot"
+answers wrong), and empty rings hold no dot. Every question carries the pixel box of the dot it
+asks about (and of its ring), so focus recall can be measured.
 
 Scenes are pure data (`make_scene`); `render_scene` paints them; `write_scene` writes a tiled
 GeoTIFF with overviews through GDAL (so the lazy pyramid reads it the way it reads real rasters);
-`scene_questions` turns a scene into questions with answers and boxes.
+`scene_questions` turns a scene into its question; `write_dataset` writes rasters + LLaVA JSON.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
+#: dot colours = the answers (distinct from the white ring and from the earth-toned ground)
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
     "blue": (35, 75, 235),
     "yellow": (245, 225, 30),
-    "white": (250, 250, 250),
+    "black": (20, 20, 20),
 }
-#: dull colours of decoy objects: clutter the scene, never asked about
-DECOY_COLOURS: dict[str, tuple[int, int, int]] = {"black": (25, 25, 25), "brown": (120, 70, 30)}
-SHAPES = ("circle", "square", "triangle")
-PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles"}
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six")
+RING_RGB = (250, 250, 250)
+RING_WIDTH = 0.15  # ring thickness / ring diameter
+QUESTION = "What color is the dot in the white ring?"
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
 
 
 @dataclass(frozen=True)
-class SceneObject:
-    shape: str
+class Dot:
     colour: str
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
-    decoy: bool = False
+    box: Box
 
-    @property
-    def size(self) -> int:
-        return self.box[2] - self.box[0]
+
+@dataclass(frozen=True)
+class Ring:
+    box: Box  # square, outer diameter = box side
+    dot: Optional[Dot] = None  # None: an empty decoy ring
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,13 @@ class Scene:
     seed: int
     height: int
     width: int
-    objects: tuple[SceneObject, ...]
+    rings: tuple[Ring, ...]  # rings[0] holds the dot asked about
+    loose_dots: tuple[Dot, ...]  # decoys: answer-coloured dots outside every ring
     background_seed: int = 0
+
+    @property
+    def target(self) -> Ring:
+        return self.rings[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,103 +69,129 @@ class Scene:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """How scenes are drawn: sizes in pixels of the full-resolution raster."""
+    """How scenes are drawn. Sizes are relative to the raster's long side, so one spec gives the
+    same picture at base scale whatever the raster size (the base level has a fixed long side)."""
 
-    size_range: tuple[int, int] = (2048, 3072)  # long side of the raster
+    size_range: tuple[int, int] = (1344, 1344)  # long side of the raster, pixels
     aspect_range: tuple[float, float] = (0.75, 1.0)  # short side / long side
-    object_size_range: tuple[int, int] = (48, 96)
-    n_objects: tuple[int, int] = (3, 4)  # inclusive range of coloured objects (questions are about these)
-    n_decoys: tuple[int, int] = (0, 0)  # inclusive range of dull decoys, shapes unlike every coloured object
-    shapes: tuple[str, ...] = SHAPES
+    ring_range: tuple[float, float] = (0.085, 0.12)  # ring diameter / long side, log-uniform
+    dot_ratio: tuple[float, float] = (0.08, 0.08)  # dot diameter / ring diameter, uniform
+    n_empty_rings: tuple[int, int] = (0, 1)  # inclusive ranges
+    n_loose_dots: tuple[int, int] = (1, 3)
     colours: tuple[str, ...] = tuple(COLOURS)
 
 
 def make_scene(seed: int, spec: SceneSpec = SceneSpec()) -> Scene:
-    """Draw a scene: sizes, then non-overlapping objects; the target shape is unique (see questions)."""
+    """Draw a scene: size, the target ring and its dot, then decoys wherever they fit."""
     rng = np.random.default_rng(seed)
     long_side = int(rng.integers(spec.size_range[0], spec.size_range[1] + 1))
     short_side = int(round(long_side * rng.uniform(*spec.aspect_range)))
     height, width = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
-    n = int(rng.integers(spec.n_objects[0], spec.n_objects[1] + 1))
-    # distinct colours per scene keep every colour question answerable from one object only
-    colours = list(rng.permutation(spec.colours))[:n]
-    while len(colours) < n:
-        colours.append(str(rng.choice(spec.colours)))
-    # shapes: at least one shape occurs exactly once
-    shapes = [str(rng.choice(spec.shapes)) for _ in range(n)]
-    objects: list[SceneObject] = []
-    boxes: list[tuple[int, int, int, int]] = []
-    for i in range(n):
-        box = _place(rng, spec, width, height, boxes)
-        boxes.append(box)
-        objects.append(SceneObject(shape=shapes[i], colour=str(colours[i]), box=box))
-    decoy_shapes = [s for s in spec.shapes if s not in shapes]
-    n_decoys = int(rng.integers(spec.n_decoys[0], spec.n_decoys[1] + 1)) if decoy_shapes else 0
-    for _ in range(n_decoys):
-        box = _place(rng, spec, width, height, boxes)
-        boxes.append(box)
-        objects.append(SceneObject(shape=str(rng.choice(decoy_shapes)), colour=str(rng.choice(list(DECOY_COLOURS))),
-                                   box=box, decoy=True))
-    return Scene(seed=seed, height=height, width=width, objects=tuple(objects), background_seed=seed * 7919 + 1)
+    lo, hi = (math.log(f * long_side) for f in spec.ring_range)
+    diameter = max(8, int(round(math.exp(rng.uniform(lo, hi)))))
+    dot_size = max(1, int(round(diameter * rng.uniform(*spec.dot_ratio))))
+    colour = str(rng.choice(spec.colours))
+    taken: list[Box] = []
+
+    def ring(with_colour: Optional[str]) -> Optional[Ring]:
+        box = _place(rng, diameter, width, height, taken, gap=diameter // 2)
+        if box is None:
+            return None
+        taken.append(box)
+        dot = None
+        if with_colour is not None:
+            off = (diameter - dot_size) // 2
+            dot = Dot(with_colour, (box[0] + off, box[1] + off, box[0] + off + dot_size, box[1] + off + dot_size))
+        return Ring(box, dot)
+
+    target = ring(colour)
+    if target is None:  # the spec's ring does not fit the raster
+        raise ValueError(f"a {diameter}-px ring does not fit a {width}x{height} scene (seed {seed})")
+    rings = [target]
+    for _ in range(int(rng.integers(spec.n_empty_rings[0], spec.n_empty_rings[1] + 1))):
+        extra = ring(None)
+        if extra is not None:
+            rings.append(extra)
+    others = [c for c in spec.colours if c != colour] or [colour]
+    loose = []
+    for _ in range(int(rng.integers(spec.n_loose_dots[0], spec.n_loose_dots[1] + 1))):
+        box = _place(rng, dot_size, width, height, taken, gap=diameter // 2)
+        if box is not None:
+            taken.append(box)
+            loose.append(Dot(str(rng.choice(others)), box))
+    return Scene(seed, height, width, tuple(rings), tuple(loose), background_seed=seed * 7919 + 1)
 
 
-def _far_apart(a: Sequence[int], b: Sequence[int]) -> bool:
-    gap = max(a[2] - a[0], b[2] - b[0]) * 2
-    return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
-
-
-def _place(rng: np.random.Generator, spec: "SceneSpec", width: int, height: int,
-           boxes: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
-    """A square box of a random size away from `boxes` (the last try wins after 200)."""
-    for _ in range(200):
-        size = int(rng.integers(spec.object_size_range[0], spec.object_size_range[1] + 1))
-        x0 = int(rng.integers(size, width - 2 * size))
-        y0 = int(rng.integers(size, height - 2 * size))
+def _place(rng: np.random.Generator, size: int, width: int, height: int, taken: list[Box], gap: int,
+           tries: int = 100) -> Optional[Box]:
+    """A square box of side `size` at least `gap` px from every box in `taken` (None if none fits)."""
+    margin = max(1, size // 4)
+    if width - size - 2 * margin < 1 or height - size - 2 * margin < 1:
+        return None
+    for _ in range(tries):
+        x0 = int(rng.integers(margin, width - size - margin))
+        y0 = int(rng.integers(margin, height - size - margin))
         box = (x0, y0, x0 + size, y0 + size)
-        if all(_far_apart(box, other) for other in boxes):
-            break
-    return box
+        if all(box[2] + gap <= b[0] or b[2] + gap <= box[0] or box[3] + gap <= b[1] or b[3] + gap <= box[1]
+               for b in taken):
+            return box
+    return None
+
+
+def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a small 2-D grid to (height, width), pixel centres aligned (align_corners=False)."""
+
+    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        lo = np.floor(pos).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), (pos - lo).astype(np.float32)
+
+    y0, y1, wy = axis(height, coarse.shape[0])
+    x0, x1, wx = axis(width, coarse.shape[1])
+    rows = coarse[y0] * (1 - wy)[:, None] + coarse[y1] * wy[:, None]
+    return rows[:, x0] * (1 - wx) + rows[:, x1] * wx
 
 
 def render_background(height: int, width: int, seed: int) -> np.ndarray:
-    """Earth-toned texture: smooth low-frequency fields plus fine grain (uint8, h x w x 3)."""
-    import torch
-    import torch.nn.functional as F
+    """Earth-toned texture: smooth low-frequency fields plus fine grain (uint8, h x w x 3).
 
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.zeros(3, height, width)
+    numpy only: many scenes are drawn while other work holds the CPU threads.
+    """
+    rng = np.random.default_rng(seed)
+    field = np.zeros((height, width), dtype=np.float32)
     for cells, amplitude in ((6, 40.0), (40, 18.0), (200, 10.0)):
-        coarse = torch.rand(1, 1, cells, max(2, cells * width // height), generator=gen) * 2 - 1
-        field = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-        out += field * amplitude
-    base = torch.tensor([95.0, 110.0, 70.0]).view(3, 1, 1)  # greenish-brown ground
-    tint = torch.tensor([1.0, 0.9, 0.75]).view(3, 1, 1)
-    grain = (torch.rand(1, height, width, generator=gen) * 2 - 1) * 8
-    img = base + out * tint + grain
-    return img.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        coarse = rng.random((cells, max(2, cells * width // height)), dtype=np.float32) * 2 - 1
+        field += _upsample(coarse, height, width) * amplitude
+    grain = (rng.random((height, width), dtype=np.float32) * 2 - 1) * 8
+    base = np.array([95.0, 110.0, 70.0], dtype=np.float32)  # greenish-brown ground
+    tint = np.array([1.0, 0.9, 0.75], dtype=np.float32)
+    img = base + field[..., None] * tint + grain[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def shape_mask(shape: str, size: int) -> np.ndarray:
-    """Boolean mask (size x size) of a shape filling its box."""
+def disc_mask(size: int, inner: float = 0.0) -> np.ndarray:
+    """Boolean (size x size): a disc filling the box, or an annulus with inner radius `inner` x outer."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    if shape == "circle":
-        c = size / 2
-        return (xx - c) ** 2 + (yy - c) ** 2 <= c * c
-    if shape == "square":
-        return np.ones((size, size), dtype=bool)
-    if shape == "triangle":  # apex up, base at the bottom
-        half = size / 2
-        return np.abs(xx - half) <= half * yy / size
-    raise ValueError(f"unknown shape {shape!r}")
+    c = size / 2
+    d2 = (xx - c) ** 2 + (yy - c) ** 2
+    return (d2 <= c * c) & (d2 >= (inner * c) ** 2 if inner > 0 else True)
 
 
 def render_scene(scene: Scene) -> np.ndarray:
     """The full-resolution RGB image of a scene (uint8, h x w x 3)."""
     img = render_background(scene.height, scene.width, scene.background_seed)
-    for obj in scene.objects:
-        x0, y0, x1, y1 = obj.box
-        mask = shape_mask(obj.shape, x1 - x0)
-        img[y0:y1, x0:x1][mask] = DECOY_COLOURS[obj.colour] if obj.decoy else COLOURS[obj.colour]
+
+    def paint(box: Box, mask: np.ndarray, rgb: tuple[int, int, int]) -> None:
+        x0, y0, x1, y1 = box
+        img[y0:y1, x0:x1][mask] = rgb
+
+    for ring in scene.rings:
+        size = ring.box[2] - ring.box[0]
+        paint(ring.box, disc_mask(size, inner=1.0 - 2.0 * RING_WIDTH), RING_RGB)
+        if ring.dot is not None:
+            paint(ring.dot.box, disc_mask(ring.dot.box[2] - ring.dot.box[0]), COLOURS[ring.dot.colour])
+    for dot in scene.loose_dots:
+        paint(dot.box, disc_mask(dot.box[2] - dot.box[0]), COLOURS[dot.colour])
     return img
 
 
@@ -184,44 +222,19 @@ def write_scene(scene: Scene, path: str | Path, overviews: Iterable[int] = (2, 4
 class Question:
     question: str
     answer: str
-    kind: str  # "colour" | "count"
-    boxes: tuple[tuple[int, int, int, int], ...] = field(default_factory=tuple)
+    boxes: tuple[Box, ...]  # the dot the answer needs
+    marker: Box  # the ring around it (what is visible at base scale)
 
 
-def scene_questions(scene: Scene, kinds: Sequence[str] = ("colour",)) -> list[Question]:
-    """Questions answerable only by looking at small objects, with the boxes they need.
-
-    colour: "What colour is the triangle?" for every coloured object whose shape occurs exactly once
-            among the coloured objects (decoys have other shapes).
-    count:  "How many circles are there?" for every shape (answers may be "zero"), decoys included.
-    """
-    out: list[Question] = []
-    by_shape: dict[str, list[SceneObject]] = {s: [] for s in SHAPES}
-    for obj in scene.objects:
-        if not obj.decoy:
-            by_shape[obj.shape].append(obj)
-    if "colour" in kinds:
-        for shape, objs in by_shape.items():
-            if len(objs) == 1:
-                out.append(Question(f"What colour is the {shape}?", objs[0].colour, "colour", (objs[0].box,)))
-    if "count" in kinds:
-        by_shape = {s: [o for o in scene.objects if o.shape == s] for s in SHAPES}
-        for shape, objs in by_shape.items():
-            out.append(
-                Question(f"How many {PLURAL[shape]} are there?", NUMBER_WORDS[len(objs)], "count",
-                         tuple(o.box for o in objs))
-            )
-    return out
+def scene_questions(scene: Scene) -> list[Question]:
+    """The scene's one question: the colour of the dot in the (only dotted) white ring."""
+    target = scene.target
+    assert target.dot is not None
+    return [Question(QUESTION, target.dot.colour, (target.dot.box,), target.box)]
 
 
-def write_dataset(
-    out_dir: str | Path,
-    seeds: Iterable[int],
-    spec: SceneSpec = SceneSpec(),
-    kinds: Sequence[str] = ("colour",),
-    name: str = "needle",
-) -> Path:
-    """Rasters + a LLaVA-format conversation JSON (with extra "answer"/"boxes" keys) for `seeds`.
+def write_dataset(out_dir: str | Path, seeds: Iterable[int], spec: SceneSpec = SceneSpec(), name: str = "needle") -> Path:
+    """Rasters + a LLaVA-format conversation JSON (with extra "boxes"/"marker" keys) for `seeds`.
 
     Returns the JSON path; image paths in it are relative to the JSON's folder.
     """
@@ -229,18 +242,18 @@ def write_dataset(
     records = []
     for seed in seeds:
         scene = make_scene(seed, spec)
-        image = f"images/{name}_{seed:05d}.tif"
+        image = f"images/{name}_{seed:07d}.tif"
         write_scene(scene, out_dir / image)
-        for qi, q in enumerate(scene_questions(scene, kinds)):
+        for qi, q in enumerate(scene_questions(scene)):
             records.append({
-                "id": f"{name}_{seed:05d}_{qi}",
+                "id": f"{name}_{seed:07d}_{qi}",
                 "image": image,
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{q.question}"},
                     {"from": "gpt", "value": q.answer},
                 ],
-                "kind": q.kind,
                 "boxes": [list(b) for b in q.boxes],
+                "marker": list(q.marker),
                 "image_size": [scene.width, scene.height],
             })
     path = out_dir / f"{name}.json"
