@@ -191,3 +191,52 @@ def test_plain_source_without_pad_keyword():
     assert pyr.thumbnail()[0, 0].tolist() == [200, 200, 200] and pyr.thumbnail()[-1, -1].tolist() == [0, 0, 0]
     fine = pyr.geometry.levels[-1]
     assert pyr.tile(fine, fine.grid[0] - 1, fine.grid[1] - 1)[-1, -1].tolist() == [0, 0, 0]
+
+
+def test_explicit_stretch_is_what_the_display_shows(rasters):
+    """A renderer's min/max applies to 8-bit data too (QGIS stretches it), per chosen band."""
+    src = RasterSource.open(rasters["rgb8"])
+    raw = src.read_rgb((0, 0, 64, 64), (64, 64))
+    src.close()
+    src = RasterSource.open(rasters["rgb8"], stretch=[[0, 127], [0, 255], [64, 191]])
+    out = src.read_rgb((0, 0, 64, 64), (64, 64))
+    assert src.explicit_stretch and [(s.low, s.high) for s in src.stretch] == [(0, 127), (0, 255), (64, 191)]
+    expect_r = np.clip(np.round(raw[..., 0].astype(np.float32) * 255 / 127), 0, 255)
+    expect_b = np.clip(np.round((raw[..., 2].astype(np.float32) - 64) * 255 / 127), 0, 255)
+    assert np.abs(out[..., 0].astype(int) - expect_r).max() <= 1
+    assert np.array_equal(out[..., 1], raw[..., 1])
+    assert np.abs(out[..., 2].astype(int) - expect_b).max() <= 1
+    src.close()
+
+
+def test_explicit_stretch_replaces_the_percentiles_of_16_bit_data(rasters):
+    auto = RasterSource.open(rasters["u16"])
+    fixed = RasterSource.open(rasters["u16"], stretch=[[0, 65535]] * 3)
+    assert [(s.low, s.high) for s in fixed.stretch] == [(0.0, 65535.0)] * 3
+    assert auto.stretch[0].high < 65535  # the percentiles, not the full range
+    a, b = auto.read_rgb((0, 0, 200, 200), (50, 50)), fixed.read_rgb((0, 0, 200, 200), (50, 50))
+    assert not np.array_equal(a, b)
+
+
+def test_stretch_pairs_must_match_the_bands(rasters):
+    from lrs_focus.errors import BandError
+
+    with pytest.raises(BandError, match="stretch pair"):
+        RasterSource.open(rasters["rgb8"], stretch=[[0, 100]])
+    grey = RasterSource.open(rasters["grey"], stretch=[[10, 20]])
+    assert len(grey.stretch) == 1
+    pal = RasterSource.open(rasters["palette"], stretch=[[0, 1]])  # palettes ignore a stretch
+    assert not pal.explicit_stretch
+
+
+def test_identity_changes_when_the_file_changes(rasters, tmp_path):
+    import os
+    import shutil
+
+    copy = tmp_path / "copy.tif"
+    shutil.copyfile(rasters["grey"], copy)
+    first = RasterSource.open(copy).identity()
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert RasterSource.open(copy).identity() != first
+    assert first[0] == str(copy) and first[1] and first[1][0][0] == str(copy)
