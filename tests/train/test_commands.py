@@ -33,8 +33,8 @@ def test_quick_needle_json_shape(quick):
     assert set(doc["control_recall_top25"]) == set(doc["rfm_recall_top25"]) == {"before", "after"}
     assert {"thumbnail", "all_tiles", "coarse_to_fine"} <= set(doc["accuracy"])
     assert {"all_tiles", "coarse_to_fine"} <= set(doc["llm_vision_tokens"])
-    recalls = [doc["teacher_recall_top25"], *doc["control_recall_top25"].values(), *doc["rfm_recall_top25"].values(),
-               *doc["accuracy"].values()]
+    recalls = [doc["teacher_recall_top25"], *doc["rfm_recall_top25"].values(), *doc["accuracy"].values(),
+               *(r[k] for r in doc["control_runs"] for k in ("before", "after"))]
     assert all(0.0 <= r <= 1.0 and abs(r * n - round(r * n)) < 1e-9 for r in recalls), recalls  # counts of n
     assert 0.0 < doc["chance_top25"] < 1.0
     assert doc["teacher_layer"] == doc["config"]["rfm_layer_list"][-1]
@@ -53,10 +53,14 @@ def test_quick_needle_tokens_follow_the_modes(quick):
     assert tiles["coarse_to_fine"] < tiles["all_tiles"]
 
 
-def test_quick_needle_control_distillation_lowers_its_loss(quick):
-    control = quick["training"]["control"]
-    assert control[-1]["distill"] < control[0]["distill"], control
-    assert all(h["lm"] == 0.0 for h in control)  # the control trains the RFM only, on distillation alone
+def test_quick_needle_controls_distillation_lowers_their_loss(quick):
+    runs, histories = quick["control_runs"], quick["training"]["controls"]
+    assert len(runs) == len(histories) == quick["config"]["controls"] == 2
+    for key in ("before", "after"):
+        assert quick["control_recall_top25"][key] == pytest.approx(sum(r[key] for r in runs) / len(runs))
+    for control in histories:
+        assert control[-1]["distill"] < control[0]["distill"], control
+        assert all(h["lm"] == 0.0 for h in control)  # controls train the RFM only, on distillation alone
 
 
 def test_same_seed_same_numbers_other_seed_other_data(quick, tmp_path):

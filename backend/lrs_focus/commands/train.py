@@ -43,7 +43,7 @@ def register(subparsers) -> None:
     needle = inner.add_parser("needle", help="train a tiny model on synthetic needle scenes and report focus/accuracy")
     needle.add_argument("--seed", type=int, default=0, dest="needle_seed")
     needle.add_argument("--steps", type=int, default=None, dest="needle_steps",
-                        help="LVLM SFT steps (default 3000; distillation and control keep theirs)")
+                        help="LVLM SFT steps (default 4000; distillation and controls keep theirs)")
     needle.add_argument("--quick", action="store_true", help="seconds-long smoke run (figures meaningless)")
     needle.add_argument("--workdir", help="keep scenes and checkpoint here (scenes are reused on rerun)")
     add_json_flag(needle)
@@ -75,7 +75,8 @@ def _needle_text(doc: dict) -> str:
         "recall of the dot among the top 25% base-level tokens "
         f"(chance {doc['chance_top25']:.2f}): teacher (LLM layer {doc['teacher_layer']}) {doc['teacher_recall_top25']:.2f}",
         f"  RFM, paper initialisation: before {rfm['before']:.2f}  after {rfm['after']:.2f}",
-        f"  control RFM (untrained LLM's layers): before {ctl['before']:.2f}  after {ctl['after']:.2f}",
+        f"  control RFMs (untrained LLMs' layers, mean of {len(doc['control_runs'])}): before {ctl['before']:.2f}"
+        f"  after {ctl['after']:.2f}",
         "accuracy   " + "   ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in a.items()),
         "LLM vision tokens   " + "   ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in t.items()),
         f"time {doc['timings']['total']:.0f} s wall, {doc['cpu_seconds']['total']:.0f} s CPU",

@@ -12,10 +12,12 @@ base level but the dot is 1-2 px there and legible only after zooming in:
    among its top 25%?
 3. RFM with the paper's initialisation (copies of LLM layers [l0-1] + llm_layer_list): recall
    before, then SFT with LM loss + the paper's distillation loss, recall after.
-4. Control: the same trained LVLM with an RFM copied from an *untrained* LLM's layers, distilled
-   with the LLM frozen; recall before and after. In a 4-layer LLM the paper's initialisation
-   already attends much like its teacher, so only the control isolates what distillation itself
-   transfers.
+4. Controls: the same trained LVLM with an RFM copied from an *untrained* LLM's layers, distilled
+   with the LLM frozen; recall before and after, averaged over `controls` untrained LLMs (an
+   untrained RFM ranks the distinctive ring tokens by a random projection: all near the top or
+   all near the bottom, 0.02 to 0.98 over 12 draws, so one draw says little). In a 4-layer LLM
+   the paper's initialisation already attends like its teacher, so only the controls isolate
+   what distillation itself transfers.
 5. The checkpoint is saved in the released layout and loaded by `Engine`, which answers every
    held-out question in modes thumbnail, all-tiles, base tiles (all-tiles limited to the base
    level: can the base level alone answer?) and paper (coarse-to-fine, Algorithm 1).
@@ -63,9 +65,10 @@ class NeedleConfig:
     seed: int = 0
     train_images: int = 2000
     test_images: int = 200
-    lvlm_steps: int = 3000  # phase 1: LM loss only
+    lvlm_steps: int = 4000  # phase 1: LM loss only
     distill_steps: int = 400  # phase 3: LM + distillation (paper initialisation)
-    control_steps: int = 400  # control: RFM from an untrained LLM's layers, distillation only
+    control_steps: int = 300  # controls: RFM from an untrained LLM's layers, distillation only
+    controls: int = 5  # untrained LLMs the control starts from (figures are their mean)
     batch_size: int = 8
     lr: float = 1e-3  # phase 1
     distill_lr: float = 3e-4  # LVLM during phase 3: keep what phase 1 learned
@@ -93,7 +96,7 @@ class NeedleConfig:
     @classmethod
     def quick(cls, **kw: Any) -> "NeedleConfig":
         """Tens of seconds, for tests and smoke runs: the figures mean nothing at this size."""
-        small = dict(train_images=16, test_images=4, lvlm_steps=8, distill_steps=4, control_steps=6, batch_size=4,
+        small = dict(train_images=16, test_images=4, lvlm_steps=8, distill_steps=4, control_steps=6, controls=2, batch_size=4,
                      test_spec=SceneSpec(size_range=(672, 672)))
         small.update(kw)
         return cls(**small)
@@ -158,12 +161,15 @@ def focus_recall(model: Any, tokenizer: Any, items: list[Item], views: ViewCache
     return {"rfm": rfm_hits / d, "teacher": {layer: h / d for layer, h in teacher_hits.items()}, "chance": chance / d, "n": n}
 
 
-def untrained_rfm(model: Any, cfg: NeedleConfig) -> Any:
-    """A copy of `model` whose RFM is copied from an untrained LLM's layers (the control's start)."""
+CONTROL_SEED_OFFSET = 7_000  # untrained LLMs of the controls: seeds no trained model uses
+
+
+def untrained_rfm(model: Any, cfg: NeedleConfig, index: int = 0) -> Any:
+    """A copy of `model` whose RFM is copied from untrained LLM number `index`'s layers (a control's start)."""
     from ..model.tiny import build_tiny
 
     control = copy.deepcopy(model)
-    untrained, _ = build_tiny(cfg.family, seed=cfg.seed + 7)
+    untrained, _ = build_tiny(cfg.family, seed=CONTROL_SEED_OFFSET + 100 * cfg.seed + index)
     untrained.init_rfm_from_llm(model.config.rfm_init_layers)
     control.rfm.load_state_dict(untrained.rfm.state_dict())
     return control
@@ -280,13 +286,17 @@ def _run(cfg: NeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
     after = focus_recall(model, tokenizer, test_items, views, cfg.alpha, all_layers)
     clock.lap("train_distill")
 
-    control = untrained_rfm(model, cfg)
-    control_before = focus_recall(control, tokenizer, test_items, views, cfg.alpha)
-    control_run = train(control, tokenizer, train_items,
-                        step_cfg(cfg.control_steps, lr=cfg.distill_lr, rfm_lr=cfg.rfm_lr, train="rfm", seed=cfg.seed + 2),
-                        views=views, progress=progress)
-    control_after = focus_recall(control, tokenizer, test_items, views, cfg.alpha)
-    del control
+    controls = []
+    for i in range(cfg.controls):
+        control = untrained_rfm(model, cfg, i)
+        control_before = focus_recall(control, tokenizer, test_items, views, cfg.alpha)["rfm"]
+        distilled = train(control, tokenizer, train_items,
+                          step_cfg(cfg.control_steps, lr=cfg.distill_lr, rfm_lr=cfg.rfm_lr, train="rfm",
+                                   seed=cfg.seed + 2 + i),
+                          views=views, progress=progress)
+        controls.append({"before": control_before, "after": focus_recall(control, tokenizer, test_items, views, cfg.alpha)["rfm"],
+                         "history": distilled.history})
+        del control
     clock.lap("control")
 
     ckpt = save_checkpoint(model, tokenizer, work / "checkpoint")
@@ -297,7 +307,9 @@ def _run(cfg: NeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
         "n_questions": len(test_items),
         "chance_top25": after["chance"],
         "teacher_recall_top25": after["teacher"][teacher_layer],
-        "control_recall_top25": {"before": control_before["rfm"], "after": control_after["rfm"]},
+        "control_recall_top25": {k: float(np.mean([c[k] for c in controls])) if controls else None
+                                 for k in ("before", "after")},
+        "control_runs": [{"before": c["before"], "after": c["after"]} for c in controls],
         "rfm_recall_top25": {"before": before["rfm"], "after": after["rfm"]},
         "accuracy": ev["accuracy"],
         "llm_vision_tokens": ev["llm_vision_tokens"],
@@ -312,7 +324,7 @@ def _run(cfg: NeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
         "n_train_questions": len(train_items),
         "chance_accuracy": 1.0 / len(cfg.test_spec.colours),
         "answer_counts": {c: sum(i.answer == c for i in test_items) for c in cfg.test_spec.colours},
-        "training": {"lvlm": lvlm.history, "distill": distill.history, "control": control_run.history},
+        "training": {"lvlm": lvlm.history, "distill": distill.history, "controls": [c["history"] for c in controls]},
         "examples": ev["examples"][:8],
         "timings": clock.wall,
         "cpu_seconds": clock.cpu,
