@@ -63,7 +63,7 @@ TEST_SEED_OFFSET = 1_000_000  # held-out scenes never share a seed with training
 @dataclass
 class NeedleConfig:
     seed: int = 0
-    train_images: int = 2000
+    train_images: int = 3000
     test_images: int = 200
     lvlm_steps: int = 4000  # phase 1: LM loss only
     distill_steps: int = 400  # phase 3: LM + distillation (paper initialisation)
