@@ -12,6 +12,8 @@ from lrs_focus.train.synthetic import (
     COLOURS,
     QUESTION,
     RING_RGB,
+    Ring,
+    Scene,
     SceneSpec,
     make_scene,
     render_background,
@@ -82,6 +84,13 @@ def test_one_question_about_the_dotted_ring():
         (q,) = scene_questions(scene)
         assert q.question == QUESTION and q.answer == scene.target.dot.colour
         assert q.boxes == (scene.target.dot.box,) and q.marker == scene.target.box
+
+
+def test_a_scene_whose_first_ring_is_empty_has_no_question():
+    scene = make_scene(3, SMALL)
+    broken = Scene(scene.seed, scene.height, scene.width, (Ring(scene.target.box),), scene.loose_dots)
+    with pytest.raises(ValueError, match="first ring"):
+        scene_questions(broken)
 
 
 def test_answers_are_balanced():

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import BadOptions
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # nosec B105: the prompt's image placeholder, not a password
 
 
 @dataclass

@@ -77,9 +77,10 @@ class NeedleConfig:
     weight_decay: float = 0.01
     family: str = "qwen2"
     # the released `llm_layer_list`: pairs (LLM 1, RFM 1) and (LLM 2, RFM 2); the RFM starts as LLM
-    # layers 0, 1, 2. The paper's teacher of the scoring layer is layer 14 of 28, the middle of the LLM;
-    # in the tiny 4-layer LLM the middle is layer 2 (the preset's [1, 3] makes the last layer the
-    # teacher, and that layer attends away from the object: see docs/training.md)
+    # layers 0, 1, 2. The paper's teacher of the scoring layer is layer 14 of 28, the middle of the
+    # LLM; in the tiny 4-layer LLM that is layer 2. The preset's [1, 3] makes the last layer the
+    # teacher; in a prototype run that layer attended away from the object (recall 0.24, layers 0-2:
+    # 0.99), in others it localised like the rest (every layer's recall is in the JSON)
     rfm_layer_list: tuple[int, ...] = (1, 2)
     train_spec: SceneSpec = SceneSpec(size_range=(336, 672), ring_range=(0.07, 0.45), dot_ratio=(0.08, 0.6),
                                       n_loose_dots=(0, 2))
@@ -95,7 +96,7 @@ class NeedleConfig:
 
     @classmethod
     def quick(cls, **kw: Any) -> "NeedleConfig":
-        """Tens of seconds, for tests and smoke runs: the figures mean nothing at this size."""
+        """Seconds, for tests and smoke runs: the figures mean nothing at this size."""
         small = dict(train_images=16, test_images=4, lvlm_steps=8, distill_steps=4, control_steps=6, controls=2, batch_size=4,
                      test_spec=SceneSpec(size_range=(672, 672)))
         small.update(kw)
@@ -334,7 +335,7 @@ def _run(cfg: NeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
 
 def _dataset(work: Path, name: str, seeds: range, spec: SceneSpec) -> Path:
     """Write the scenes once per (seeds, spec): a rerun with the same --workdir reuses them."""
-    key = hashlib.sha1(repr((name, seeds.start, seeds.stop, spec)).encode()).hexdigest()[:10]
+    key = hashlib.sha1(repr((name, seeds.start, seeds.stop, spec)).encode(), usedforsecurity=False).hexdigest()[:10]
     folder = work / f"{name}-{key}"
     path = folder / f"{name}.json"
     if path.exists():

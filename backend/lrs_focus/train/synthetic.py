@@ -229,7 +229,8 @@ class Question:
 def scene_questions(scene: Scene) -> list[Question]:
     """The scene's one question: the colour of the dot in the (only dotted) white ring."""
     target = scene.target
-    assert target.dot is not None
+    if target.dot is None:
+        raise ValueError(f"scene {scene.seed}: the first ring must hold the dot asked about")
     return [Question(QUESTION, target.dot.colour, (target.dot.box,), target.box)]
 
 
