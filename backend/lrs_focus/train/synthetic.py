@@ -3,8 +3,8 @@
 Why this task: the method needs two things a real checkpoint has and a tiny model trained in
 minutes must learn: *where* to look must be decidable at the coarse (base) level, and *what* is
 there must need a finer level. A conspicuous white ring is visible at base scale (1-1.5 tokens);
-the coloured dot at its centre (a tenth of the ring's diameter) is 1-2 px there, illegible, and
-only readable after zooming in. Decoys make the ring, not the colour, the thing to look for:
+the coloured dot at its centre (8 % of the ring's diameter in held-out scenes) is 1-2 px there,
+illegible, and only readable after zooming in. Decoys make the ring, not the colour, the thing to look for:
 loose dots of the answer colours lie outside any ring (a model that attends to "a coloured dot"
 answers wrong), and empty rings hold no dot. Every question carries the pixel box of the dot it
 asks about (and of its ring), so focus recall can be measured.
