@@ -30,19 +30,20 @@ def test_teacher_score_is_the_rfm_score_of_a_copied_layer(needle_json):
 def test_token_targets_cover_the_box(needle_json):
     model, _, _ = load_model("tiny", seed=0)
     views = ViewCache(pyramid_config(model))
-    item = expand(load_conversations(needle_json))[0]
-    v = views(item.sample.image)
-    rows, cols = v.token_grid
-    geo, base = v.geometry, v.geometry.levels[0]
-    (box,) = item.sample.extra["boxes"]
-    targets = token_targets(v, [box])
-    assert targets.shape == (rows, cols + 1) and not targets[:, cols].any()
-    assert 1 <= targets.sum() <= 4  # a dot smaller than a token touches 1 to 4 of them
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    hit = [(r, c) for r in range(rows) for c in range(cols)
-           if geo.token_window_float(base, r, c)[0] <= cx < geo.token_window_float(base, r, c)[2]
-           and geo.token_window_float(base, r, c)[1] <= cy < geo.token_window_float(base, r, c)[3]]
-    assert len(hit) == 1 and targets[hit[0]]
+    for item in expand(load_conversations(needle_json)):
+        v = views(item.sample.image)
+        rows, cols = v.token_grid
+        geo, base = v.geometry, v.geometry.levels[0]
+        (box,) = item.sample.extra["boxes"]
+        targets = token_targets(v, [box])
+        assert targets.shape == (rows, cols + 1) and not targets[:, cols].any()
+        # independently: a base token is a square of `size` original pixels on a grid from (0, 0)
+        x0, y0, x1, _ = geo.token_window_float(base, 0, 0)
+        assert (x0, y0) == (0, 0)
+        size = x1
+        expected = np.zeros_like(targets)
+        expected[int(box[1] // size): int(np.ceil(box[3] / size)), int(box[0] // size): int(np.ceil(box[2] / size))] = True
+        np.testing.assert_array_equal(targets, expected)
     assert not token_targets(v, []).any()
 
 
