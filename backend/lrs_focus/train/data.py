@@ -36,7 +36,8 @@ class Sample:
 
 @dataclass
 class ImageViews:
-    """What the model sees during training: the thumbnail and every base-level tile (uint8)."""
+    """What the model sees during training: the thumbnail and every base-level tile, on the same
+    pixel path as the engine (exact: CLIP-normalised float16; gdal: uint8)."""
 
     thumbnail: np.ndarray  # (T, T, 3)
     tiles: np.ndarray  # (n_rows * n_cols, T, T, 3), row-major
@@ -73,18 +74,25 @@ def load_conversations(path: str | Path, image_root: Optional[str | Path] = None
     return samples
 
 
-def image_views(image: str | Path, pyramid_config: Any) -> ImageViews:
-    """Thumbnail + all base-level tiles of a raster, read lazily through the project's pyramid."""
-    from ..pyramid import ImagePyramid
+def image_views(image: str | Path, pyramid_config: Any, pixels: Optional[str] = None) -> ImageViews:
+    """Thumbnail + all base-level tiles of a raster, read lazily through the engine's pixel path
+    (default: the engine's default), so that training sees the pixels inference will see."""
+    from ..answer import DEFAULT_PIXELS, make_pyramid
     from ..raster import RasterSource
 
     src = RasterSource.open(str(image))
-    pyr = ImagePyramid(src, pyramid_config)
-    geo = pyr.geometry
-    base = geo.levels[0]
-    n_rows, n_cols = base.grid
-    tiles = np.stack([pyr.tile(base, r, c) for r in range(n_rows) for c in range(n_cols)])
-    return ImageViews(pyr.thumbnail(), tiles, (n_rows, n_cols), tuple(geo.token_grid(base)), (src.height, src.width), geo)
+    try:
+        pyr = make_pyramid(src, pyramid_config, pixels or DEFAULT_PIXELS)
+        geo = pyr.geometry
+        base = geo.levels[0]
+        n_rows, n_cols = base.grid
+        tiles = np.stack([pyr.tile(base, r, c) for r in range(n_rows) for c in range(n_cols)])
+        thumbnail = pyr.thumbnail()
+    finally:
+        src.close()
+    if tiles.dtype != np.uint8:  # normalised floats: float16 halves what a cache of views holds
+        tiles, thumbnail = tiles.astype(np.float16), thumbnail.astype(np.float16)
+    return ImageViews(thumbnail, tiles, (n_rows, n_cols), tuple(geo.token_grid(base)), (src.height, src.width), geo)
 
 
 class ViewCache:
