@@ -247,7 +247,7 @@ def _load_directory(directory: Path, dtype: torch.dtype):
         tower = CLIPVisionModel.from_pretrained(str(tower_dir), dtype=dtype)
         state.update({f"vision_tower.{k}": v for k, v in tower.state_dict().items() if f"vision_tower.{k}" in model.state_dict()})
     model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True)
-    tokenizer = load_tokenizer(directory, config.family)
+    tokenizer = load_tokenizer(directory, config.family, config.text_config)
     try:
         model.separator_token_id = separator_id(tokenizer)
     except ValueError as exc:

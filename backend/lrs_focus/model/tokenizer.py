@@ -37,8 +37,11 @@ def _special_tokens(directory: Path) -> dict[str, str]:
     return found
 
 
-def load_tokenizer(directory: Path, family: str) -> Any:
-    """The checkpoint's tokenizer: SentencePiece for Llama/Vicuna with a tokenizer.model, else AutoTokenizer."""
+def load_tokenizer(directory: Path, family: str, text_config: Any = None) -> Any:
+    """The checkpoint's tokenizer: SentencePiece for Llama/Vicuna with a tokenizer.model, else AutoTokenizer.
+
+    `text_config` (the LLM's config) spares AutoTokenizer from reading config.json, whose LLaVA
+    model_type (`llava_qwen`) transformers does not know and warns about."""
     try:
         if family == "llama" and (directory / "tokenizer.model").exists():
             from transformers import SentencePieceBackend
@@ -48,6 +51,6 @@ def load_tokenizer(directory: Path, family: str) -> Any:
             return SentencePieceBackend(vocab_file=str(directory / "tokenizer.model"), legacy=True, **specials)
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(directory))
+        return AutoTokenizer.from_pretrained(str(directory), config=text_config)
     except Exception as exc:
         raise errors.ModelNotFound(f"cannot load the tokenizer of {directory}: {type(exc).__name__}: {exc}") from exc
