@@ -15,7 +15,12 @@ turn /etc/passwd into pixels that reach the model. So, by default, a served rast
   their own way (MRF, ISIS/PDS labels, SAFE/DIMAP manifests, HDF5 links...) are not on it;
 - a VRT only when every file it references (sources, warped/pansharpened inputs, overviews,
   mask bands; nested VRTs too) passes the same policy; raw raster bands and Python pixel
-  functions are refused outright.
+  functions are refused outright;
+- with side-car files that pass too: GDAL opens the files beside a raster by name (X.ovr and
+  X.msk with any driver, X.aux.xml whose OVERVIEW_FILE item names any dataset, world files...),
+  so a FIFO there would block the engine's own open and a link or VRT there would leave the
+  roots. Such files must be regular (directories aside) and inside the roots, .ovr/.msk files
+  pass the whole policy, and an .aux.xml naming an OVERVIEW_FILE is refused.
 
 Network rasters (/vsicurl/https://..., /vsis3/..., /vsigs/, /vsiaz/...) only with
 `serve --allow-remote`; even then /vsicurl/ URLs whose host is or resolves to a loopback,
@@ -57,6 +62,8 @@ NETWORK_PREFIXES = ("/vsicurl/", "/vsis3/", "/vsigs/", "/vsiaz/", "/vsiadls/", "
 #: VRT elements whose text names another dataset (GDAL matches XML names case-insensitively).
 VRT_REFERENCE_TAGS = frozenset({"sourcefilename", "sourcedataset"})
 MAX_VRT_BYTES = 16 << 20
+#: Side-car files that GDAL opens as datasets (with any driver): checked like the raster itself.
+SIDECAR_DATASETS = (".ovr", ".msk")
 MAX_VRT_DEPTH = 8
 #: An extension no file has: GDAL's /vsicurl/ family then considers every remote file absent
 #: (CPL_VSIL_CURL_ALLOWED_EXTENSIONS), so not a single request leaves the process.
@@ -119,6 +126,8 @@ class AccessPolicy:
             resolved = self._local(path)
         if resolved in seen:
             raise RasterForbidden("the VRT references itself")
+        if not path.lower().startswith("/vsi"):
+            self._check_sidecars(path, resolved, depth, seen | {resolved})
         driver = self._driver(resolved)
         if driver == "VRT":
             self._check_vrt(resolved, depth, seen | {resolved})
@@ -140,6 +149,46 @@ class AccessPolicy:
             kind = _KIND.get(stat.S_IFMT(st.st_mode), "not a regular file")
             raise RasterForbidden(f"{path}: is {kind}, not a regular raster file")
         return real
+
+    def _check_sidecars(self, path: str, resolved: str, depth: int, seen: set) -> None:
+        """The files GDAL may open beside a raster (`_is_sidecar`), in the folder of the name
+        GDAL is given (`resolved` for the asked raster, `path` for a VRT's source; both, to be safe)."""
+        places = {(os.path.dirname(resolved), os.path.basename(resolved)),
+                  (os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))}
+        for folder, name in places:
+            try:
+                entries = [e.path for e in os.scandir(folder) if _is_sidecar(e.name, name)]
+            except OSError:
+                continue  # the raster's own checks report an unreadable folder
+            for entry in entries:
+                self._check_sidecar(name, entry, depth, seen)
+
+    def _check_sidecar(self, name: str, sidecar: str, depth: int, seen: set) -> None:
+        shown = f"{name}: the file {os.path.basename(sidecar)!r} beside it"
+        real = os.path.realpath(sidecar)
+        if self._real_roots and not any(_inside(real, root) for root in self._real_roots):
+            raise RasterForbidden(f"{shown} is not inside the folders this server may read")
+        try:
+            st = os.stat(real)
+        except OSError:
+            return  # a dangling link: GDAL cannot open it either
+        if stat.S_ISDIR(st.st_mode):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise RasterForbidden(f"{shown} is {_KIND.get(stat.S_IFMT(st.st_mode), 'not a regular file')}")
+        lower = sidecar.lower()
+        if lower.endswith(SIDECAR_DATASETS) and real not in seen:
+            try:
+                self._check(sidecar, depth + 1, seen)
+            except (RasterForbidden, RasterNotFound, NotARaster, RasterUnreadable) as exc:
+                raise RasterForbidden(f"{shown} is refused: {exc}") from None
+        elif lower.endswith(".aux.xml"):
+            try:
+                data = _read_capped(real)
+            except (OSError, RasterForbidden):
+                raise RasterForbidden(f"{shown} cannot be checked") from None
+            if b"OVERVIEW_FILE" in data.upper():
+                raise RasterForbidden(f"{shown} names an OVERVIEW_FILE (any dataset): not served")
 
     def _remote(self, path: str) -> str:
         prefix = next((p for p in NETWORK_PREFIXES if path.startswith(p)), None)
@@ -201,6 +250,15 @@ class AccessPolicy:
             self._check(source, depth + 1, seen)
         except (RasterForbidden, RasterNotFound, NotARaster, RasterUnreadable) as exc:
             raise type(exc)(f"a source of {path} is refused: {exc}") from None
+
+
+def _is_sidecar(candidate: str, name: str) -> bool:
+    """GDAL's side-cars of `name`: name.EXT... (.ovr, .msk, .aux.xml), stem.EXT (world files,
+    .aux, .imd, .rpb) and stem_rpc.txt, whatever the case."""
+    low, name = candidate.lower(), name.lower()
+    stem = os.path.splitext(name)[0]
+    return low != name and (low.startswith(name + ".") or low == stem + "_rpc.txt"
+                            or (low.startswith(stem + ".") and "." not in low[len(stem) + 1:]))
 
 
 def _local_name(name: str) -> str:

@@ -229,6 +229,44 @@ def test_vrt_xml_tricks_are_refused(tree, trick):
     assert str(outside) not in str(exc)
 
 
+def overview_file(target: str) -> str:
+    return f'<PAMDataset><Metadata domain="OVERVIEWS"><MDI key="OVERVIEW_FILE">{target}</MDI></Metadata></PAMDataset>'
+
+
+def test_side_cars_that_gdal_opens_obey_the_policy(tree):
+    """GDAL opens X.aux.xml's OVERVIEW_FILE (any dataset) and X.ovr / X.msk (any driver) beside
+    a raster, and reads world files: each is shown to reach the outside file with plain GDAL."""
+    import shutil
+
+    root, outside = tree
+    policy = AccessPolicy(roots=(str(root),))
+    for name in ("aux.tif", "ovr.tif", "msk.tif", "fifo.tif", "vrtovr.tif", "fine.tif"):
+        shutil.copy(root / "ok.tif", root / name)
+    secret = str(outside / "secret.tif")
+    (root / "aux.tif.aux.xml").write_text(overview_file(secret))
+    (root / "ovr.tif.ovr").symlink_to(secret)
+    (root / "msk.tif.msk").symlink_to(secret)
+    for name in ("aux.tif", "ovr.tif"):
+        ds = gdal.Open(str(root / name))
+        assert secret in ds.GetFileList() + [os.path.realpath(f) for f in ds.GetFileList()], name
+        assert ds.GetRasterBand(1).GetOverviewCount() == 1, "plain GDAL reads the outside file as an overview"
+    vrt(root / "vrtovr.tif.ovr", raw_band("/etc/passwd"), size=32)
+    os.mkfifo(root / "fifo.tfw")
+    (root / "fine.tif.aux.xml").write_text('<PAMDataset><Metadata><MDI key="a">b</MDI></Metadata></PAMDataset>')
+    shutil.copy(root / "ok.tif", root / "fine.tif.ovr")
+    (root / "fine.tif.d").mkdir()
+    (root / "fine_2020.tif").symlink_to(secret)  # not a side-car GDAL opens
+    for name in ("aux.tif", "ovr.tif", "msk.tif", "fifo.tif", "vrtovr.tif"):
+        exc = refused(policy, root / name)
+        assert exc.code == "raster_forbidden", (name, exc.code, str(exc))
+        assert str(outside) not in str(exc)
+    (root / "vrt.vrt").write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64">{band("aux.tif", relative=1)}'
+                                  "</VRTDataset>")
+    assert refused(policy, root / "vrt.vrt").code == "raster_forbidden", "a VRT source's side-cars too"
+    assert refused(AccessPolicy(), root / "aux.tif").code == "raster_forbidden", "an OVERVIEW_FILE, roots or not"
+    assert policy.check(str(root / "fine.tif")) == os.path.realpath(root / "fine.tif")
+
+
 def test_self_reference_and_depth(tree):
     root, _ = tree
     vrt(root / "loop.vrt", band("loop.vrt", relative=1))

@@ -135,6 +135,33 @@ def test_hostile_rasters_are_refused_by_the_process(served, http_server):
     assert done.returncode == 2 and "error [raster_forbidden]" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
+def test_a_fifo_named_by_a_side_car_cannot_wedge_the_worker(served):
+    """X.aux.xml's OVERVIEW_FILE makes GDAL open a FIFO in the engine's own (unbounded) open,
+    past the open timeout: the worker would hang for good. It must be refused up front."""
+    import shutil
+
+    server, root, outside = served
+    shutil.copy(root / "ok.tif", root / "wedge.tif")
+    os.mkfifo(outside / "wedge.fifo")
+    (root / "wedge.tif.aux.xml").write_text('<PAMDataset><Metadata domain="OVERVIEWS"><MDI key="OVERVIEW_FILE">'
+                                            f'{outside / "wedge.fifo"}</MDI></Metadata></PAMDataset>')
+    sock = socket_to(server)  # a raw socket: a Client would wait for a live server's stuck job forever
+    try:
+        sock.send(P.encode(P.ask(str(root / "wedge.tif"), "what is there?")))
+        got = []
+        while sock.poll(20_000):
+            got.append(P.decode(sock.recv(), P.MAX_REPLY_BYTES))
+            if P.is_terminal(got[-1]):
+                break
+    finally:
+        sock.close()
+    assert got and P.is_terminal(got[-1]), f"no terminal within 20 s: {[r['type'] for r in got]}"
+    assert got[-1].get("code") == "raster_forbidden", got[-1]
+    with Client(server.endpoint, timeout_s=60) as c:
+        assert c.ask(str(root / "ok.tif"), "still serving?")["answer"] is not None
+
+
 def test_refused_configurations_exit_before_loading_the_model(tmp_path):
     keys = tmp_path / "keys"
     assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
