@@ -266,6 +266,8 @@ def _field(msg: Dict[str, Any], name: str, types: tuple, rid: Optional[str], *, 
         raise ProtocolError(BAD_REQUEST, f"field {name!r} is longer than {max_chars} characters", rid)
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError(BAD_REQUEST, f"field {name!r} must be finite", rid)
+    if float in types and isinstance(value, int) and not _is_finite(value):
+        raise ProtocolError(BAD_REQUEST, f"field {name!r} is too large for a number", rid)
     return value
 
 
@@ -312,7 +314,16 @@ def validate_ask_options(options: Any, rid: Optional[str] = None) -> Dict[str, A
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and _is_finite(value)
+
+
+def _is_finite(value: Any) -> bool:
+    """math.isfinite, except that a JSON integer too large for a float (1e400 written out) is not
+    finite instead of raising OverflowError (which would answer `internal`)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def validate_request(msg: Dict[str, Any]) -> Dict[str, Any]:

@@ -94,6 +94,23 @@ def test_replies_that_cannot_be_encoded_become_one_internal_error(make_server, f
     sock.close()
 
 
+def test_integers_too_large_for_a_float_are_bad_requests_not_internal_errors(make_server, fake, caplog):
+    """JSON integers have no size limit: 1e400 written out used to raise OverflowError in the
+    validators and the engine (answered `internal`, logged with a traceback per frame)."""
+    engine = fake.FakeEngine()
+    server = make_server(engine=engine)
+    sock = raw_socket(server)
+    huge = "1" + "0" * 400
+    for i, options in enumerate([f'{{"alpha":{huge}}}', f'{{"window":[0,0,{huge},5]}}',
+                                 f'{{"stretch":[[0,{huge}]]}}', f'{{"alpha":-{huge}}}']):
+        sock.send(f'{{"v":1,"type":"ask","id":"h{i}","raster":"/a.tif","question":"q","options":{options}}}'.encode())
+        got = replies(sock, 2.0)
+        assert [(r["type"], r.get("code"), r["id"]) for r in got] == [("error", P.BAD_REQUEST, f"h{i}")], (options, got)
+    sock.close()
+    assert engine.calls == 0
+    assert not [r for r in caplog.records if "internal error" in r.getMessage()]
+
+
 # -- jobs belong to their client ---------------------------------------------------------------
 def test_status_and_cancel_only_for_the_callers_own_jobs(make_server, clients, fake):
     server = make_server(engine=fake.FakeEngine(stage_s=0.1))
