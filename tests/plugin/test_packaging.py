@@ -76,6 +76,16 @@ def test_shared_modules_need_only_what_qgis_python_has(name):
     assert "UseExceptions" not in (REPO / "backend" / "lrs_focus" / name).read_text()  # global GDAL state of QGIS
 
 
+def test_plugin_refuses_exactly_the_formats_the_backend_does_not_serve():
+    """raster_check.SERVED_DRIVERS is a copy of the backend's access policy (the plugin may not import it)."""
+    from lrs_focus.access import DEFAULT_DRIVERS
+
+    tree = ast.parse((REPO / "qgis_plugin" / "raster_check.py").read_text(encoding="utf-8"))
+    served = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", "") == "SERVED_DRIVERS" for t in node.targets))
+    assert set(ast.literal_eval(served.args[0])) == set(DEFAULT_DRIVERS)
+
+
 def test_metadata_fields():
     meta = _metadata((REPO / "metadata.txt").read_text(encoding="utf-8"))
     assert all(meta.get(k, "").strip() for k in REQUIRED)

@@ -37,13 +37,19 @@ def test_backend_killed_during_job(run_qgis, fresh_backend, sentinel2_vrt):
     assert doc["ticks"] >= 0.5 * doc["seconds"] / 0.05
 
 
-def test_web_and_memory_layers_refused(run_qgis, sentinel2_vrt):
-    doc = run_qgis("refuse_layers.py", sentinel2_vrt)
-    assert doc["combo"] == ["file raster"]
+def test_web_and_memory_layers_refused(run_qgis, sentinel2_vrt, tmp_path):
+    doc = run_qgis("refuse_layers.py", sentinel2_vrt, tmp_path)
+    # GDAL-provider layers are listed (the dock's note under the combo says why one cannot be asked)
+    assert sorted(doc["combo"]) == ["erdas", "file raster", "geopackage", "geopackage table", "zipped"]
     assert "'wms' provider" in doc["reasons"]["a WMS layer"] and "GeoTIFF" in doc["reasons"]["a WMS layer"]
     assert "'wms' provider" in doc["reasons"]["xyz tiles"]
     assert "not a raster layer" in doc["reasons"]["a memory layer"]
     assert doc["reasons"]["file raster"] == "" and doc["good_path"] == str(sentinel2_vrt)
+    # file rasters the backend would refuse with a puzzling code (raster_not_found, not_a_raster...)
+    assert "inside an archive (zip)" in doc["reasons"]["zipped"] and "Extract it" in doc["reasons"]["zipped"]
+    assert "GPKG file, which the backend does not read" in doc["reasons"]["geopackage"]
+    assert "table of a GPKG container" in doc["reasons"]["geopackage table"]
+    assert "HFA file" in doc["reasons"]["erdas"] and "GeoTIFF" in doc["reasons"]["erdas"]
     assert not doc["task_started"]
     assert any("'wms' provider" in m for m in doc["messages"])
 
