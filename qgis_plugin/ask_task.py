@@ -54,6 +54,7 @@ class AskTask(QgsTask):
         self.launcher = launcher if backend.start_command else None
         self.store = store
         self.add_layers = add_layers
+        self.project_closed = False  # set on the main thread when the project is closed meanwhile
         self.result: Optional[dict[str, Any]] = None
         self.stored = None  # results_store.StoredResult once filed
         self.store_error = ""

@@ -90,6 +90,7 @@ class LrsFocusPlugin:
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
         project.cleared.connect(self._refresh_history)
+        project.cleared.connect(self._project_closed)
         self._refresh_history()
         self._watch_layer(self.dock.layer_combo.currentLayer())
         self.zmq_problem = zmq_problem()
@@ -111,9 +112,10 @@ class LrsFocusPlugin:
             self.iface.removeToolBarIcon(action)
         self.actions = []
         project = QgsProject.instance()
-        for signal in (project.readProject, project.cleared):
+        for signal, slot in ((project.readProject, self._refresh_history), (project.cleared, self._refresh_history),
+                             (project.cleared, self._project_closed)):
             try:
-                signal.disconnect(self._refresh_history)
+                signal.disconnect(slot)
             except TypeError:
                 pass
         self._watch_layer(None)
@@ -163,15 +165,24 @@ class LrsFocusPlugin:
             self.dock.show_stage("cancelling...")
             self.task.cancel()
 
+    def _project_closed(self) -> None:
+        """The project was closed (New, Open, Close) while a question ran: its answer must not land in the next one."""
+        if self.task is not None:
+            self.task.add_layers = False
+            self.task.project_closed = True
+
     def _answered(self, task, result: dict, layers: list) -> None:
         self.task = None
         if self.dock is None:  # unloaded while the task ran
             return
-        self.last_layers = layers
         answer = str(result.get("answer", ""))
         if (result.get("model") or {}).get("random_weights"):
             answer += f" {RANDOM_WEIGHTS_NOTE}"
         self.dock.show_running(False)
+        if getattr(task, "project_closed", False):
+            self._answered_after_close(task, answer)
+            return
+        self.last_layers = layers
         self.dock.show_answer(answer)
         counts = result.get("counts") or {}
         self.dock.show_stage(
@@ -199,6 +210,18 @@ class LrsFocusPlugin:
         self._notify_after_task_notice(f"Answer: {answer}", "success", 10)
         if layers:
             self.zoom_to_focus()
+
+    def _answered_after_close(self, task, answer: str) -> None:
+        """Neither layers nor history go to the project now open; say where the answer was filed."""
+        stored = task.stored
+        where = (f"It is filed in {stored.gpkg_path} (layer {stored.tiles_layer})" if stored
+                 else "It could not be filed")
+        self.dock.show_answer(answer)
+        self.dock.zoom_button.setEnabled(False)
+        self.dock.show_stage(f"answered after its project was closed: not added to this project. {where}.")
+        self._notify_after_task_notice(
+            f"The answer to \"{task.request.question}\" arrived after its project was closed, so it was not added "
+            f"to this project. {where}. Answer: {answer}", "warning", 0)
 
     def _failed(self, code: str, message: str) -> None:
         self.task = None

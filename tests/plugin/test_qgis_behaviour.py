@@ -18,6 +18,17 @@ def test_cancel_from_dock(run_qgis, backend, sentinel2_vrt):
     assert doc["ask_enabled"] and doc["dock_stage"] == "cancelled"
 
 
+def test_answer_after_project_closed_stays_out_of_the_next_project(run_qgis, backend, sentinel2_vrt, tmp_path):
+    doc = run_qgis("dock_project_closed.py", backend.endpoint, sentinel2_vrt, tmp_path)
+    assert doc["finished"] and doc["cleared"] and doc["answered"], doc
+    assert doc["layers"] == 0 and doc["groups"] == [] and doc["map_layers"] == 0
+    assert doc["history"] == 0  # the new project's history does not get the old project's answer
+    first = str(tmp_path / "first_lrs_focus.gpkg")
+    assert doc["filed"] == first
+    assert doc["dock_answer"]
+    assert any("after its project was closed" in m and first in m for m in doc["messages"]), doc["messages"]
+
+
 def test_no_backend_gives_message_within_seconds(run_qgis, unused_endpoint, sentinel2_vrt):
     doc = run_qgis("dock_dead_backend.py", unused_endpoint, sentinel2_vrt)
     assert doc["finished"] and doc["error"][0] == "timeout"
