@@ -7,7 +7,8 @@ of its rasters, and the layer groups of those questions are saved alongside.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 from qgis.core import QgsProject
@@ -37,7 +38,26 @@ def load(project: Optional[QgsProject] = None) -> list[HistoryEntry]:
     except ValueError:
         return []
     fields = HistoryEntry.__dataclass_fields__
-    return [HistoryEntry(**{k: v for k, v in row.items() if k in fields}) for row in rows if isinstance(row, dict)]
+    entries = [HistoryEntry(**{k: v for k, v in row.items() if k in fields}) for row in rows if isinstance(row, dict)]
+    return [_relocated(e, project.absolutePath()) for e in entries]
+
+
+def _relocated(entry: HistoryEntry, home: str) -> HistoryEntry:
+    """The project folder was moved or copied with its results: find the GeoPackage beside the project.
+
+    Entries keep the absolute paths they were filed under; QGIS rewrites the layers' paths
+    relative to the project, so the map follows a moved folder, and so must Export.
+    """
+    if not entry.results or not home or os.path.exists(entry.results):
+        return entry
+    moved = os.path.join(home, os.path.basename(entry.results))
+    if not os.path.isfile(moved):
+        return entry
+    old = os.path.dirname(entry.results)
+    heatmap = entry.heatmap
+    if heatmap and os.path.dirname(os.path.dirname(heatmap)) == old:  # <gpkg stem>_heatmaps/<file> beside it
+        heatmap = os.path.join(home, os.path.relpath(heatmap, old))
+    return replace(entry, results=moved, heatmap=heatmap)
 
 
 def append(entry: HistoryEntry, project: Optional[QgsProject] = None) -> list[HistoryEntry]:

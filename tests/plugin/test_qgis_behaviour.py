@@ -3,6 +3,8 @@ Processing, non-georeferenced rasters."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = pytest.mark.qgis
@@ -27,6 +29,16 @@ def test_answer_after_project_closed_stays_out_of_the_next_project(run_qgis, bac
     assert doc["filed"] == first
     assert doc["dock_answer"]
     assert any("after its project was closed" in m and first in m for m in doc["messages"]), doc["messages"]
+
+
+def test_export_follows_a_moved_project_folder(run_qgis, backend, sentinel2_vrt, tmp_path):
+    doc = run_qgis("dock_moved_project.py", backend.endpoint, sentinel2_vrt, tmp_path)
+    after = tmp_path / "after"
+    assert doc["results"] == str(after / "survey_lrs_focus.gpkg")
+    assert doc["heatmap"].startswith(str(after / "survey_lrs_focus_heatmaps") + os.sep)
+    assert all(doc["layers_valid"])  # QGIS's relative paths: the map followed the folder
+    assert doc["exports"]["gpkg"] == [str(tmp_path / "export.gpkg"), str(tmp_path / "export_heatmap.tif")], doc
+    assert doc["exports"]["geojson"][0] == str(tmp_path / "export.geojson"), doc["messages"]
 
 
 def test_no_backend_gives_message_within_seconds(run_qgis, unused_endpoint, sentinel2_vrt):
