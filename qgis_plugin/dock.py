@@ -31,7 +31,7 @@ from qgis.PyQt.QtWidgets import (
 
 from .area import AREAS
 from .history import HistoryEntry
-from .params import MODES, AskOptions
+from .params import MAX_N_MAX, MODES, AskOptions
 from .raster_check import check_layer
 
 TIPS = {
@@ -128,7 +128,7 @@ class AskDock(QgsDockWidget):
         self.alpha.setSingleStep(0.05)
         self.alpha.setDecimals(2)
         self.n_max = QSpinBox(body)
-        self.n_max.setRange(0, 10000)
+        self.n_max.setRange(0, MAX_N_MAX)
         self.n_max.setSpecialValueText("model default")
         options = QHBoxLayout()
         for key, label, widget in (("mode", "mode", self.mode), ("alpha", "alpha", self.alpha),

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 MODES = ("paper", "released", "thumbnail", "all-tiles")
+#: The largest N_max the backend accepts (lrs_focus.engine.MAX_N_MAX; larger asks get bad_options).
+MAX_N_MAX = 1024
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 

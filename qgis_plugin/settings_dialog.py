@@ -19,7 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings
-from .params import MODES, AskOptions, BackendSettings, Timeouts
+from .params import MAX_N_MAX, MODES, AskOptions, BackendSettings, Timeouts
 
 
 class SettingsDialog(QDialog):
@@ -52,7 +52,7 @@ class SettingsDialog(QDialog):
         self.alpha.setValue(options.alpha)
         form.addRow("Default alpha", self.alpha)
         self.n_max = QSpinBox(self)
-        self.n_max.setRange(0, 10000)
+        self.n_max.setRange(0, MAX_N_MAX)
         self.n_max.setSpecialValueText("model default")
         self.n_max.setValue(options.n_max or 0)
         form.addRow("Default N_max", self.n_max)

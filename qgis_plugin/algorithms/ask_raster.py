@@ -36,7 +36,7 @@ from qgis.core import (
 from .. import settings
 from ..compat import enum_value as _enum
 from ..display_bands import choose, displayed_bands, parse_bands
-from ..params import MODES, AskOptions, AskRequest, BackendSettings
+from ..params import MAX_N_MAX, MODES, AskOptions, AskRequest, BackendSettings
 from ..raster_check import check_layer
 
 #: Post-processors must outlive processAlgorithm (QGIS keeps only a C++ pointer to them).
@@ -122,7 +122,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(
             QgsProcessingParameterNumber(
-                self.N_MAX, "N_max (0 = the model's default)", integer, defaults.n_max or 0, False, 0, 100000
+                self.N_MAX, "N_max (0 = the model's default)", integer, defaults.n_max or 0, False, 0, MAX_N_MAX
             )
         )
         self.addParameter(QgsProcessingParameterString(

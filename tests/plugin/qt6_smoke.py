@@ -149,6 +149,7 @@ def main(plugin_root: str) -> dict:
         "qaction_module": qaction_class().__module__,
         "dock_answer": dock.answer.toPlainText(),
         "dock_options": [dock.options().mode, dock.options().alpha, dock.options().n_max],
+        "n_max_limits": [dock.n_max.maximum(), dialog.n_max.maximum()],
         "history_rows": dock.history.count(),
         "settings_endpoint": dialog.backend().endpoint,
         "app": bool(app),

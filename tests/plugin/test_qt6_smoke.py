@@ -25,4 +25,7 @@ def test_qt6_smoke(plugin_root):
     assert doc["qaction_module"] == "PyQt6.QtGui"
     assert doc["dock_answer"] == "a." and doc["history_rows"] == 1  # the selected history row's answer
     assert doc["dock_options"] == ["paper", 0.25, None]
+    from lrs_focus.engine import MAX_N_MAX
+
+    assert doc["n_max_limits"] == [MAX_N_MAX, MAX_N_MAX]  # no N_max the backend refuses with bad_options
     assert doc["settings_endpoint"] == "tcp://127.0.0.1:5555"
