@@ -25,6 +25,7 @@ Result of `Engine.ask` (the `ask --json` document of DESIGN section 9; more keys
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional, Protocol
@@ -141,10 +142,12 @@ class Engine:
         from .features import DEFAULT_CACHE_MB, FeatureCache
         from .model.loading import load_model, parse_dtype
 
+        mb = DEFAULT_CACHE_MB if cache_mb is None else float(cache_mb)
+        if not (math.isfinite(mb) and mb >= 0):  # checked before a 7B model is loaded
+            raise BadOptions(f"cache_mb must be a finite number of MB >= 0 (0 = no cache), not {cache_mb}")
         t0 = time.perf_counter()
         self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=parse_dtype(dtype), seed=seed)
         self.name = model
-        mb = DEFAULT_CACHE_MB if cache_mb is None else float(cache_mb)
         self.cache = FeatureCache(int(mb * 2**20), device=self.info["device"]) if mb > 0 else None
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],

@@ -111,3 +111,23 @@ def test_the_cache_stays_inside_its_budget_and_spills_to_host():
     big = FeatureCache(device_bytes=1_000, device="cpu")
     big.put("x", t(1))  # larger than the whole budget: not kept
     assert big.get("x") is None and big.used == {"device": 0, "host": 0}
+
+
+@pytest.mark.parametrize("mb", [float("inf"), float("nan"), -1])
+def test_cache_budget_must_be_finite_and_non_negative(mb):
+    from lrs_focus.errors import BadOptions
+
+    with pytest.raises(BadOptions, match="cache_mb"):
+        Engine("tiny", device="cpu", cache_mb=mb)
+
+
+def test_serve_refuses_an_infinite_cache_budget_with_a_clear_error():
+    """`serve --cache-mb inf` used to die with an OverflowError traceback after loading the model."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lrs_focus.cli", "serve", "--model", "tiny", "--cache-mb", "inf",
+                          "--endpoint", "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "error [bad_options]" in out.stderr and "cache_mb" in out.stderr
+    assert "Traceback" not in out.stderr
