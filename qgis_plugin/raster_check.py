@@ -54,7 +54,7 @@ def check_layer(layer: Optional[QgsMapLayer]) -> RasterCheck:
     prefix = parts.get("vsiPrefix") or next((p for p in ARCHIVE_PREFIXES if path.startswith(p)), "")
     if prefix in ARCHIVE_PREFIXES:
         return RasterCheck(reason=f"'{name}' is read from inside an archive ({prefix.strip('/')[3:]}), but the "
-                                  f"backend reads plain raster files only. Extract it first, or {_lower(EXPORT_HINT)}")
+                                  f"backend reads plain raster files only. Extract it, or {_lower(EXPORT_HINT)}")
     if prefix or path.startswith("/vsi"):
         kind = (prefix or path).split("/")[1]
         return RasterCheck(reason=f"'{name}' is a remote GDAL source ({kind}). {EXPORT_HINT}")
