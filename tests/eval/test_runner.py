@@ -105,6 +105,9 @@ def test_bad_mode_fails_before_any_work(tmp_path, small_benchmark, evalkit):
         run_eval(EvalConfig("lrs", questions, tmp_path / "o", modes=["zoom"]), engine=engine)
     with pytest.raises(BadOptions, match="alpha"):
         run_eval(EvalConfig("lrs", questions, tmp_path / "o", options={"alpha": 2.0}), engine=engine)
+    for limit in (-1, 0):  # `--limit -1` used to answer all questions but the last
+        with pytest.raises(BadOptions, match="limit"):
+            run_eval(EvalConfig("lrs", questions, tmp_path / "o", limit=limit), engine=engine)
     assert engine.asked == []
 
 

@@ -56,6 +56,8 @@ class EvalConfig:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise BadOptions(f"modes must be among {', '.join(MODES)}, not {', '.join(bad) or 'none'}")
+        if self.limit is not None and int(self.limit) < 1:  # a negative slice would take almost all
+            raise BadOptions(f"limit must be a number of questions >= 1, not {self.limit}")
         for mode in self.modes:  # fail before loading a model, not on the first question
             self.ask_options(mode)
         return self
