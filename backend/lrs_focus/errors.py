@@ -42,6 +42,13 @@ class EmptyRaster(RasterError):
     code = "empty_raster"
 
 
+class RasterTooLarge(RasterError):
+    """Declared larger than the engine reads (a side over raster.MAX_SIDE): refused at open,
+    before any pixel buffer is allocated (a 2^31-pixel VRT costs a few bytes to write)."""
+
+    code = "raster_too_large"
+
+
 class BandError(RasterError):
     """Bands asked for that the raster does not have."""
 

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from .errors import BandError, EmptyRaster, NotARaster, RasterNotFound, RasterUnreadable
+from .errors import BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge, RasterUnreadable
 
 gdal.UseExceptions()
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ if "GDAL_CACHEMAX" not in os.environ:
     gdal.SetCacheMax(DEFAULT_CACHE_MB * 1024 * 1024)
 
 STATS_LONG_SIDE = 1024  # decimated read used for percentile estimation
+#: Longest raster side served. The exact pixel path reads whole rows (3 bands, float32 for non-byte
+#: data), so a read's memory follows the width: 2^22 px is about 50 MB a row; a VRT declaring
+#: 2^31 x 2^31 pixels took 18 GB before this bound.
+MAX_SIDE = 1 << 22
 RESAMPLING = {
     "nearest": gdal.GRIORA_NearestNeighbour,
     "bilinear": gdal.GRIORA_Bilinear,
@@ -173,6 +177,9 @@ class RasterSource:
             raise NotARaster(f"{path}: GDAL cannot open it as a raster")
         if ds.RasterXSize < 1 or ds.RasterYSize < 1:
             raise EmptyRaster(f"{path}: raster has zero size ({ds.RasterXSize} x {ds.RasterYSize} pixels)")
+        if max(ds.RasterXSize, ds.RasterYSize) > MAX_SIDE:
+            raise RasterTooLarge(f"{path}: {ds.RasterXSize} x {ds.RasterYSize} pixels; this engine reads rasters "
+                                 f"of at most {MAX_SIDE} pixels a side")
         if ds.RasterCount < 1:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""

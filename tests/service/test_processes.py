@@ -162,6 +162,28 @@ def test_a_fifo_named_by_a_side_car_cannot_wedge_the_worker(served):
         assert c.ask(str(root / "ok.tif"), "still serving?")["answer"] is not None
 
 
+def test_a_raster_declaring_2_31_pixels_a_side_is_refused_before_allocating(tmp_path):
+    """A 300-byte VRT can declare 2^31 x 2^31 pixels; the exact pixel path reads whole rows, so
+    it allocated 18 GB (a 4 GiB address-space limit here makes that fail fast without the bound)."""
+    import resource
+
+    small_geotiff(tmp_path / "ok.tif")
+    side = 2**31 - 1
+    (tmp_path / "huge.vrt").write_text(
+        f'<VRTDataset rasterXSize="{side}" rasterYSize="{side}"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">ok.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource>'
+        "</VRTRasterBand></VRTDataset>")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    t0 = time.monotonic()
+    done = run_cli("ask", str(tmp_path / "huge.vrt"), "q", "--model", "tiny", "--max-new-tokens", "2",
+                   preexec_fn=limit)
+    assert done.returncode == 2 and "error [raster_too_large]" in done.stderr, done.stderr[-2000:]
+    assert time.monotonic() - t0 < 60
+
+
 def test_refused_configurations_exit_before_loading_the_model(tmp_path):
     keys = tmp_path / "keys"
     assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
