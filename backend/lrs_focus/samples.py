@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +20,27 @@ from osgeo import gdal, osr
 gdal.UseExceptions()
 
 S2_BANDS_RGB = ("s2_B04.jp2", "s2_B03.jp2", "s2_B02.jp2")  # red, green, blue (GeoTIFFs named .jp2)
+MAX_SIDE = 200_000  # px per side of a synthetic raster; LRS-VQA's largest images are 27,328 wide
+NUMPY_TYPES = {"Byte": np.uint8, "UInt16": np.uint16, "Int16": np.int16, "UInt32": np.uint32,
+               "Float32": np.float32, "Float64": np.float64}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), each 1..MAX_SIDE (a typo must not start a 3 TB write)."""
+    from .errors import BadOptions
+
+    try:
+        w, h = (int(v) for v in str(text).lower().strip().split("x"))
+    except ValueError:
+        raise BadOptions(f"size must be WIDTHxHEIGHT in pixels, e.g. 27328x20000, not {text!r}") from None
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise BadOptions(f"size {w}x{h}: width and height must be 1..{MAX_SIDE:,} pixels")
+    return w, h
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """A comma-separated list of sizes (the benchmarks' `--sizes`)."""
+    return [parse_size(item) for item in str(text).split(",") if item.strip()]
 
 
 def sentinel2_dir() -> Path:
@@ -81,15 +103,22 @@ def write_synthetic_raster(
     rotated raster. `overviews=True` builds AVERAGE overviews (factors 2.. until < 256 px) inside
     the file. Rows are generated in strips of `tile` lines, so memory stays small.
     """
+    from .errors import BadOptions
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    parse_size(f"{width}x{height}")
+    if dtype not in NUMPY_TYPES:
+        raise BadOptions(f"data type must be one of {', '.join(NUMPY_TYPES)}, not {dtype!r}")
+    if not 1 <= int(bands) <= 64:
+        raise BadOptions(f"bands must be 1..64, not {bands}")
     gdt = gdal.GetDataTypeByName(dtype)
-    if gdt == gdal.GDT_Unknown:
-        raise ValueError(f"unknown GDAL data type {dtype!r}")
-    np_dtype = {
-        "Byte": np.uint8, "UInt16": np.uint16, "Int16": np.int16, "UInt32": np.uint32,
-        "Float32": np.float32, "Float64": np.float64,
-    }[dtype]
+    np_dtype = NUMPY_TYPES[dtype]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    need = width * height * bands * np.dtype(np_dtype).itemsize
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise BadOptions(f"a {width}x{height}x{bands} {dtype} raster needs up to {need / 2**30:.1f} GiB "
+                         f"(uncompressed); {path.parent} has {free / 2**30:.1f} GiB free")
     options = ["TILED=YES", f"BLOCKXSIZE={tile}", f"BLOCKYSIZE={tile}", "BIGTIFF=IF_SAFER"]
     if compress:
         options += [f"COMPRESS={compress}"]
@@ -100,27 +129,33 @@ def write_synthetic_raster(
     if bands > 1:
         options += ["INTERLEAVE=PIXEL" if bands <= 4 else "INTERLEAVE=BAND"]
     tmp = path.with_name(path.name + ".partial")
-    ds = gdal.GetDriverByName("GTiff").Create(str(tmp), width, height, bands, gdt, options)
-    if geotransform is not None:
-        ds.SetGeoTransform(list(geotransform))
-        if epsg is not None:
-            srs = osr.SpatialReference()
-            srs.ImportFromEPSG(int(epsg))
-            ds.SetProjection(srs.ExportToWkt())
-    for b in range(1, bands + 1):
-        band = ds.GetRasterBand(b)
-        if nodata is not None:
-            band.SetNoDataValue(float(nodata))
-        if bands == 3 and rgb:
-            band.SetColorInterpretation((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)[b - 1])
-    for y0 in range(0, height, tile):
-        rows = min(tile, height - y0)
-        for b in range(1, bands + 1):
-            ds.GetRasterBand(b).WriteArray(_pattern_rows(y0, rows, width, height, b - 1, np_dtype, seed), 0, y0)
-    ds.FlushCache()
-    if overviews:
-        _build_overviews(ds, compress)
     ds = None
+    try:  # an interrupted or failed write leaves no half-written file behind
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp), width, height, bands, gdt, options)
+        if geotransform is not None:
+            ds.SetGeoTransform(list(geotransform))
+            if epsg is not None:
+                srs = osr.SpatialReference()
+                srs.ImportFromEPSG(int(epsg))
+                ds.SetProjection(srs.ExportToWkt())
+        for b in range(1, bands + 1):
+            band = ds.GetRasterBand(b)
+            if nodata is not None:
+                band.SetNoDataValue(float(nodata))
+            if bands == 3 and rgb:
+                band.SetColorInterpretation((gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand)[b - 1])
+        for y0 in range(0, height, tile):
+            rows = min(tile, height - y0)
+            for b in range(1, bands + 1):
+                ds.GetRasterBand(b).WriteArray(_pattern_rows(y0, rows, width, height, b - 1, np_dtype, seed), 0, y0)
+        ds.FlushCache()
+        if overviews:
+            _build_overviews(ds, compress)
+        ds = None
+    except BaseException:
+        ds = None  # GDAL closes the file before it goes
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 

@@ -56,3 +56,38 @@ def test_bench_pyramid_quick(tmp_path):
         assert case["ours"]["peak_mb"] < 500  # the issue's target, even for small rasters
     assert doc["cases"][0]["ours"]["overviews_seen"] >= 1 and doc["cases"][1]["ours"]["overviews_seen"] == 0
     assert all(c["pixels"] == "exact" for c in doc["cases"][2:4])
+
+
+SIDES = "width and height must be 1..200,000"
+SYNTHETIC = ["sample", "synthetic", "--out", "{tmp}/x.tif", "--size"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (SYNTHETIC + ["0x0"], SIDES),
+    (SYNTHETIC + ["1000000x1000000"], SIDES),
+    (SYNTHETIC + ["150000x150000", "--bands", "64"], "GiB free"),
+    (SYNTHETIC + ["100x100", "--dtype", "Foo"], "data type must be one of"),
+    (SYNTHETIC + ["100x100", "--bands", "0"], "bands must be 1..64"),
+    (["bench", "pyramid", "--sizes", "0x0", "--no-baseline", "--cache-dir", "{tmp}"], SIDES),
+    (["bench", "memory", "--sizes", "5x5x5"], "size must be WIDTHxHEIGHT"),
+    (["bench", "pyramid", "--quick", "--tiles", "-1", "--no-baseline", "--cache-dir", "{tmp}"], "--tiles must be >= 1"),
+])
+def test_sizes_and_sample_options_are_checked_before_any_write(tmp_path, args, message):
+    """A typo in a size used to start a terabyte write or end in a GDAL traceback."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "lrs_focus.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_synthetic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from lrs_focus import samples
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(samples, "_pattern_rows", boom)
+    with pytest.raises(KeyboardInterrupt):
+        samples.write_synthetic_raster(tmp_path / "x.tif", 300, 200)
+    assert list(tmp_path.iterdir()) == []

@@ -87,6 +87,7 @@ def run(args) -> dict[str, Any]:
     import torch
 
     from ..engine import AskOptions
+    from ..samples import parse_sizes
 
     torch.set_num_threads(max(1, args.threads))
     options = AskOptions(mode=args.mode, max_new_tokens=args.max_new_tokens, pixels=args.pixels).validate()
@@ -97,8 +98,7 @@ def run(args) -> dict[str, Any]:
             from ..samples import sentinel2_rgb_vrt
 
             rasters.append(("1947x1933 Sentinel-2 sample", str(sentinel2_rgb_vrt(Path(tmp) / "s2.vrt"))))
-        for item in [s for s in args.sizes.split(",") if s.strip()]:
-            w, h = (int(v) for v in item.lower().strip().split("x"))
+        for w, h in parse_sizes(args.sizes):
             path = ensure_raster(Path(args.cache_dir), w, h)
             rasters.append((f"{w}x{h} no-overviews", str(_without_overviews(path))))
         for name, raster in rasters:

@@ -84,11 +84,12 @@ def _child(kind: str, width: int, height: int, n_max: int, alpha: float) -> dict
 
 
 def run(args) -> dict[str, Any]:
+    from ..samples import parse_sizes
+
     weights = weights_bytes()
     weights_gb = sum(weights.values())
     cases = []
-    for item in args.sizes.split(","):
-        w, h = (int(v) for v in item.lower().strip().split("x"))
+    for w, h in parse_sizes(args.sizes):
         _log(f"{w}x{h}: ours")
         ours = _child("ours", w, h, args.n_max, args.alpha)
         baseline = None

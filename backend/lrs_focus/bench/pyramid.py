@@ -51,14 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
-    out = []
-    for item in text.split(","):
-        w, h = item.lower().strip().split("x")
-        out.append((int(w), int(h)))
-    return out
-
-
 def _log(msg: str) -> None:
     print(f"bench pyramid: {msg}", file=sys.stderr, flush=True)
 
@@ -96,8 +88,14 @@ def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixel
 
 
 def run(args) -> dict:
-    sizes = _sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+    from ..samples import parse_sizes
+
+    sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     tiles = args.tiles if args.tiles is not None else (20 if args.quick else 80)
+    if tiles < 1:
+        from ..errors import BadOptions
+
+        raise BadOptions(f"--tiles must be >= 1, not {tiles}")
     cache = Path(args.cache_dir)
     cases = []
     for w, h in sizes:

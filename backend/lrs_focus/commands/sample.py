@@ -6,14 +6,20 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 from ._output import add_json_flag, emit
 
 
 def _size(text: str) -> tuple[int, int]:
-    w, h = text.lower().split("x")
-    return int(w), int(h)
+    from ..errors import BadOptions
+    from ..samples import parse_size
+
+    try:
+        return parse_size(text)
+    except BadOptions as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers) -> None:
