@@ -15,7 +15,7 @@ Why it is shaped this way:
   stopped reading is disconnected by the kernel after `stalled_peer_timeout_s`, which frees what
   was queued for it; either way its jobs are cancelled. Nothing ever blocks on a peer.
 - Jobs belong to their client: the CURVE public key when CURVE is on, else the ZeroMQ routing
-  identity (random, unforgeable). `status` shows a client only its own jobs, and a `cancel` or
+  identity (a peer may choose its own but cannot learn another's). `status` shows a client only its own jobs, and a `cancel` or
   `status` for anyone else's job gets the same answer as for a job that never existed.
 - Raster paths go through the access policy (access.py) in a helper thread bounded by
   `open_timeout_s` before the engine sees them: a slow or blocking open cannot hold the worker.
