@@ -234,7 +234,7 @@ def answer_question(
     src, view, key = open_view(engine, raster, options, pixels)
     open_seconds = time.perf_counter() - t0
     try:
-        check("pyramid", None, 0.0, f"pyramid of a {view.height}x{view.width} raster")
+        check("pyramid", None, 0.0, f"pyramid of a {view.width} x {view.height} px raster")
         cache: FeatureCache | None = getattr(engine, "cache", None)
         grids = CachedGrids(cache, key) if cache is not None else None
         pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop), grids=grids)

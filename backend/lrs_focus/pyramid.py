@@ -96,7 +96,7 @@ class PyramidGeometry:
 
     def __init__(self, height: int, width: int, cfg: PyramidConfig | None = None):
         if height < 1 or width < 1:
-            raise ValueError(f"image size must be positive, got {height}x{width}")
+            raise ValueError(f"image size must be positive, got {width} x {height} px")
         self.height = int(height)
         self.width = int(width)
         self.cfg = cfg or PyramidConfig()

@@ -61,10 +61,16 @@ def test_should_stop_cancels_at_a_stage_boundary(tiny_engine, sentinel2_vrt):
         polls.append(1)
         return len(polls) >= 3  # let open and pyramid pass, stop before encoding
 
-    stages = []
+    stages, messages = [], []
+
+    def progress(stage, level, fraction, message):
+        stages.append(stage)
+        messages.append(message)
+
     with pytest.raises(errors.Cancelled):
-        tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(), progress=lambda s, *a: stages.append(s), should_stop=stop)
+        tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(), progress=progress, should_stop=stop)
     assert stages == ["open", "pyramid"]
+    assert messages[1] == "pyramid of a 1947 x 1933 px raster"  # width first, as everywhere else
 
 
 def test_bad_options_and_missing_raster(tiny_engine, tmp_path):
