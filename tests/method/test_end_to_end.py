@@ -70,7 +70,7 @@ def test_should_stop_cancels_at_a_stage_boundary(tiny_engine, sentinel2_vrt):
     with pytest.raises(errors.Cancelled):
         tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(), progress=progress, should_stop=stop)
     assert stages == ["open", "pyramid"]
-    assert messages[1] == "pyramid of a 1947 x 1933 px raster"  # width first, as everywhere else
+    assert messages[1] == "pyramid of a 1933 x 1947 px raster"  # width first, as everywhere else
 
 
 def test_bad_options_and_missing_raster(tiny_engine, tmp_path):

@@ -6,7 +6,7 @@ level and every tile both questions visit come from the cache, as do the stretch
 `same_result`: the follow-up's answer, trace, counts (but for the cache counter) and heatmap equal
 the cold run's. Tiny model (random weights; the vision tower and the reads dominate), CPU.
 
-Rasters: the Sentinel-2 sample (1947 x 1933, uint16 VRT) and synthetic tiled GeoTIFFs (shared with
+Rasters: the Sentinel-2 sample (1933 x 1947, uint16 VRT) and synthetic tiled GeoTIFFs (shared with
 `bench pyramid`'s cache), the large one read without overviews (a symlink GDAL finds no .ovr for).
 """
 
@@ -97,7 +97,7 @@ def run(args) -> dict[str, Any]:
         if not args.no_sentinel2:
             from ..samples import sentinel2_rgb_vrt
 
-            rasters.append(("1947x1933 Sentinel-2 sample", str(sentinel2_rgb_vrt(Path(tmp) / "s2.vrt"))))
+            rasters.append(("1933x1947 Sentinel-2 sample", str(sentinel2_rgb_vrt(Path(tmp) / "s2.vrt"))))
         for w, h in parse_sizes(args.sizes):
             path = ensure_raster(Path(args.cache_dir), w, h)
             rasters.append((f"{w}x{h} no-overviews", str(_without_overviews(path))))
