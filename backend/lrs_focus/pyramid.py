@@ -215,13 +215,16 @@ class PyramidGeometry:
         (rows / h)). The reference (h, w) is the level's resized size by default; the released
         code unpads the *base* level with the original image size instead (pass
         `unpad_hw=geometry.image_size` to reproduce that).
+
+        At least one row and one column stay: an image thinner than one token (a 40:1 strip or
+        window) truncates to zero, where the released code would fail on an empty grid.
         """
         rows, cols = self.token_canvas(level)
         h, w = unpad_hw if unpad_hw is not None else self.level(level).resized
         if w / h > cols / rows:
-            rows = int(h * (cols / w))
+            rows = max(1, int(h * (cols / w)))
         else:
-            cols = int(w * (rows / h))
+            cols = max(1, int(w * (rows / h)))
         return (rows, cols)
 
     def token_tile(self, level: LevelRef, tr: int, tc: int) -> tuple[int, int]:

@@ -2,8 +2,12 @@
 
 Cells are the tokens of the finest level the run scored (coarser once the grid would exceed
 MAX_CELLS_SIDE on its long side), over the whole image (the sliver a level's unpadding cuts off at
-the right and bottom takes its last token's value). Each level paints the cells its tokens cover, coarse first, so
-finer tokens overwrite coarser ones where both exist. Values are *relative* attention, a token's
+the right and bottom takes its last token's value). Each level paints the cells its tokens cover,
+coarse first, so finer tokens overwrite coarser ones where both exist. The grid's window is the
+image itself: the last row and column of tokens usually reach past the edge into the padding (by
+less than one token; by many pixels on a strip thinner than a token), and a GeoTIFF's cells are
+uniform, so the grid is stretched onto the image by less than one cell in all rather than drawn
+past the raster's edge. Values are *relative* attention, a token's
 score times the number of tokens scored in the same RFM pass: 1 is what a uniform spread gives
 each token, so levels with different token counts share one scale.
 
@@ -70,7 +74,7 @@ def score_grid(geo: PyramidGeometry, records: Sequence[LevelRecord],
             block = layer[r0[i]:r1[i], c0[i]:c1[i]]
             np.fmax(block, values[i], out=block)
         grid = np.where(np.isnan(layer), grid, layer)
-    return grid, (0.0, 0.0, g_cols * cell_w, g_rows * cell_h), finest.level
+    return grid, (0.0, 0.0, float(geo.width), float(geo.height)), finest.level
 
 
 def heatmap_document(geo: PyramidGeometry, records: Sequence[LevelRecord], origin: tuple[int, int] = (0, 0),

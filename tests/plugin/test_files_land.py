@@ -80,11 +80,17 @@ def _bbox_of_window(gt, window):
     return [min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts)]
 
 
-def _probes(grid, gt):
-    """Cell centres (in the raster's CRS) of the hottest cell and a few others, with their values."""
+def _probes(grid, gt, interior=False):
+    """Cell centres (in the raster's CRS) of the hottest cell and a few others, with their values.
+
+    `interior`: not on the grid's border. QGIS warps a rotated raster north-up, and at the sharp
+    corners of its footprint a border cell's centre may fall on a warped pixel left empty."""
     values = grid.values
     finite = np.argwhere(np.isfinite(values))
-    picks = [tuple(np.unravel_index(np.nanargmax(values), values.shape))]
+    if interior:
+        rows, cols = values.shape
+        finite = finite[(finite[:, 0] > 0) & (finite[:, 0] < rows - 1) & (finite[:, 1] > 0) & (finite[:, 1] < cols - 1)]
+    picks = [tuple(finite[np.argmax(values[finite[:, 0], finite[:, 1]])])]
     picks += [tuple(finite[i]) for i in np.linspace(0, len(finite) - 1, 4).astype(int)]
     cell_gt = cell_geotransform(gt, grid.window, grid.shape)
     points = [gdal.ApplyGeoTransform(list(cell_gt), c + 0.5, r + 0.5) for r, c in picks]
@@ -107,7 +113,7 @@ def landed(backend, run_qgis_module, tmp_path_factory):
         assert done.returncode == 0, f"{name}: {done.stderr[-3000:]}"
         doc = json.loads(done.stdout)
         grid = decode(doc["heatmap"])
-        picks, points = _probes(grid, _geotransform(raster))
+        picks, points = _probes(grid, _geotransform(raster), interior=name == "rotated")
         docs[name] = {"doc": doc, "grid": grid, "picks": picks, "raster": raster}
         spec.append({"name": name, "raster": str(raster), "probes": points,
                      **{k: (str(v) if v else None) for k, v in outs.items()}})
