@@ -53,7 +53,8 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
 
     final = stored.stopped_at
     if stored.focus_tiles:
-        focus = _tiles_layer(stored, f"focus (level {final}): {stored.focus_tiles} tiles, 1 = most attention",
+        tiles = f"{stored.focus_tiles} tile" + ("" if stored.focus_tiles == 1 else "s")
+        focus = _tiles_layer(stored, f"focus (level {final}): {tiles}, 1 = most attention",
                              '"focus_rank" IS NOT NULL', raster_crs)
         result_style.style_focus(focus)
         layers.append(focus)

@@ -4,6 +4,7 @@ the files behind it, the progress bar, and that everything comes back when the p
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,7 @@ def test_new_result_visible_and_expanded_the_previous_hidden(asked):
     assert new["job_id"] == doc["runs"][1]["job_id"]
     names = [n.get("layer") or n.get("group") for n in new["children"]]
     assert names[0].startswith("focus (level ") and names[1].startswith("attention heatmap")
+    assert re.fullmatch(r"focus \(level \d+\): (1 tile|\d+ tiles), 1 = most attention", names[0]), names[0]
     assert names[2] == "all levels (finest first)"
     levels = new["children"][2]
     assert not levels["checked"] and not levels["expanded"]
