@@ -20,7 +20,7 @@ from .exact_pixels import ExactPyramid
 from .features import CachedGrids, FeatureCache, TileEncoder, ViewKey
 from .focus import Canvas, FocusResult, build_trace, run_focus
 from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel, MultimodalSequence
-from .model.prompts import PromptIds, encode_prompt
+from .model.prompts import PromptIds, control_tokens_in, encode_prompt
 from .pyramid import ImagePyramid, PyramidConfig
 from .score_map import heatmap_document
 
@@ -114,6 +114,15 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
     return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
 
 
+def checked_prompt(tokenizer: Any, template: str, question: str) -> PromptIds:
+    """The question's prompt ids; a question holding one of the model's control tokens is refused."""
+    controls = control_tokens_in(tokenizer, question)
+    if controls:
+        raise BadOptions(f"the question contains the model's control token {controls[0]!r}; "
+                         "remove it (it would end the question early)")
+    return encode_prompt(tokenizer, template, question)
+
+
 def view_key(engine: Any, src: Any, pixels: str, window: tuple | None) -> ViewKey:
     return ViewKey(
         identity=src.identity(),
@@ -170,7 +179,7 @@ def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, 
     model: LrsFocusModel = engine.model
     cfg = model.config
     timings: dict[str, float] = {}
-    prompt = encode_prompt(engine.tokenizer, cfg.template, question)
+    prompt = checked_prompt(engine.tokenizer, cfg.template, question)
     budget = sequence_budget(model, prompt, options)
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
@@ -229,6 +238,8 @@ def answer_question(
     t_start = time.perf_counter()
     pixels = pixel_path(options)
 
+    # question and sequence limit are checked before a 27k raster is opened
+    sequence_budget(model, checked_prompt(engine.tokenizer, cfg.template, question), options)
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
     src, view, key = open_view(engine, raster, options, pixels)

@@ -60,6 +60,19 @@ class PromptIds:
     answer: list[int] | None = None
 
 
+def control_tokens_in(tokenizer: Any, text: str) -> list[str]:
+    """The tokenizer's special tokens that occur in `text`, longest first.
+
+    HF tokenizers turn the text '<|im_end|>' or '</s>' into the control token itself, so a question
+    holding one would end the user's turn or the sequence early and the model would read a
+    different prompt than the one asked."""
+    specials = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    added = getattr(tokenizer, "get_added_vocab", None)
+    if callable(added):
+        specials |= set(added())
+    return sorted((t for t in specials if t and t in text), key=lambda t: (-len(t), t))
+
+
 def encode_prompt(tokenizer: Any, template: str, question: str, answer: str | None = None) -> PromptIds:
     tpl = TEMPLATES[template]
     before, after = tpl.render(question)
