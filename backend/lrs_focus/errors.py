@@ -77,6 +77,13 @@ class BadOptions(LrsFocusError):
     code = "bad_options"
 
 
+class OutputError(LrsFocusError):
+    """A result file (`ask --out`, `--heatmap`) cannot be written; checked before the model runs
+    where possible, so a long question is not asked for nothing."""
+
+    code = "output_error"
+
+
 class Cancelled(LrsFocusError):
     """A job stopped at a stage boundary because its cancel flag was set."""
 

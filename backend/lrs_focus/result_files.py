@@ -116,6 +116,20 @@ def kind_of(path: str) -> str:
     raise ResultFileError(f"{path}: write .geojson (RFC 7946, WGS 84) or .gpkg (the raster's CRS), not {suffix or 'no suffix'!r}")
 
 
+def check_writable(path: str) -> None:
+    """Refuse a file that cannot be created, before the question runs (OutputError)."""
+    from .errors import OutputError
+
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    if os.path.isdir(full):
+        raise OutputError(f"cannot write {path}: it is a folder")
+    if not os.path.isdir(folder):
+        raise OutputError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
+        raise OutputError(f"cannot write {path}: permission denied")
+
+
 def no_wgs84_message(path: str) -> str:
     stem = os.path.splitext(str(path))[0]
     return (f"{path}: the raster has no CRS, so its tiles have no WGS 84 position and RFC 7946 GeoJSON "

@@ -57,6 +57,20 @@ def test_heatmap_in_thumbnail_mode_is_refused(nogeo, tmp_path):
     assert done.returncode == 2 and "thumbnail mode scores none" in done.stderr
 
 
+@pytest.mark.parametrize("option, name, message", [
+    ("--out", "missing/t.gpkg", "does not exist"),
+    ("--heatmap", "missing/h.tif", "does not exist"),
+    ("--heatmap", "folder.tif", "it is a folder"),
+    ("--heatmap", "h.png", "name it .tif"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_runs(nogeo, tmp_path, option, name, message):
+    """A missing folder used to surface after the whole question: `internal`, or a GDAL traceback."""
+    (tmp_path / "folder.tif").mkdir()
+    done = _run(nogeo, "q", "--model", "tiny", option, tmp_path / name)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "RANDOM WEIGHTS" not in done.stderr  # before a model was built
+
+
 def test_ask_writes_geojson_and_geopackage_of_a_rotated_raster_in_a_custom_crs(custom_rotated, tmp_path):
     geojson, gpkg = tmp_path / "t.geojson", tmp_path / "t.gpkg"
     done = _run(custom_rotated, "Where is the bright square?", "--model", "tiny", "--out", geojson, "--out", gpkg,

@@ -51,6 +51,12 @@ def _out_file(text: str) -> str:
     return text
 
 
+def _heatmap_file(text: str) -> str:
+    if not text.lower().endswith((".tif", ".tiff")):
+        raise argparse.ArgumentTypeError(f"the heatmap is a GeoTIFF: name it .tif, not {text!r}")
+    return text
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("ask", help="answer a question about a raster; print the answer and the focused tiles")
     p.add_argument("raster", help="raster path (anything GDAL opens)")
@@ -81,7 +87,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=_out_file, action="append", default=[], metavar="FILE.geojson|FILE.gpkg",
                    help="write the focused tiles (with pixel windows and the answer): .geojson = RFC 7946, "
                         "WGS 84 lon/lat; .gpkg = GeoPackage in the raster's CRS (also without a CRS); repeatable")
-    p.add_argument("--heatmap", default=None, metavar="FILE.tif",
+    p.add_argument("--heatmap", type=_heatmap_file, default=None, metavar="FILE.tif",
                    help="write the token scores as a single-band Float32 GeoTIFF on the raster's ground")
     p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
     p.add_argument("--server-key", default=None, metavar="FILE",
@@ -191,10 +197,12 @@ def _local_ground(raster: str):
 def _check_files_possible(args) -> None:
     """Refuse before the model runs what cannot be written after it."""
     from ..errors import BadOptions
-    from ..result_files import kind_of, no_wgs84_message
+    from ..result_files import check_writable, kind_of, no_wgs84_message
 
     if args.heatmap and args.mode == "thumbnail":
         raise BadOptions("--heatmap needs token scores, and thumbnail mode scores none: use another --mode")
+    for path in [*args.out, *([args.heatmap] if args.heatmap else [])]:
+        check_writable(path)
     for out in args.out:
         if kind_of(out) == "geojson":
             ground = _local_ground(args.raster)
@@ -207,7 +215,7 @@ def _write_files(args, doc: dict[str, Any]):
 
     Returns the error to raise once the answer is printed, or None.
     """
-    from ..errors import LrsFocusError
+    from ..errors import LrsFocusError, OutputError
 
     try:
         if args.out:
@@ -218,8 +226,8 @@ def _write_files(args, doc: dict[str, Any]):
             doc["heatmap_out"] = _write_heatmap(args, doc)
     except LrsFocusError as exc:
         return exc
-    except (OSError, ValueError) as exc:  # ResultFileError and HeatmapError are ValueErrors
-        return LrsFocusError(str(exc))
+    except (OSError, ValueError, RuntimeError) as exc:  # ResultFileError/HeatmapError: ValueError; GDAL: RuntimeError
+        return OutputError(str(exc))
     return None
 
 
