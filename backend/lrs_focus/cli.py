@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except LrsFocusError as exc:
         print(f"lrs-focus {args.command}: error [{exc.code}]: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder the user named: a message, not a traceback (-v keeps it)
+        logging.getLogger("lrs_focus").debug("traceback", exc_info=True)
+        print(f"lrs-focus {args.command}: error [io_error]: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -135,6 +135,24 @@ def client_keys(keys_dir: str | os.PathLike) -> list[Path]:
     return sorted(folder.glob("*.key")) if folder.is_dir() else []
 
 
+def bind(sock: "zmq.Socket", endpoint: str) -> None:
+    """Bind, or say in words why not (a port in use, a bad address), instead of a zmq traceback."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise ServiceConfigError(f"cannot listen on {endpoint}: {exc.strerror}") from exc
+
+
+def check_endpoint_free(endpoint: str) -> None:
+    """Bind and release `endpoint` once, so that `serve` fails before loading a 7B model, not after."""
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.linger = 0
+    try:
+        bind(sock, endpoint)
+    finally:
+        sock.close()
+
+
 def check_security(endpoint: str, keys_dir: Optional[str], force_curve: bool = False,
                    roots: tuple = (), check_roots: bool = False) -> None:
     """Raises ServiceConfigError unless the configuration is safe for `endpoint`.
@@ -418,7 +436,7 @@ class Server:
                 check_security(endpoint, keys_dir, force_curve, getattr(access, "roots", ()),
                                check_roots=access is not None)
                 self._auth = secure_socket(self._ctx, self._sock, endpoint, keys_dir, force_curve)
-                self._sock.bind(endpoint)
+                bind(self._sock, endpoint)
                 self.endpoint = self._sock.last_endpoint.decode()
                 self._local_only = is_loopback_endpoint(self.endpoint)
             if capture_endpoint:
@@ -838,7 +856,7 @@ class ProxyFrontend:
         self.frontend.rcvhwm = _RCVHWM
         _abort_stalled_peers(self.frontend, stalled_peer_timeout_s)
         self._auth = secure_socket(self._ctx, self.frontend, endpoint, keys_dir, force_curve)
-        self.frontend.bind(endpoint)
+        bind(self.frontend, endpoint)
         self.endpoint = self.frontend.last_endpoint.decode()
         self.local_only = is_loopback_endpoint(self.endpoint)
         self.backend = self._ctx.socket(zmq.DEALER)

@@ -193,7 +193,14 @@ def test_refused_configurations_exit_before_loading_the_model(tmp_path):
 
     zmq.auth.create_certificates(str(bare), "server")  # a server key but no allow-list
     public = "tcp://0.0.0.0:5555"
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    in_use = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
     cases = [
+        (["--endpoint", in_use], "Address already in use"),  # was a zmq traceback after loading the model
         (["--endpoint", public], "CURVE"),
         (["--endpoint", public, "--keys-dir", str(bare), "--allow-root", str(tmp_path)], "allow-list"),
         (["--endpoint", public, "--keys-dir", str(keys)], "--allow-root"),
@@ -206,7 +213,8 @@ def test_refused_configurations_exit_before_loading_the_model(tmp_path):
         assert done.returncode == 2 and "error [service_config]" in done.stderr and said in done.stderr, \
             (args, done.stderr)
         assert "RANDOM weights" not in done.stderr, "refused before the model was loaded"
-        assert time.monotonic() - t0 < 30
+        assert time.monotonic() - t0 < 30 and "Traceback" not in done.stderr
+    taken.close()
 
 
 @pytest.mark.slow

@@ -37,18 +37,22 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..errors import OutputError
     from ..samples import sentinel2_rgb_vrt, write_synthetic_raster
 
     t0 = time.perf_counter()
-    if args.kind == "sentinel2":
-        path = sentinel2_rgb_vrt(args.out)
-    else:
-        w, h = args.size
-        path = write_synthetic_raster(
-            args.out, w, h, bands=args.bands, dtype=args.dtype, overviews=args.overviews,
-            compress=None if args.compress.upper() == "NONE" else args.compress,
-            geotransform=None if args.no_georef else (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5),
-        )
+    try:
+        if args.kind == "sentinel2":
+            path = sentinel2_rgb_vrt(args.out)
+        else:
+            w, h = args.size
+            path = write_synthetic_raster(
+                args.out, w, h, bands=args.bands, dtype=args.dtype, overviews=args.overviews,
+                compress=None if args.compress.upper() == "NONE" else args.compress,
+                geotransform=None if args.no_georef else (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5),
+            )
+    except (OSError, RuntimeError) as exc:  # GDAL reports a failed write as RuntimeError
+        raise OutputError(f"cannot write {args.out}: {exc}") from exc
     doc = {"kind": args.kind, "path": str(path), "seconds": round(time.perf_counter() - t0, 3)}
     emit(args, doc, lambda d: f"wrote {d['path']} ({d['seconds']} s)")
     return 0

@@ -100,11 +100,12 @@ def _policy_and_limits(args):
 def run(args) -> int:
     from ..access import harden_gdal
     from ..engine import Engine
-    from ..service import Server, check_security, serve_workers
+    from ..service import Server, check_endpoint_free, check_security, serve_workers
 
     policy, limits = _policy_and_limits(args)
     # every refusal before loading a 7B model, not after
     check_security(args.endpoint, args.keys_dir, args.curve, policy.roots, check_roots=True)
+    check_endpoint_free(args.endpoint)
     removed = harden_gdal(policy)
     log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
     engines = []
