@@ -91,3 +91,16 @@ def test_a_failed_synthetic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         samples.write_synthetic_raster(tmp_path / "x.tif", 300, 200)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, code", [
+    (["sample", "sentinel2", "--out", "{tmp}/file.txt/s2.vrt"], "output_error"),
+    (["sample", "synthetic", "--size", "64x64", "--out", "{tmp}/file.txt/x.tif"], "output_error"),
+    (["keys", "{tmp}/file.txt/keys"], "io_error"),
+])
+def test_unwritable_outputs_are_errors_with_a_code_not_tracebacks(tmp_path, args, code):
+    (tmp_path / "file.txt").write_text("a file where a folder is expected")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "lrs_focus.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"error [{code}]" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
