@@ -185,3 +185,18 @@ def test_questions_about_one_image_run_back_to_back(tmp_path, small_benchmark, e
     assert seen[:3] == [seen[0]] * 3 and seen[0].endswith(first["image"].split("/")[-1])
     merged = [r["question_id"] for r in _read(tmp_path / "out" / "lrs-paper.jsonl")]
     assert merged == [r["question_id"] for r in interleaved]  # the answers file keeps the question order
+
+
+def test_repeated_question_id_keeps_both_lines_in_order(tmp_path, small_benchmark, evalkit):
+    questions, good_ids = small_benchmark
+    lines = [json.loads(line) for line in open(questions) if line.startswith("{\"")]
+    repeated = [lines[0], lines[1], dict(lines[2], question_id=lines[0]["question_id"]), lines[3]]
+    qfile = evalkit.write_jsonl(tmp_path / "q.jsonl", repeated, [])
+    config = EvalConfig("lrs", qfile, tmp_path / "out", image_root=questions.parent.parent, modes=["paper"],
+                        progress=False, report=False)
+    doc = run_eval(config, engine=evalkit.FakeEngine(), shard=Shard())
+    merged = _read(doc["answers"]["paper"])
+    assert [r["question_id"] for r in merged] == [good_ids[0], good_ids[1], "line-3", good_ids[3]]
+    assert merged[0]["status"] == "ok" and merged[0]["prompt"] == lines[0]["text"]  # not overwritten
+    assert merged[2]["error"]["code"] == "malformed_record" and "repeats line 1" in merged[2]["error"]["message"]
+    assert doc["shard_counts"]["paper"] == {"answered": 3, "failed": 1, "skipped": 0}

@@ -77,10 +77,19 @@ def _item(record: Any, number: int, error: Optional[str], id_key: str, required:
 
 def _items(values, id_key: str, required, root: Path, image_key: str,
            prompt: Callable[[dict[str, Any]], str]) -> list[EvalItem]:
-    """(line number, record, read error) -> EvalItems; a bad record becomes a failed item, kept."""
-    items = []
+    """(line number, record, read error) -> EvalItems; a bad record becomes a failed item, kept.
+
+    A repeated question id becomes a failed item `line-<n>`: answers are keyed by id, so a second
+    question under the same id would otherwise overwrite the first one's answer (and be skipped as
+    done on resume)."""
+    items, first_line = [], {}
     for number, record, error in values:
         qid, error = _item(record, number, error, id_key, required)
+        if qid in first_line:
+            repeat = f"question id {qid} on line {number} repeats line {first_line[qid]}"
+            qid, error = f"line-{number}", repeat + (f"; {error}" if error else "")
+        else:
+            first_line[qid] = number
         if error:
             items.append(EvalItem(qid, None, "", record if isinstance(record, dict) else {}, error))
             continue
