@@ -200,3 +200,21 @@ def test_repeated_question_id_keeps_both_lines_in_order(tmp_path, small_benchmar
     assert merged[0]["status"] == "ok" and merged[0]["prompt"] == lines[0]["text"]  # not overwritten
     assert merged[2]["error"]["code"] == "malformed_record" and "repeats line 1" in merged[2]["error"]["message"]
     assert doc["shard_counts"]["paper"] == {"answered": 3, "failed": 1, "skipped": 0}
+
+
+def test_torn_last_shard_line_does_not_swallow_the_next_answer(tmp_path, small_benchmark, evalkit, caplog):
+    """A run killed in the middle of writing a line leaves it without its newline; the next run
+    used to append its first answer onto it, and that answer vanished from the merged file."""
+    questions, good_ids = small_benchmark
+    out = tmp_path / "out"
+    config = EvalConfig("lrs", questions, out, modes=["paper"], progress=False, report=False, limit=3)
+    run_eval(config, engine=evalkit.FakeEngine(), shard=Shard())
+    shard = answer_files.shard_path(out, "lrs", "paper", 0, 1)
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # the third line torn
+    (out / "lrs-paper.jsonl").unlink()
+    engine = evalkit.FakeEngine()
+    doc = run_eval(config, engine=engine, shard=Shard())
+    assert engine.asked == [json.loads(lines[2])["question_id"]]
+    assert [r["question_id"] for r in _read(doc["answers"]["paper"])] == good_ids[:3]
+    assert "1 unreadable line(s) skipped" in caplog.text

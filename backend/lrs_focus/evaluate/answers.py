@@ -9,10 +9,13 @@ wins; a question only ever failed keeps its last failure.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
+
+log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -84,6 +87,22 @@ def done_ids(out_dir: Path, benchmark: str, mode: str) -> set[str]:
     return {qid for qid, rec in answers.records.items() if rec.get("status", STATUS_OK) == STATUS_OK}
 
 
+def open_for_append(path: Path):
+    """Open a shard for appending; a torn last line (a run killed mid-write, a full disk) is
+    closed with a newline first, so it stays one malformed line instead of swallowing the next
+    answer appended after it."""
+    path = Path(path)
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as raw:
+            raw.seek(-1, os.SEEK_END)
+            torn = raw.read(1) != b"\n"
+    fh = open(path, "a", encoding="utf-8")
+    if torn:
+        fh.write("\n")
+    return fh
+
+
 def append_jsonl(fh, record: dict[str, Any]) -> None:
     """One line, flushed and synced, so a killed run loses at most the question in flight."""
     fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -95,6 +114,9 @@ def merge(out_dir: Path, benchmark: str, mode: str, order: Optional[list[str]] =
     """Join the merged file and all shards into the merged file (atomically), in `order` if given."""
     target = answers_path(out_dir, benchmark, mode)
     answers = read_answers([target, *shard_paths(out_dir, benchmark, mode)])
+    if answers.malformed:  # the merged file is rewritten clean: say what it leaves out
+        log.warning("merge %s-%s: %d unreadable line(s) skipped, first: %s",
+                    benchmark, mode, len(answers.malformed), answers.malformed[0])
     records = answers.records
     if order is not None:
         rank = {qid: i for i, qid in enumerate(order)}

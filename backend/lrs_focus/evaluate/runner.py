@@ -168,7 +168,7 @@ def run_shard(
         disable=not config.progress,
         dynamic_ncols=True,
     )
-    with open(path, "a", encoding="utf-8") as fh, bar:
+    with answer_files.open_for_append(path) as fh, bar:
         for item in todo:
             result, error, seconds = ask_one(engine, item, options)
             record = answer_record(config.benchmark, item, mode, model_id, result, error, seconds)
