@@ -93,12 +93,26 @@ def format_text(doc) -> str:
     return "\n\n".join(parts)
 
 
+def _check_something_to_merge(config) -> None:
+    """--merge-only of a mode never run here (a mistyped --out or mode) is an error: merging it
+    would write an empty answers file and a report of zeros."""
+    from ..errors import BadOptions
+    from ..evaluate import answers as answer_files
+
+    for mode in config.modes:
+        if not (answer_files.answers_path(config.out_dir, config.benchmark, mode).is_file()
+                or answer_files.shard_paths(config.out_dir, config.benchmark, mode)):
+            raise BadOptions(f"nothing to merge for mode {mode} in {config.out_dir}: "
+                             f"no {config.benchmark}-{mode}.jsonl and no shards")
+
+
 def run(args) -> int:
     from ..evaluate.runner import merge_and_report, run_eval
 
     config = build_config(args)
     if args.merge_only:
         config.validate()
+        _check_something_to_merge(config)
         doc = {"benchmark": config.benchmark, **merge_and_report(config)}
     else:
         doc = run_eval(config)

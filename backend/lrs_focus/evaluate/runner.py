@@ -205,6 +205,14 @@ def merge_and_report(config: EvalConfig, items: Optional[Sequence[EvalItem]] = N
         path = answer_files.merge(config.out_dir, config.benchmark, mode, order)
         doc["answers"][mode] = str(path)
         doc["modes"][mode] = score(config.benchmark, path)
+        # ranks without a process group (RANK/WORLD_SIZE set by hand) do not wait for each other
+        answered = answer_files.read_answers(path).records
+        missing = sum(1 for qid in dict.fromkeys(order) if qid not in answered)
+        doc["modes"][mode]["n_missing"] = missing
+        if missing:
+            log.warning("%s-%s: %d of the %d selected questions have no answer line yet "
+                        "(other ranks still running? merge again with --merge-only)",
+                        config.benchmark, mode, missing, len(order))
     if config.report:
         from .report import write_report
 

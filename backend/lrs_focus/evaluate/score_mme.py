@@ -124,6 +124,7 @@ def format_table(doc: dict[str, Any]) -> str:
         f"mean LLM vision tokens: {'-' if tokens is None else f'{tokens:.1f}'}; "
         f"mean seconds: {'-' if seconds is None else f'{seconds:.3f}'}",
         f"records: failed {doc['n_failed']}, unknown {doc['n_unknown']}, "
-        f"duplicates {doc['n_duplicates']}, malformed {doc['n_malformed']}",
+        f"duplicates {doc['n_duplicates']}, malformed {doc['n_malformed']}"
+        + (f", missing {doc['n_missing']}" if "n_missing" in doc else ""),
     ]
     return "\n".join(lines)
