@@ -137,3 +137,14 @@ def test_cli_text_table_and_report(crafted_file, tmp_path, capsys):
 def test_missing_answers_file_is_an_error(tmp_path, capsys):
     assert main(["score", "lrs", str(tmp_path / "nope.jsonl")]) == 2
     assert "answers file not found" in capsys.readouterr().err
+
+
+def test_numbers_in_answers_compare_as_text(tmp_path, capsys):
+    """`"text": 2` (a tool that stores counts as numbers) ended `score lrs` in a traceback."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("\n".join(json.dumps(a) for a in [
+        _ans("FAIR_1", "count", "2", 2), _ans("FAIR_2", "count", 3, "three"), _ans("FAIR_3", "count", "4", 5),
+    ]) + "\n")
+    assert main(["score", "lrs", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["subsets"]["FAIR"]["correct"] == 2 and doc["subsets"]["FAIR"]["n"] == 3

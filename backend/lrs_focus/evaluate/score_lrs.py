@@ -28,9 +28,10 @@ from .wordnet import are_synonyms
 
 
 def match_kind(prediction: Optional[str], ground_truth: str, wordnet=None) -> Optional[str]:
-    """"exact", "synonym" or None (wrong)."""
-    gt = (ground_truth or "").lower()
-    pred = (prediction or "").lower()
+    """"exact", "synonym" or None (wrong). Numbers (`"text": 2` from other tools) compare as their
+    text; the official script would stop with an AttributeError."""
+    gt = ("" if ground_truth is None else str(ground_truth)).lower()
+    pred = ("" if prediction is None else str(prediction)).lower()
     if pred == gt:
         return "exact"
     return "synonym" if are_synonyms(gt, pred, wordnet) else None
@@ -60,7 +61,7 @@ def score_records(
         ):
             unknown.append(qid)
             continue
-        category = reference["category"]
+        category = str(reference["category"])
         answered = rec.get("status") != STATUS_FAILED
         failed += not answered
         kind = match_kind(rec.get("text"), reference["ground_truth"], wordnet) if answered else None
