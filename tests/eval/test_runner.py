@@ -218,3 +218,20 @@ def test_torn_last_shard_line_does_not_swallow_the_next_answer(tmp_path, small_b
     assert engine.asked == [json.loads(lines[2])["question_id"]]
     assert [r["question_id"] for r in _read(doc["answers"]["paper"])] == good_ids[:3]
     assert "1 unreadable line(s) skipped" in caplog.text
+
+
+def test_unusable_out_or_empty_selection_refused_before_the_model_loads(tmp_path, small_benchmark, capsys):
+    """A 7B checkpoint loads for minutes: an --out under a file, or a --subset the file lacks, used
+    to be found only afterwards. A model that cannot load shows which check came first."""
+    from lrs_focus.cli import main
+
+    questions, _ = small_benchmark
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    base = ["eval", "lrs", str(questions), "--model", str(tmp_path / "no-such-checkpoint"), "--no-progress"]
+    assert main([*base, "--out", str(blocker / "run")]) == 2
+    assert "error [io_error]" in capsys.readouterr().err
+    fair = tmp_path / "fair.jsonl"
+    fair.write_text("".join(line for line in open(questions) if '"FAIR_' in line))
+    assert main(["eval", "lrs", str(fair), *base[3:], "--subset", "STAR", "--out", str(tmp_path / "o")]) == 2
+    assert "no questions selected" in capsys.readouterr().err

@@ -225,6 +225,13 @@ def run_eval(config: EvalConfig, engine: Optional[AskEngine] = None, shard: Opti
     config.validate()
     shard = shard or shard_from_env()
     items = select_items(config)
+    # refused before a model loads (minutes for a 7B checkpoint), not after
+    if not items:
+        from ..errors import BadOptions
+
+        raise BadOptions(f"no questions selected from {config.questions} "
+                         f"(--subset {', '.join(config.subsets or ['all'])}, --limit {config.limit})")
+    (Path(config.out_dir) / "shards").mkdir(parents=True, exist_ok=True)  # OSError -> io_error
     group = ProcessGroup(shard)
     try:
         engine = engine or load_engine(config, shard)
