@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", help="LLaVA conversation JSON (list of {id, image, conversations})")
     parser.add_argument("--image-root", help="folder image paths are relative to (default: the JSON's folder)")
     parser.add_argument("--model", default="tiny", help="starting model: tiny, a released-layout directory or hub id")
-    parser.add_argument("--out", help="output checkpoint directory (released LLaVA layout)")
+    parser.add_argument("--out", help="output checkpoint directory (released LLaVA layout); new or empty")
+    parser.add_argument("--overwrite", action="store_true", help="replace the checkpoint in a non-empty --out")
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=1)
@@ -88,20 +89,70 @@ def _train(args: argparse.Namespace) -> int:
 
     from ..errors import BadOptions
     from ..model.loading import load_model
-    from ..train.data import load_conversations
+    from ..train.data import check_samples, load_conversations
     from ..train.trainer import TrainConfig, expand, save_checkpoint, train
 
     if not args.data or not args.out:
         raise BadOptions("train needs --data JSON and --out DIR (or use `lrs-focus train needle`)")
-    model, tokenizer, info = load_model(args.model, device=args.device, dtype=torch.float32)
-    items = expand(load_conversations(args.data, args.image_root))
+    # everything a user can get wrong is checked before the model loads and training starts, so a
+    # mistake costs seconds, not a run that fails at its end
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                       rfm_lr=args.rfm_lr, pairs=args.pairs, distill_weight=args.distill_weight,
-                      lm_weight=args.lm_weight, train=args.parts, init_rfm=not args.no_init_rfm, seed=args.seed)
+                      lm_weight=args.lm_weight, train=args.parts, init_rfm=not args.no_init_rfm, seed=args.seed).check()
+    _check_device(args.device)
+    samples = load_conversations(args.data, args.image_root)
+    check_samples(samples)
+    _check_out(args.out, args.overwrite)
+    model, tokenizer, info = load_model(args.model, device=args.device, dtype=torch.float32)
+    check_samples(samples, tokenizer)
+    items = expand(samples)
     result = train(model, tokenizer, items, cfg, progress=not args.json)
-    out = save_checkpoint(model, tokenizer, args.out)
-    doc = {"checkpoint": str(out), "items": len(items), "history": result.history, "first": result.first,
-           "last": result.last, "config": cfg.to_dict(), "model": info}
-    emit(args, doc, lambda d: f"saved {d['checkpoint']} after {cfg.steps} steps on {d['items']} items; "
-         f"last losses: lm {d['last'].get('lm', 0):.4f} distill {d['last'].get('distill', 0):.5f}")
+    from accelerate import PartialState
+
+    state = PartialState()  # under accelerate launch / torchrun every rank trains; one writes
+    if state.is_main_process:
+        out = save_checkpoint(model, tokenizer, args.out)
+        doc = {"checkpoint": str(out), "items": len(items), "history": result.history, "first": result.first,
+               "last": result.last, "config": cfg.to_dict(), "model": info}
+        emit(args, doc, lambda d: f"saved {d['checkpoint']} after {cfg.steps} steps on {d['items']} items; "
+             f"last losses: lm {d['last'].get('lm', 0):.4f} distill {d['last'].get('distill', 0):.5f}")
+    state.wait_for_everyone()
     return 0
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+
+    from ..errors import BadOptions
+
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise BadOptions(f"--device must be cpu, cuda or cuda:N, not {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise BadOptions(f"--device {device}: no CUDA device is available here (use --device cpu)")
+    if kind not in ("cpu", "cuda"):
+        raise BadOptions(f"--device must be cpu, cuda or cuda:N, not {device!r}")
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """--out must be writable, and new or empty unless --overwrite: the save replaces the weight,
+    tokenizer and config files in it."""
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import OutputError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--out {out} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputError(f"--out {out} is not empty; choose a new directory or pass --overwrite to replace "
+                          "the checkpoint in it")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise OutputError(f"cannot write the checkpoint to --out {out}: {exc}") from exc

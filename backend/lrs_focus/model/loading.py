@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,10 @@ KEY_MAP = (  # (released prefix, module prefix); first match wins, most specific
 )
 TOLERATED_EXTRA = ("position_ids", "rotary_emb.inv_freq", "token_pruner.rotary_emb.inv_freq")
 TINY_NAMES = {"tiny": "qwen2", "tiny-qwen2": "qwen2", "tiny-llama": "llama"}
+#: weight files of any format and sharding, and tokenizer files, that a new save replaces
+STALE_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja")
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 
@@ -154,16 +159,28 @@ def resolve(name: str, what: str = "model", relative_to: Path | None = None) -> 
 
 
 def save_released(model: LrsFocusModel, tokenizer: Any, directory: str | os.PathLike, max_shard_size: str = "5GB") -> Path:
-    """Write config.json, safetensors weights (released key layout) and the tokenizer files."""
+    """Write safetensors weights (released key layout), the tokenizer files, then config.json.
+
+    Into a directory that already holds a checkpoint: its config.json goes first and its weight and
+    tokenizer files of every format are removed, since `read_weights` would otherwise also read a
+    stale pytorch_model.bin (or index) and `load_tokenizer` prefer a stale tokenizer.model.
+    config.json is written last (atomically): a save cut short (Ctrl-C, full disk) leaves a folder
+    that `load_model` refuses as "not a model directory" instead of new and old files mixed."""
     from huggingface_hub import save_torch_state_dict
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(model.config.to_released_dict(), indent=2, default=str))
+    (out / "config.json").unlink(missing_ok=True)
+    for path in out.iterdir():
+        if path.is_file() and (STALE_FILE.fullmatch(path.name) or (tokenizer is not None and path.name in TOKENIZER_FILES)):
+            path.unlink()
     state = {k: v.detach().contiguous() for k, v in released_state_dict(model).items()}
     save_torch_state_dict(state, str(out), max_shard_size=max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    partial = out / "config.json.partial"
+    partial.write_text(json.dumps(model.config.to_released_dict(), indent=2, default=str))
+    os.replace(partial, out / "config.json")
     return out
 
 

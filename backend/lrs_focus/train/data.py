@@ -52,26 +52,55 @@ def load_conversations(path: str | Path, image_root: Optional[str | Path] = None
     path = Path(path)
     try:
         records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise BadOptions(f"cannot read training data {path}: {exc}") from exc
     if not isinstance(records, list):
         raise BadOptions(f"{path}: expected a JSON list of conversation records")
     root = Path(image_root) if image_root else path.parent
     samples = []
     for i, rec in enumerate(records):
-        conv = rec.get("conversations") or []
-        if "image" not in rec or len(conv) < 2 or len(conv) % 2:
-            raise BadOptions(f"{path}: record {i} needs an image and human/gpt turn pairs")
+        where = f"{path}: record {i}" + (f" (id {rec.get('id')!r})" if isinstance(rec, dict) and "id" in rec else "")
+        conv = rec.get("conversations") if isinstance(rec, dict) else None
+        image = rec.get("image") if isinstance(rec, dict) else None
+        if not isinstance(image, str) or not image.strip() or not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
+            raise BadOptions(f"{where} needs an image path and human/gpt turn pairs")
         turns = []
         for human, gpt in zip(conv[0::2], conv[1::2]):
-            if human.get("from") != "human" or gpt.get("from") != "gpt":
-                raise BadOptions(f"{path}: record {i} turns must alternate human, gpt")
-            text = human["value"].replace(IMAGE_TOKEN, "").strip()
-            turns.append((text, gpt["value"].strip()))
-        image = Path(rec["image"])
+            if not (isinstance(human, dict) and isinstance(gpt, dict)) or human.get("from") != "human" or gpt.get("from") != "gpt":
+                raise BadOptions(f"{where}: turns must alternate human, gpt")
+            if not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
+                raise BadOptions(f"{where}: every turn needs a text \"value\"")
+            answer = gpt["value"].strip()
+            if not answer:  # would teach the model to end its answer at once
+                raise BadOptions(f"{where}: empty answer")
+            turns.append((human["value"].replace(IMAGE_TOKEN, "").strip(), answer))
+        image_path = Path(image)
         extra = {k: v for k, v in rec.items() if k not in ("id", "image", "conversations")}
-        samples.append(Sample(str(rec.get("id", i)), image if image.is_absolute() else root / image, turns, extra))
+        samples.append(Sample(str(rec.get("id", i)), image_path if image_path.is_absolute() else root / image_path, turns, extra))
     return samples
+
+
+def check_samples(samples: list[Sample], tokenizer: Any = None) -> None:
+    """Refuse, before any training step, what would otherwise stop a run midway (a missing image)
+    or train silently on other text than written: a question or answer holding one of the
+    tokenizer's control tokens ('<|im_end|>', '</s>') would end the turn early, as the engine
+    refuses for questions."""
+    from ..model.prompts import control_tokens_in
+
+    missing = [s for s in samples if not (str(s.image).startswith("/vsi") or s.image.is_file())]  # as RasterSource
+    if missing:
+        names = ", ".join(f"{s.id!r}: {s.image}" for s in missing[:5])
+        raise BadOptions(f"{len(missing)} record(s) name an image that is not a file: {names}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    if tokenizer is None:
+        return
+    for s in samples:
+        for question, answer in s.turns:
+            for what, text in (("question", question), ("answer", answer)):
+                controls = control_tokens_in(tokenizer, text)
+                if controls:
+                    raise BadOptions(f"record {s.id!r}: the {what} contains the model's control token "
+                                     f"{controls[0]!r}; remove it (the model would read another text)")
 
 
 def image_views(image: str | Path, pyramid_config: Any, pixels: Optional[str] = None) -> ImageViews:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import BadOptions
 from ..model.modeling import CLIP_MEAN_RGB, MultimodalSequence
 from ..model.prompts import encode_prompt
 from ..pyramid import PyramidConfig
@@ -54,6 +55,25 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> "TrainConfig":
+        """Refuse values that would crash deep in torch or train silently wrong (a NaN or negative
+        learning rate writes a NaN or gradient-ascent checkpoint), before any model is loaded."""
+        for name in ("steps", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise BadOptions(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)!r}")
+        for name in ("lr", "rfm_lr", "distill_weight", "lm_weight", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise BadOptions(f"{name.replace('_', '-')} must be a finite number >= 0, not {value!r}")
+        if self.train not in PARTS:
+            raise BadOptions(f"train must be one of {', '.join(PARTS)}, not {self.train!r}")
+        lm = self.lm_weight if self.train != "rfm" else 0.0
+        distill = self.distill_weight if self.train != "no-rfm" else 0.0
+        if lm == 0 and distill == 0:
+            raise BadOptions(f"nothing to train: --train {self.train} with lm-weight {self.lm_weight} and "
+                             f"distill-weight {self.distill_weight} leaves no loss")
+        return self
 
 
 def pyramid_config(model: Any) -> PyramidConfig:
@@ -105,6 +125,12 @@ class DistillStep(nn.Module):
         lm_weight = 0.0 if self.cfg.train == "rfm" else self.cfg.lm_weight
         seqs = build_training_batch(self.model, self.tokenizer, [self.views(i.sample.image) for i in batch],
                                     [(i.question, i.answer) for i in batch])
+        limit = int(self.model.config.max_length)
+        for item, seq in zip(batch, seqs):  # text is never cut: a sequence past the limit is refused
+            if seq.length > limit:
+                raise BadOptions(f"record {item.sample.id!r}: the training sequence takes {seq.length} tokens "
+                                 f"(thumbnail, base-level tiles, question and answer), more than the model's "
+                                 f"max_length {limit}; shorten the question or answer")
         out = batch_losses(self.model, seqs, self.pairs, distill_weight=distill_weight, lm_weight=lm_weight)
         return out.total, out.lm, out.distill
 
@@ -138,6 +164,10 @@ def _trainable(model: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
     return out
 
 
+class TrainingDiverged(BadOptions):
+    """The loss became NaN or infinite (usually a learning rate too high for the model)."""
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
@@ -151,11 +181,13 @@ def train(model: nn.Module, tokenizer: Any, items: Sequence[Item], cfg: TrainCon
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from torch.utils.data import DataLoader
 
+    cfg.check()
     if not items:
-        raise ValueError("no training items")
+        raise BadOptions("no training items")
     # the last RFM layer's v/o/MLP and the layers after the last pair get no gradient: tell DDP
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available(),
+    on_cpu = next(model.parameters()).device.type == "cpu"  # else prepare() moves a --device cpu model to CUDA
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=on_cpu or not torch.cuda.is_available(),
                               kwargs_handlers=[ddp])
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -163,9 +195,12 @@ def train(model: nn.Module, tokenizer: Any, items: Sequence[Item], cfg: TrainCon
     if cfg.init_rfm and cfg.train != "no-rfm":
         used = model.init_rfm_from_llm()
         log.info("RFM initialised from LLM layers %s", used)
-    pairs = layer_pairs(model.config.rfm_layer_list, cfg.pairs)
+    try:
+        pairs = layer_pairs(model.config.rfm_layer_list, cfg.pairs)
+    except ValueError as exc:
+        raise BadOptions(f"--pairs: {exc}") from exc
     params = _trainable(model, cfg.train)
-    rfm_lr = cfg.rfm_lr or cfg.lr
+    rfm_lr = cfg.lr if cfg.rfm_lr is None else cfg.rfm_lr  # 0 is a value (a frozen RFM), not "unset"
     groups = [
         {"params": [p for n, p in params if not n.startswith("rfm.")], "lr": cfg.lr},
         {"params": [p for n, p in params if n.startswith("rfm.")], "lr": rfm_lr},
@@ -202,6 +237,9 @@ def train(model: nn.Module, tokenizer: Any, items: Sequence[Item], cfg: TrainCon
                 continue
             step += 1
             window.append((float(total.detach()), float(lm), float(dist)))
+            if not math.isfinite(window[-1][0]):  # stop before a NaN model is saved as a checkpoint
+                raise TrainingDiverged(f"the loss became {window[-1][0]} at step {step} (lm {window[-1][1]}, "
+                                       f"distill {window[-1][2]}); lower --lr. No checkpoint was written")
             if step % cfg.log_every == 0 or step == cfg.steps:
                 mean = [sum(v) / len(v) for v in zip(*window)]
                 rec = {"step": step, "loss": mean[0], "lm": mean[1], "distill": mean[2]}
