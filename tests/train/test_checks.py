@@ -152,3 +152,9 @@ def test_bad_option_fails_fast_as_a_process(tmp_path, needle_json):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "RFM initialised" not in proc.stderr  # refused before the model was built
+
+
+def test_needle_steps_zero_is_refused_not_the_default_run(tmp_path, capsys):
+    """`train needle --steps 0` ran the default 4000 LVLM steps (`if args.needle_steps:`)."""
+    assert main(["train", "needle", "--quick", "--steps", "0", "--workdir", str(tmp_path)]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err

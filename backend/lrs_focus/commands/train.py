@@ -60,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
 def _needle(args: argparse.Namespace) -> int:
     from ..train.needle import NeedleConfig, run_needle
 
+    from ..errors import BadOptions
+
     cfg = NeedleConfig.quick(seed=args.needle_seed) if args.quick else NeedleConfig(seed=args.needle_seed)
-    if args.needle_steps:
+    if args.needle_steps is not None:  # 0 is a value: it ran the default 4000 steps (17 minutes)
+        if args.needle_steps < 1:
+            raise BadOptions(f"--steps must be at least 1, not {args.needle_steps}")
         cfg.lvlm_steps = int(args.needle_steps)
     doc = run_needle(cfg, workdir=args.workdir, progress=not args.json)
     emit(args, doc, _needle_text)
