@@ -83,3 +83,22 @@ def test_offline_hub_id_gives_a_clear_error(monkeypatch):
     with pytest.raises(errors.ModelNotFound) as info:
         load_model("ll-13/llava-largeimg-Qwen2-7B-not-cached", device="cpu")
     assert "--model" in str(info.value) and "local" in str(info.value).lower()
+
+
+@pytest.mark.parametrize("device, said", [("gpu", "must be cpu, cuda or cuda:N"), ("cuda", "sees no CUDA GPU"),
+                                          ("cuda:7", "CUDA"), ("mps", "not usable here")])
+def test_an_unusable_device_is_refused_in_words_before_loading(device, said):
+    """torch said 'AssertionError: Torch not compiled with CUDA enabled' or listed 20 device types."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    cmd = [sys.executable, "-m", "lrs_focus.cli", "ask", "x.tif", "q", "--model", "tiny", "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "error [bad_options]" in out.stderr and said in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

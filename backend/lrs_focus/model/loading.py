@@ -201,6 +201,28 @@ def parse_dtype(value: Any) -> torch.dtype | None:
         raise errors.BadOptions(f"dtype must be float32, bfloat16 or float16, not {value!r}") from None
 
 
+def check_device(device: str) -> str:
+    """`device` if this torch can use it; otherwise BadOptions in words, before any weights load
+    (torch's own errors are an AssertionError or a list of twenty device types)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise errors.BadOptions(f"device must be cpu, cuda or cuda:N, not {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise errors.BadOptions(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                                    "use --device cpu or a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise errors.BadOptions(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(1, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            reason = str(exc).split(". ")[0].splitlines()[0][:160]
+            raise errors.BadOptions(f"device {device!r} is not usable here: {reason}") from None
+    return str(device)
+
+
 def default_dtype(device: str) -> torch.dtype:
     """bf16 on CUDA, float32 on CPU."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -212,7 +234,7 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     info = {"name", "random_weights", "device", "dtype", "attention"}. On CUDA the attention is
     sdpa (fused flash kernels in bf16) or flash_attention_2 when the flash-attn package is present.
     """
-    device = device or default_device()
+    device = check_device(device or default_device())
     dtype = dtype or default_dtype(device)
     if name in TINY_NAMES:
         from .tiny import build_tiny
