@@ -89,6 +89,7 @@ class LrsFocusPlugin:
         configure.triggered.connect(self.open_settings)
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
+        project.readProject.connect(self._restore_last_result)
         project.cleared.connect(self._refresh_history)
         project.cleared.connect(self._project_closed)
         self._refresh_history()
@@ -112,8 +113,9 @@ class LrsFocusPlugin:
             self.iface.removeToolBarIcon(action)
         self.actions = []
         project = QgsProject.instance()
-        for signal, slot in ((project.readProject, self._refresh_history), (project.cleared, self._refresh_history),
-                             (project.cleared, self._project_closed)):
+        for signal, slot in ((project.readProject, self._refresh_history),
+                             (project.readProject, self._restore_last_result),
+                             (project.cleared, self._refresh_history), (project.cleared, self._project_closed)):
             try:
                 signal.disconnect(slot)
             except TypeError:
@@ -167,9 +169,20 @@ class LrsFocusPlugin:
 
     def _project_closed(self) -> None:
         """The project was closed (New, Open, Close) while a question ran: its answer must not land in the next one."""
+        self.last_layers = []
+        if self.dock is not None:
+            self.dock.zoom_button.setEnabled(False)
         if self.task is not None:
             self.task.add_layers = False
             self.task.project_closed = True
+
+    def _restore_last_result(self, *_) -> None:
+        """A reopened project's newest answer is what "Zoom to focus" goes to."""
+        from .result_layers import latest_result_layers
+
+        self.last_layers = latest_result_layers(QgsProject.instance().layerTreeRoot())
+        if self.dock is not None:
+            self.dock.zoom_button.setEnabled(bool(self.last_layers))
 
     def _answered(self, task, result: dict, layers: list) -> None:
         self.task = None

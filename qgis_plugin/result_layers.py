@@ -23,6 +23,7 @@ from qgis.core import (
     QgsFeature,
     QgsGeometry,
     QgsLayerTreeGroup,
+    QgsLayerTreeLayer,
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
@@ -110,6 +111,16 @@ def hide_previous_results(root) -> int:
             group.setExpanded(False)
             count += 1
     return count
+
+
+def latest_result_layers(root) -> list:
+    """The layers of the newest answer's group (results go on top), focus first; [] if none.
+
+    A reopened project has no Python state left: this is how "Zoom to focus" finds its layers."""
+    for group in root.children():
+        if isinstance(group, QgsLayerTreeGroup) and group.customProperty(GROUP_KEY) is not None:
+            return [n.layer() for n in group.children() if isinstance(n, QgsLayerTreeLayer) and n.layer() is not None]
+    return []
 
 
 def focus_extent(layers: list) -> QgsRectangle:

@@ -137,6 +137,9 @@ def test_results_are_filed_and_survive_reopening_the_project(asked):
 
     assert summary(doc["reopened_tree"]) == summary(doc["tree"])
     assert doc["history_after_reopen"] == doc["history"]
+    # "Zoom to focus" goes to the reopened project's newest answer (it stayed greyed out)
+    assert not doc["zoom_enabled_after_clear"] and doc["zoom_enabled_after_reopen"]
+    assert doc["canvas_extent_after_reopen_zoom"] == pytest.approx(doc["canvas_extent"], rel=1e-6)
 
 
 def test_export_writes_the_answer_with_its_tiles_and_heatmap(asked):

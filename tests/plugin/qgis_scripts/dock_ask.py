@@ -19,7 +19,7 @@ asks = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 project_file = sys.argv[6] if len(sys.argv) > 6 else ""
 app = start_qgis()
 
-from qgis.core import QgsProject, QgsSettings  # noqa: E402
+from qgis.core import QgsProject, QgsRectangle, QgsSettings  # noqa: E402
 
 QgsSettings().setValue("lrs_focus/endpoint", endpoint)
 QgsSettings().setValue("lrs_focus/results_dir", os.environ.get("LRS_TEST_RESULTS_DIR", ""))
@@ -80,8 +80,14 @@ report = {
 if project_file:
     QgsProject.instance().write(project_file)
     QgsProject.instance().clear()
+    report["zoom_enabled_after_clear"] = dock.zoom_button.isEnabled()
     QgsProject.instance().read(project_file)
     report["reopened_tree"] = layer_tree(QgsProject.instance().layerTreeRoot())
     report["history_after_reopen"] = [dock.history.item(i).text() for i in range(dock.history.count())]
+    report["zoom_enabled_after_reopen"] = dock.zoom_button.isEnabled()
+    x0, y0, x1, y1 = report["raster_extent"]  # the layer object itself went with the cleared project
+    iface.canvas.setExtent(QgsRectangle(x0, y0, x1, y1).buffered(3 * (x1 - x0)))
+    dock.zoom_button.click()
+    report["canvas_extent_after_reopen_zoom"] = rect(iface.canvas.extent())
 emit(report)
 plugin.unload()
