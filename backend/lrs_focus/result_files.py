@@ -117,17 +117,15 @@ def kind_of(path: str) -> str:
 
 
 def check_writable(path: str) -> None:
-    """Refuse a file that cannot be created, before the question runs (OutputError)."""
-    from .errors import OutputError
-
+    """Refuse a file that cannot be created, before the question runs (ResultFileError)."""
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
     if os.path.isdir(full):
-        raise OutputError(f"cannot write {path}: it is a folder")
+        raise ResultFileError(f"cannot write {path}: it is a folder")
     if not os.path.isdir(folder):
-        raise OutputError(f"cannot write {path}: the folder {folder} does not exist")
+        raise ResultFileError(f"cannot write {path}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
-        raise OutputError(f"cannot write {path}: permission denied")
+        raise ResultFileError(f"cannot write {path}: permission denied")
 
 
 def no_wgs84_message(path: str) -> str:

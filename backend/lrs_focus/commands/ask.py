@@ -196,13 +196,16 @@ def _local_ground(raster: str):
 
 def _check_files_possible(args) -> None:
     """Refuse before the model runs what cannot be written after it."""
-    from ..errors import BadOptions
-    from ..result_files import check_writable, kind_of, no_wgs84_message
+    from ..errors import BadOptions, OutputError
+    from ..result_files import ResultFileError, check_writable, kind_of, no_wgs84_message
 
     if args.heatmap and args.mode == "thumbnail":
         raise BadOptions("--heatmap needs token scores, and thumbnail mode scores none: use another --mode")
     for path in [*args.out, *([args.heatmap] if args.heatmap else [])]:
-        check_writable(path)
+        try:
+            check_writable(path)
+        except ResultFileError as exc:
+            raise OutputError(str(exc)) from None
     for out in args.out:
         if kind_of(out) == "geojson":
             ground = _local_ground(args.raster)
