@@ -93,6 +93,7 @@ def write_synthetic_raster(
     compress: Optional[str] = "DEFLATE",
     geotransform: Optional[Sequence[float]] = (500000.0, 0.5, 0.0, 4500000.0, 0.0, -0.5),
     epsg: Optional[int] = 32618,
+    crs: Optional[str] = None,
     nodata: Optional[float] = None,
     rgb: bool = True,
     seed: int = 0,
@@ -100,7 +101,8 @@ def write_synthetic_raster(
     """Write a tiled GeoTIFF with deterministic content; return its path.
 
     `geotransform=None` writes no georeferencing; a 6-tuple with non-zero terms 2 and 4 writes a
-    rotated raster. `overviews=True` builds AVERAGE overviews (factors 2.. until < 256 px) inside
+    rotated raster. `crs` (WKT, PROJ string, "EPSG:n"...) replaces `epsg`, e.g. for a CRS
+    without an EPSG code. `overviews=True` builds AVERAGE overviews (factors 2.. until < 256 px) inside
     the file. Rows are generated in strips of `tile` lines, so memory stays small.
     """
     from .errors import BadOptions
@@ -134,9 +136,12 @@ def write_synthetic_raster(
         ds = gdal.GetDriverByName("GTiff").Create(str(tmp), width, height, bands, gdt, options)
         if geotransform is not None:
             ds.SetGeoTransform(list(geotransform))
-            if epsg is not None:
+            if crs is not None or epsg is not None:
                 srs = osr.SpatialReference()
-                srs.ImportFromEPSG(int(epsg))
+                if crs is not None:
+                    srs.SetFromUserInput(crs)
+                else:
+                    srs.ImportFromEPSG(int(epsg))
                 ds.SetProjection(srs.ExportToWkt())
         for b in range(1, bands + 1):
             band = ds.GetRasterBand(b)

@@ -28,14 +28,8 @@ def nogeo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def custom_rotated(tmp_path_factory):
-    path = write_synthetic_raster(tmp_path_factory.mktemp("r") / "custom.tif", 900, 700,
-                                  geotransform=(480000.0, 8.66, -5.0, 5200000.0, -5.0, -8.66), epsg=None)
-    srs = osr.SpatialReference()
-    srs.ImportFromProj4(CUSTOM_TM)
-    ds = gdal.Open(str(path), gdal.GA_Update)
-    ds.SetSpatialRef(srs)
-    ds = None
-    return path
+    return write_synthetic_raster(tmp_path_factory.mktemp("r") / "custom.tif", 900, 700,
+                                  geotransform=(480000.0, 8.66, -5.0, 5200000.0, -5.0, -8.66), crs=CUSTOM_TM)
 
 
 def test_geojson_for_a_raster_without_crs_is_refused_before_the_model_runs(nogeo, tmp_path):

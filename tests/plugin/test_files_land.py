@@ -47,13 +47,8 @@ def _palette(path: Path) -> Path:
 
 
 def _custom_crs(path: Path) -> Path:
-    write_synthetic_raster(path, 900, 700, geotransform=(480000.0, 1.5, 0.0, 5200000.0, 0.0, -1.5), epsg=None)
-    srs = osr.SpatialReference()
-    srs.ImportFromProj4(CUSTOM_TM)
-    ds = gdal.Open(str(path), gdal.GA_Update)
-    ds.SetSpatialRef(srs)
-    ds = None
-    return path
+    return write_synthetic_raster(path, 900, 700, geotransform=(480000.0, 1.5, 0.0, 5200000.0, 0.0, -1.5),
+                                  crs=CUSTOM_TM)
 
 
 KINDS = {
