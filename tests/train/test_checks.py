@@ -43,7 +43,7 @@ def _train(tmp_path, data, *extra, out="ckpt"):
     (["--lr", "-1"], "lr must be a finite number"),  # gradient ascent
     (["--lm-weight", "0", "--distill-weight", "0"], "nothing to train"),
     (["--pairs", "x"], "--pairs"),
-    (["--device", "gpu"], "--device"),
+    (["--device", "gpu"], "device must be cpu, cuda or cuda:N"),
 ])
 def test_bad_options_are_refused_without_a_checkpoint(tmp_path, needle_json, capsys, extra, says):
     assert _train(tmp_path, needle_json, *extra) == 2

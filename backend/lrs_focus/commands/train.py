@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import BadOptions
-    from ..model.loading import load_model
+    from ..model.loading import check_device, load_model
     from ..train.data import check_samples, load_conversations
     from ..train.trainer import TrainConfig, expand, save_checkpoint, train
 
@@ -103,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                       rfm_lr=args.rfm_lr, pairs=args.pairs, distill_weight=args.distill_weight,
                       lm_weight=args.lm_weight, train=args.parts, init_rfm=not args.no_init_rfm, seed=args.seed).check()
-    _check_device(args.device)
+    if args.device is not None:
+        check_device(args.device)
     samples = load_conversations(args.data, args.image_root)
     check_samples(samples)
     _check_out(args.out, args.overwrite)
@@ -122,23 +123,6 @@ def _train(args: argparse.Namespace) -> int:
              f"last losses: lm {d['last'].get('lm', 0):.4f} distill {d['last'].get('distill', 0):.5f}")
     state.wait_for_everyone()
     return 0
-
-
-def _check_device(device: str | None) -> None:
-    import torch
-
-    from ..errors import BadOptions
-
-    if device is None:
-        return
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise BadOptions(f"--device must be cpu, cuda or cuda:N, not {device!r}") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise BadOptions(f"--device {device}: no CUDA device is available here (use --device cpu)")
-    if kind not in ("cpu", "cuda"):
-        raise BadOptions(f"--device must be cpu, cuda or cuda:N, not {device!r}")
 
 
 def _check_out(out: str, overwrite: bool) -> None:
