@@ -55,7 +55,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
 
 
 def tiny_config(family: str = "qwen2", vocab_size: int = 512, tokenizer: PreTrainedTokenizerFast | None = None) -> LrsFocusConfig:
-    """Toy sizes: CLIP 2x32 (56 px, patch 7), LLM 2x64 (4 heads, head 16; Qwen2 with 2 KV heads), RFM 3 layers."""
+    """Toy sizes: CLIP 2x32 (56 px, patch 7), LLM 4x64 (4 heads, head 16; Qwen2 with 2 KV heads), RFM 3 layers."""
     vision = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=64,
