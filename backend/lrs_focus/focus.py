@@ -220,6 +220,24 @@ def fit_budget(canvas: Canvas, keep: np.ndarray, scores: np.ndarray | None, budg
     return close_rows(canvas, chosen), int(tokens.size - chosen.size)
 
 
+def zoom_tiles(geo: PyramidGeometry, canvas: Canvas, keep: np.ndarray, level: int) -> list[Tile]:
+    """Tiles of `level` holding the centres of the kept tokens, raster order (paper mode).
+
+    A centre in the sliver that the next level's unpadding cuts off (its last tile row or column
+    can hold less image than one token) goes to the nearest tile that has tokens: a tile without
+    tokens would be encoded for nothing, and if it were the only one the zoom would leave the LLM
+    no vision token at all.
+    """
+    rows, cols = geo.token_grid(level)
+    t = geo.cfg.tokens_per_tile
+    last_r, last_c = (rows - 1) // t, (cols - 1) // t
+    out = set()
+    for r, c in zip(canvas.row[keep], canvas.col[keep]):
+        tr, tc = geo.tile_at(level, *geo.token_center(canvas.level, int(r), int(c)))
+        out.add((min(tr, last_r), min(tc, last_c)))
+    return sorted(out)
+
+
 def _noop(stage: str, level: int | None, fraction: float, message: str) -> None:
     return None
 
@@ -270,8 +288,7 @@ def run_focus(
         if p == len(levels) - 1:
             break
         nxt = levels[p + 1]
-        next_tiles = sorted({geo.tile_at(nxt.index, *geo.token_center(canvas.level, int(r), int(c)))
-                             for r, c in zip(canvas.row[keep], canvas.col[keep])})
+        next_tiles = zoom_tiles(geo, canvas, keep, nxt.index)
         if not next_tiles or len(next_tiles) > n_max:
             break
         check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")

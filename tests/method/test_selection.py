@@ -227,3 +227,16 @@ def test_memory_follows_the_work_on_a_raster_declaring_10e12_pixels():
     assert capped.tiles_encoded <= 320 and capped.canvas.size <= 320 * 144 + capped.canvas.rows
     trace = build_trace(geo, res)
     assert sum(len(lv["tiles"]) for lv in trace["levels"]) == res.tiles_encoded <= 9 + 80 * len(geo.levels)
+
+
+def test_zoom_never_lands_on_a_tile_the_unpadding_leaves_without_tokens():
+    # 1015 x 1000: level 1 is 1023 x 1008 px in a 4 x 3 tile grid, but its unpadded token grid has
+    # 36 rows, so tile row 3 (15 px of image) has no token; the bottom base tokens' centres lie there
+    geo = PyramidGeometry(1015, 1000, REAL)
+    assert geo.levels[1].grid == (4, 3) and geo.token_grid(1)[0] == 36
+    result = run_focus(geo, "paper", _no_encode, _peak_scorer(geo, (999.0, 1014.0), []), alpha=1e-9, n_max=10**6)
+    for rec in result.records[1:]:
+        with_tokens = set(rec.canvas.tile[rec.canvas.tile >= 0].tolist())
+        assert with_tokens == set(range(len(rec.canvas.tiles))), (rec.level, rec.canvas.tiles)
+    assert result.records[1].encoded == [(2, 2)]  # the nearest tile that has tokens
+    assert result.keep.size == 2  # the kept token and its newline still reach the LLM
