@@ -256,7 +256,7 @@ def answer_question(
         trace = build_trace(geo, result, options.score_reduce, origin=origin)
         trace["budget"] = {**run.budget, "llm_sequence_tokens": run.sequence_tokens,
                            "vision_tokens_dropped": result.vision_tokens_dropped}
-        if origin != (0, 0):
+        if options.window is not None:  # also at origin (0, 0): the trace says the pyramid saw a window
             trace["window"] = list(view.window)
         heatmap = heatmap_document(geo, result.records, origin)
         features = trace_to_features(trace, src.geotransform, src.crs_wkt, job_id)

@@ -168,6 +168,14 @@ def test_window_keeps_raster_pixel_coordinates(tiny_engine, sentinel2_vrt):
     assert [hx0, hy0, hx1, hy1] == [900, 300, 1700, 1100]
 
 
+@pytest.mark.parametrize("window, seen", [([0, 0, 800, 600], [0, 0, 800, 600]), ([0, 0, 1e6, 1e6], [0, 0, 1933, 1947])])
+def test_a_window_at_the_raster_origin_is_named_in_the_trace(tiny_engine, sentinel2_vrt, window, seen):
+    """The trace named the window only when it did not start at (0, 0)."""
+    res = tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="thumbnail", window=window, max_new_tokens=1))
+    assert res["trace"]["window"] == seen
+    assert "window" not in tiny_engine.ask(str(sentinel2_vrt), QUESTION, AskOptions(mode="thumbnail", max_new_tokens=1))["trace"]
+
+
 @pytest.mark.parametrize("window", [[0, 0, 64, 6], [0, 0, 10, 1], [0, 0, 1, 10], [0, 0, 1933, 3]])
 @pytest.mark.parametrize("mode", ["paper", "released"])
 def test_strips_thinner_than_a_token_are_answered(tiny_engine, sentinel2_vrt, window, mode):
