@@ -193,7 +193,8 @@ def fit_budget(canvas: Canvas, keep: np.ndarray, scores: np.ndarray | None, budg
     """Drop the lowest-scored kept tokens until tokens + newlines fit `budget`. Returns (keep, dropped).
 
     Newlines: every row's (`all_newlines`, released) or only those of rows still holding a kept
-    token; when even the rows' newlines exceed the budget, the row rule applies instead.
+    token; when every row's newline leaves no room for a token, the row rule applies instead (a
+    budget of exactly the newlines would send the LLM newlines and no image token).
     """
     if budget is None or keep.size <= budget:
         return keep, 0
@@ -202,7 +203,7 @@ def fit_budget(canvas: Canvas, keep: np.ndarray, scores: np.ndarray | None, budg
     tokens = keep[~is_nl]
     order = tokens[np.argsort(-scores[tokens], kind="stable")] if scores is not None else tokens
     n_nl_all = int(canvas.is_newline.sum())
-    if all_newlines and n_nl_all <= budget:
+    if all_newlines and n_nl_all < budget:
         chosen = np.sort(order[: budget - n_nl_all])
         out = np.union1d(chosen, np.flatnonzero(canvas.is_newline))
         return out, int(tokens.size - chosen.size)

@@ -240,3 +240,14 @@ def test_zoom_never_lands_on_a_tile_the_unpadding_leaves_without_tokens():
         assert with_tokens == set(range(len(rec.canvas.tiles))), (rec.level, rec.canvas.tiles)
     assert result.records[1].encoded == [(2, 2)]  # the nearest tile that has tokens
     assert result.keep.size == 2  # the kept token and its newline still reach the LLM
+
+
+def test_released_budget_of_exactly_the_newlines_still_sends_image_tokens():
+    """Every newline 'fit' a budget equal to their count, so all tokens were dropped."""
+    geo = PyramidGeometry(1947, 1933, TINY)
+    free = run_focus(geo, "released", _no_encode, _level_scores, alpha=0.25)
+    n_nl = int(free.canvas.is_newline.sum())
+    for budget in (n_nl, n_nl + 1):
+        res = run_focus(geo, "released", _no_encode, _level_scores, alpha=0.25, vision_budget=budget)
+        tokens = res.keep[~res.canvas.is_newline[res.keep]]
+        assert 0 < res.keep.size <= budget and tokens.size > 0, budget
