@@ -53,6 +53,7 @@ class BandStretch:
     def apply(self, values: np.ndarray) -> np.ndarray:
         span = self.high - self.low if self.high > self.low else 1.0
         out = (values.astype(np.float32, copy=False) - np.float32(self.low)) * np.float32(255.0 / span)
+        np.nan_to_num(out, copy=False)  # NaN nodata (painted later) would warn in the uint8 cast
         return np.clip(out, 0.0, 255.0, out=out).round().astype(np.uint8)
 
 

@@ -103,6 +103,23 @@ def test_nodata_excluded_and_painted(rasters):
     assert out[60:, 60:].std() > 10
 
 
+def test_nan_float_raster_reads_without_warnings(tmp_path):
+    """NaN pixels went through the 8-bit cast: a RuntimeWarning on every read of a float raster."""
+    import warnings
+
+    path = str(tmp_path / "nan.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 64, 48, 1, gdal.GDT_Float32)
+    data = np.linspace(0, 100, 64 * 48, dtype=np.float32).reshape(48, 64)
+    data[:10] = np.nan
+    ds.GetRasterBand(1).WriteArray(data)
+    ds = None
+    src = RasterSource.open(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = src.read_rgb((0, 0, 64, 48), (48, 64), pad_rgb=(1, 2, 3))
+    assert (out[:10] == (1, 2, 3)).all() and out[10:].std() > 10
+
+
 def test_vsimem_path(rasters):
     data = rasters["grey"].read_bytes()
     gdal.FileFromMemBuffer("/vsimem/lrs_grey.tif", data)
