@@ -115,7 +115,9 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
 
 
 def checked_prompt(tokenizer: Any, template: str, question: str) -> PromptIds:
-    """The question's prompt ids; a question holding one of the model's control tokens is refused."""
+    """The question's prompt ids; an empty question or one holding the model's control tokens is refused."""
+    if not question.strip():
+        raise BadOptions("the question is empty")
     controls = control_tokens_in(tokenizer, question)
     if controls:
         raise BadOptions(f"the question contains the model's control token {controls[0]!r}; "
