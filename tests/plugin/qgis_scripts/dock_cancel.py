@@ -6,7 +6,7 @@ usage: dock_cancel.py ENDPOINT RASTER
 import sys
 import time
 
-from qgis_env import FakeIface, add_raster, emit, load_plugin, start_qgis, wait_for
+from qgis_env import FakeIface, add_raster, ask_in_dock, emit, load_plugin, start_qgis, wait_for
 
 endpoint, raster = sys.argv[1:3]
 app = start_qgis()
@@ -16,10 +16,7 @@ QgsSettings().setValue("lrs_focus/endpoint", endpoint)
 layer = add_raster(raster)
 iface = FakeIface()
 plugin = load_plugin(iface)
-plugin.dock.layer_combo.setLayer(layer)
-plugin.dock.question.setText("How many ships are there?")
-plugin.dock.ask_button.click()
-task = plugin.task
+task = ask_in_dock(plugin, layer, "How many ships are there?")
 state = {"stages": []}
 
 

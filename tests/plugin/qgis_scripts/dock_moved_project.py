@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 
-from qgis_env import FakeIface, add_raster, emit, load_plugin, start_qgis, wait_for
+from qgis_env import FakeIface, add_raster, ask_in_dock, emit, load_plugin, start_qgis, wait_for
 
 endpoint, raster, work = sys.argv[1:4]
 app = start_qgis()
@@ -22,9 +22,7 @@ layer = add_raster(raster)
 assert project.write(os.path.join(first, "survey.qgz"))
 iface = FakeIface()
 plugin = load_plugin(iface)
-plugin.dock.layer_combo.setLayer(layer)
-plugin.dock.question.setText("Where is the river?")
-plugin.dock.ask_button.click()
+ask_in_dock(plugin, layer, "Where is the river?")
 wait_for(lambda: plugin.task is None, 120)
 assert project.write()
 project.clear()

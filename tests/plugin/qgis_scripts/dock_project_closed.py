@@ -9,7 +9,7 @@ usage: dock_project_closed.py ENDPOINT RASTER WORKDIR
 import os
 import sys
 
-from qgis_env import FakeIface, add_raster, emit, load_plugin, start_qgis, wait_for
+from qgis_env import FakeIface, add_raster, ask_in_dock, emit, load_plugin, start_qgis, wait_for
 
 endpoint, raster, work = sys.argv[1:4]
 app = start_qgis()
@@ -21,10 +21,7 @@ layer = add_raster(raster)
 assert project.write(os.path.join(work, "first.qgz"))
 iface = FakeIface()
 plugin = load_plugin(iface)
-plugin.dock.layer_combo.setLayer(layer)
-plugin.dock.question.setText("Where is the river?")
-plugin.dock.ask_button.click()
-task = plugin.task
+task = ask_in_dock(plugin, layer, "Where is the river?")
 state = {"stages": []}
 
 

@@ -107,6 +107,14 @@ def load_plugin(iface):
     return plugin
 
 
+def ask_in_dock(plugin, layer, question: str):
+    """Choose `layer`, type `question` and press Ask, as a user does; returns the started task."""
+    plugin.dock.layer_combo.setLayer(layer)
+    plugin.dock.question.setText(question)
+    plugin.dock.ask_button.click()
+    return plugin.task
+
+
 def layer_tree(node) -> list[dict]:
     """The layer tree below `node`: groups (name, checked, expanded, children) and layers."""
     from qgis.core import QgsLayerTreeGroup, QgsRasterLayer, QgsVectorLayer
