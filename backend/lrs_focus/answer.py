@@ -175,13 +175,13 @@ class Run:
 
 
 def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
-                 key: ViewKey | None = None) -> Run:
+                 key: ViewKey | None = None, prompt: PromptIds | None = None) -> Run:
     """Thumbnail, Algorithm 1 and the answer on an open pyramid (any pixel source, no GDAL needed):
-    the engine's path and the GPU check's."""
+    the engine's path and the GPU check's. `prompt`: the question's ids when the caller checked them."""
     model: LrsFocusModel = engine.model
     cfg = model.config
     timings: dict[str, float] = {}
-    prompt = checked_prompt(engine.tokenizer, cfg.template, question)
+    prompt = prompt or checked_prompt(engine.tokenizer, cfg.template, question)
     budget = sequence_budget(model, prompt, options)
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
@@ -241,7 +241,8 @@ def answer_question(
     pixels = pixel_path(options)
 
     # question and sequence limit are checked before a 27k raster is opened
-    sequence_budget(model, checked_prompt(engine.tokenizer, cfg.template, question), options)
+    prompt = checked_prompt(engine.tokenizer, cfg.template, question)
+    sequence_budget(model, prompt, options)
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
     src, view, key = open_view(engine, raster, options, pixels)
@@ -252,7 +253,7 @@ def answer_question(
         grids = CachedGrids(cache, key) if cache is not None else None
         pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop), grids=grids)
         geo = pyramid.geometry
-        run = run_question(engine, pyramid, question, options, check, should_stop, key)
+        run = run_question(engine, pyramid, question, options, check, should_stop, key, prompt)
         result = run.result
         origin = getattr(view, "origin", (0, 0))
         trace = build_trace(geo, result, options.score_reduce, origin=origin)

@@ -25,17 +25,24 @@ NUMPY_TYPES = {"Byte": np.uint8, "UInt16": np.uint16, "Int16": np.int16, "UInt32
                "Float32": np.float32, "Float64": np.float64}
 
 
+def check_size(width: int, height: int) -> tuple[int, int]:
+    """Each side 1..MAX_SIDE (a typo must not start a 3 TB write); BadOptions otherwise."""
+    from .errors import BadOptions
+
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise BadOptions(f"size {width}x{height}: width and height must be 1..{MAX_SIDE:,} pixels")
+    return width, height
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """'WIDTHxHEIGHT' -> (width, height), each 1..MAX_SIDE (a typo must not start a 3 TB write)."""
+    """'WIDTHxHEIGHT' -> (width, height), checked by `check_size`."""
     from .errors import BadOptions
 
     try:
         w, h = (int(v) for v in str(text).lower().strip().split("x"))
     except ValueError:
         raise BadOptions(f"size must be WIDTHxHEIGHT in pixels, e.g. 27328x20000, not {text!r}") from None
-    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
-        raise BadOptions(f"size {w}x{h}: width and height must be 1..{MAX_SIDE:,} pixels")
-    return w, h
+    return check_size(w, h)
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -108,7 +115,7 @@ def write_synthetic_raster(
     from .errors import BadOptions
 
     path = Path(path)
-    parse_size(f"{width}x{height}")
+    check_size(width, height)
     if dtype not in NUMPY_TYPES:
         raise BadOptions(f"data type must be one of {', '.join(NUMPY_TYPES)}, not {dtype!r}")
     if not 1 <= int(bands) <= 64:
