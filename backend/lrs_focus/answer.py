@@ -21,6 +21,7 @@ from .features import CachedGrids, FeatureCache, TileEncoder, ViewKey
 from .focus import Canvas, FocusResult, build_trace, run_focus
 from .model.modeling import CLIP_MEAN_RGB, LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, control_tokens_in, encode_prompt
+from .model.qwen_vl import QwenVLFocusModel
 from .pyramid import ImagePyramid, PyramidConfig
 from .score_map import heatmap_document
 
@@ -30,19 +31,28 @@ from .score_map import heatmap_document
 DEFAULT_PIXELS = "exact"
 
 
-def pyramid_config(model: LrsFocusModel) -> PyramidConfig:
-    """Tile size, base size and pooled tokens come from the model; padding is the CLIP mean colour."""
+def is_vl(model: Any) -> bool:
+    """A stock Qwen2.5-VL / Qwen3-VL checkpoint (attention focus), not the released LLaVA + RFM."""
+    return isinstance(model, QwenVLFocusModel)
+
+
+def pyramid_config(model: Any) -> PyramidConfig:
+    """Tile size, base size and tokens per tile come from the model; padding is the colour its
+    normalisation maps to 0 (the CLIP mean for LLaVA)."""
     cfg = model.config
     return PyramidConfig(
         tile_size=cfg.tile_size,
         base_long_side=cfg.base_long_side,
         tokens_per_tile=cfg.tokens_per_tile,
-        pad_rgb=CLIP_MEAN_RGB,
+        pad_rgb=tuple(cfg.pad_rgb) if is_vl(model) else CLIP_MEAN_RGB,
     )
 
 
-def pixel_path(options: AskOptions) -> str:
-    """Released mode always reads the released pixels; the others take the option or the default."""
+def pixel_path(options: AskOptions, model: Any = None) -> str:
+    """Released mode always reads the released pixels; Qwen-VL families read GDAL's (their own
+    processor normalises them); the others take the option or the default."""
+    if model is not None and is_vl(model):
+        return "gdal"
     return "exact" if options.mode == "released" else (options.pixels or DEFAULT_PIXELS)
 
 
@@ -114,14 +124,19 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
     return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
 
 
-def checked_prompt(tokenizer: Any, template: str, question: str) -> PromptIds:
-    """The question's prompt ids; an empty question or one holding the model's control tokens is refused."""
+def refuse_bad_question(tokenizer: Any, question: str) -> None:
+    """An empty question or one holding the model's control tokens is refused."""
     if not question.strip():
         raise BadOptions("the question is empty")
     controls = control_tokens_in(tokenizer, question)
     if controls:
         raise BadOptions(f"the question contains the model's control token {controls[0]!r}; "
                          "remove it (it would end the question early)")
+
+
+def checked_prompt(tokenizer: Any, template: str, question: str) -> PromptIds:
+    """The question's prompt ids, once the question passed `refuse_bad_question`."""
+    refuse_bad_question(tokenizer, question)
     return encode_prompt(tokenizer, template, question)
 
 
@@ -172,15 +187,21 @@ class Run:
     encoder: TileEncoder
     timings: dict[str, float]
     n_max: int
+    llm_vision_tokens: int | None = None  # what the LLM read (None: thumbnail + kept tokens)
 
 
 def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
                  key: ViewKey | None = None, prompt: PromptIds | None = None) -> Run:
     """Thumbnail, Algorithm 1 and the answer on an open pyramid (any pixel source, no GDAL needed):
     the engine's path and the GPU check's. `prompt`: the question's ids when the caller checked them."""
+    if is_vl(engine.model):
+        return run_question_vl(engine, pyramid, question, options, check, should_stop, key)
     model: LrsFocusModel = engine.model
     cfg = model.config
     timings: dict[str, float] = {}
+    if options.focus not in (None, "rfm"):
+        raise BadOptions(f"--focus {options.focus} is for Qwen2.5-VL / Qwen3-VL checkpoints; this model focuses "
+                         "with its Region Focus Module (--focus rfm)")
     prompt = prompt or checked_prompt(engine.tokenizer, cfg.template, question)
     budget = sequence_budget(model, prompt, options)
     n_max = int(options.n_max or cfg.n_max)
@@ -238,11 +259,21 @@ def answer_question(
     cfg = model.config
     check = stage_checker(progress, should_stop)
     t_start = time.perf_counter()
-    pixels = pixel_path(options)
+    pixels = pixel_path(options, model)
 
     # question and sequence limit are checked before a 27k raster is opened
-    prompt = checked_prompt(engine.tokenizer, cfg.template, question)
-    sequence_budget(model, prompt, options)
+    if is_vl(model):
+        from .vl_answer import check_options
+
+        check_options(model, options)
+        prompt = None
+        vl_budget(model, question, options)
+    else:
+        if options.focus not in (None, "rfm"):
+            raise BadOptions(f"--focus {options.focus} is for Qwen2.5-VL / Qwen3-VL checkpoints; this model "
+                             "focuses with its Region Focus Module (--focus rfm)")
+        prompt = checked_prompt(engine.tokenizer, cfg.template, question)
+        sequence_budget(model, prompt, options)
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
     src, view, key = open_view(engine, raster, options, pixels)
@@ -273,6 +304,9 @@ def answer_question(
     opts = options.to_dict()
     opts["n_max"] = run.n_max
     opts["pixels"] = pixels
+    opts["focus"] = options.focus or ("attention" if is_vl(model) else "rfm")
+    if is_vl(model):
+        opts["focus_layer"] = model.config.focus_layer if options.focus_layer is None else int(options.focus_layer)
     return {
         "answer": run.answer,
         "question": question,
@@ -296,7 +330,7 @@ def answer_question(
 
 def result_counts(cfg: Any, run: Run) -> dict[str, Any]:
     result = run.result
-    llm_vision = cfg.thumbnail_tokens + int(result.keep.size)
+    llm_vision = run.llm_vision_tokens if run.llm_vision_tokens is not None else cfg.thumbnail_tokens + int(result.keep.size)
     return {
         "tiles_encoded": int(result.tiles_encoded),
         "tiles_from_cache": int(run.encoder.cached),
@@ -309,3 +343,69 @@ def result_counts(cfg: Any, run: Run) -> dict[str, Any]:
             llm_vision, result.rfm_vision_tokens, rfm_layers=cfg.rfm_layers, **flops.shape_of(cfg.text_config)
         ),
     }
+
+
+def vl_budget(model: QwenVLFocusModel, question: str, options: AskOptions) -> dict[str, int]:
+    """The sequence budget of a Qwen-VL answer: the text and a full-size thumbnail never cut; the rest
+    is for tiles. A question that does not fit with the thumbnail is refused."""
+    from .vl_answer import check_question
+
+    cfg = model.config
+    max_length = int(options.max_length or cfg.max_length)
+    limit = int(getattr(cfg.text_config, "max_position_embeddings", max_length) or max_length)
+    if max_length > limit:
+        raise BadOptions(f"max_length {max_length} exceeds the model's {limit} positions")
+    tile = model.grid_for(cfg.tile_size, cfg.tile_size)
+    q = check_question(model, question, tile)
+    fixed = q.text_tokens + cfg.thumbnail_tokens
+    if fixed > max_length:
+        raise BadOptions(
+            f"the question and prompt take {q.text_tokens} tokens; with the {cfg.thumbnail_tokens}-token thumbnail "
+            f"they exceed the sequence limit of {max_length} tokens (shorten the question or raise max_length)")
+    return {"max_length": max_length, "text_tokens": q.text_tokens, "vision_budget": max_length - fixed}
+
+
+def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
+                    key: ViewKey | None = None) -> Run:
+    """`run_question` for Qwen2.5-VL / Qwen3-VL: attention focus per level, thumbnail + kept tiles."""
+    from .vl_answer import AttentionScorer, answer_tiles, check_options
+
+    model: QwenVLFocusModel = engine.model
+    cfg = model.config
+    check_options(model, options)
+    budget = vl_budget(model, question, options)
+    n_max = int(options.n_max or cfg.n_max)
+    cache = getattr(engine, "cache", None)
+    encoder = TileEncoder(model, pyramid, key, cache, check)
+    timings: dict[str, float] = {}
+    geo = pyramid.geometry
+    with torch.inference_mode():
+        check("encode", None, 0.0, "encoding the thumbnail")
+        t0 = time.perf_counter()
+        thumbnail = encoder.thumbnail()
+        timings["thumbnail"] = time.perf_counter() - t0
+        thumb_grid = model.grid_for(*geo.thumbnail_size)
+        scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
+                                 options.focus_layer, options.focus_heads, cache, key)
+        t0 = time.perf_counter()
+        result = run_focus(geo, options.mode, encoder, scorer, alpha=float(options.alpha), n_max=n_max,
+                           max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
+                           vision_budget=None)
+        timings["encode"] = encoder.seconds
+        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
+        t0, s0 = time.perf_counter(), scorer.seconds
+        vl = answer_tiles(model, scorer, result, budget["vision_budget"], int(options.max_new_tokens), should_stop,
+                          check)
+        timings["focus"] = scorer.seconds
+        timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
+        if result.canvas is not None:
+            result.canvas.feats = None
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled during generation")
+    if vl.sequence_tokens > budget["max_length"]:
+        raise AssertionError(f"sequence of {vl.sequence_tokens} tokens exceeds {budget['max_length']}")
+    result.notes["focus"] = {"signal": options.focus or "attention",
+                             "layer": model._layer(options.focus_layer),
+                             "heads": list(options.focus_heads) if options.focus_heads else "all",
+                             "prefix_reused": scorer.prefix_hits, "tiles_sent": vl.tiles_sent}
+    return Run(result, vl.answer, vl.sequence_tokens, budget, encoder, timings, n_max, vl.llm_vision_tokens)

@@ -38,6 +38,9 @@ DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 MODES = ("paper", "released", "thumbnail", "all-tiles")
 PIXELS = ("exact", "gdal")
 DTYPES = ("float32", "bfloat16", "float16")
+#: focus signals: the released RFM (LLaVA family) or the model's own attention (Qwen-VL families)
+FOCUS = ("rfm", "attention", "relative")
+ANSWER_INPUTS = ("tiles",)
 MAX_N_MAX = 1024  # tiles per zoom step: bounds the features and the RFM pass whatever is asked
 MAX_NEW_TOKENS = 4096
 
@@ -61,6 +64,10 @@ class AskOptions:
     stretch: Optional[list[list[float]]] = None  # [[low, high]] per band -> 0..255 (None: 2-98 %)
     max_length: Optional[int] = None  # override the model's sequence limit (vision tokens drop first)
     pixels: Optional[str] = None  # "exact" (released preprocessing) | "gdal" (overviews, fast); None = default
+    focus: Optional[str] = None  # rfm | attention | relative; None = the family's own (rfm / attention)
+    focus_layer: Optional[int] = None  # Qwen-VL: layer of the attention focus (None = the model's preset)
+    focus_heads: Optional[list[int]] = None  # Qwen-VL: heads averaged (None = all)
+    answer_input: str = "tiles"  # Qwen-VL: what the answer sees besides the thumbnail
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AskOptions":
@@ -92,6 +99,17 @@ class AskOptions:
             raise BadOptions(f"max_length must be a positive number of tokens, not {self.max_length!r}")
         if self.pixels is not None and self.pixels not in PIXELS:
             raise BadOptions(f"pixels must be one of {', '.join(PIXELS)}, not {self.pixels!r}")
+        if self.focus is not None and self.focus not in FOCUS:
+            raise BadOptions(f"focus must be one of {', '.join(FOCUS)}, not {self.focus!r}")
+        if self.focus_layer is not None and (isinstance(self.focus_layer, bool) or int(self.focus_layer) < 0
+                                             or int(self.focus_layer) != self.focus_layer):
+            raise BadOptions(f"focus_layer must be a layer number >= 0, not {self.focus_layer!r}")
+        if self.focus_heads is not None:
+            heads = list(self.focus_heads)
+            if not heads or any(isinstance(h, bool) or int(h) != h or int(h) < 0 for h in heads):
+                raise BadOptions(f"focus_heads must list head numbers >= 0, not {self.focus_heads!r}")
+        if self.answer_input not in ANSWER_INPUTS:
+            raise BadOptions(f"answer_input must be one of {', '.join(ANSWER_INPUTS)}, not {self.answer_input!r}")
         if self.pixels == "gdal" and self.mode == "released":
             raise BadOptions("released mode always uses the released pixels (pixels=exact)")
         return self

@@ -215,7 +215,11 @@ class TileEncoder:
         hit = self.cache.get(key) if (self.cache is not None and self.view is not None) else None
         if hit is not None:
             return hit.to(self.model.device)
-        feats = self.model.encode_thumbnail(self.pyramid.thumbnail())
+        image = self.pyramid.thumbnail()
+        if getattr(self.model, "keeps_thumbnail_aspect", False):  # Qwen-VL: the image part only, no padding
+            th, tw = self.pyramid.geometry.thumbnail_size
+            image = image[:th, :tw]
+        feats = self.model.encode_thumbnail(image)
         if self.cache is not None and self.view is not None:
             self.cache.put(key, feats)
         return feats

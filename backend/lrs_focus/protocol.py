@@ -88,6 +88,10 @@ ASK_OPTION_TYPES: Dict[str, tuple] = {
     "stretch": (list, type(None)),  # [[low, high], ...] per band: the display stretch to 8 bits
     "max_length": (int, type(None)),  # override the model's sequence limit (text is never cut)
     "pixels": (str, type(None)),  # "exact" (released preprocessing) | "gdal" (GDAL resampling, overviews)
+    "focus": (str, type(None)),  # "rfm" (LLaVA) | "attention" | "relative" (Qwen2.5-VL / Qwen3-VL)
+    "focus_layer": (int, type(None)),  # Qwen-VL: the layer whose attention focuses (None: the model's preset)
+    "focus_heads": (list, type(None)),  # Qwen-VL: heads averaged (None: all)
+    "answer_input": (str,),  # Qwen-VL: "tiles" (thumbnail + kept tiles, each with its caption)
 }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from ._output import add_json_flag, emit
 
 DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
-RANDOM_NOTICE = "NOTE: model 'tiny' has RANDOM WEIGHTS (offline test model): the answer is noise, not a prediction."
+RANDOM_NOTICE = "NOTE: model '{model}' has RANDOM WEIGHTS (offline test model): the answer is noise, not a prediction."
 
 
 def _bands(text: str) -> list[int]:
@@ -77,6 +77,15 @@ def register(subparsers) -> None:
     p.add_argument("--pixels", choices=["exact", "gdal"], default=None,
                    help="exact = the released preprocessing (bilinear from full resolution; default); "
                         "gdal = GDAL's resampling from overviews (faster on huge rasters with overviews)")
+    p.add_argument("--focus", choices=["rfm", "attention", "relative"], default=None,
+                   help="focus signal: rfm (LLaVA's Region Focus Module, its default) or, for Qwen2.5-VL / Qwen3-VL, "
+                        "attention of the last prompt token (default) or relative (divided by a generic prompt's)")
+    p.add_argument("--focus-layer", type=int, default=None, metavar="N",
+                   help="Qwen-VL: the layer whose attention focuses (default: the model's preset, docs/models.md)")
+    p.add_argument("--focus-heads", type=_bands, default=None, metavar="H[,H...]",
+                   help="Qwen-VL: attention heads averaged (default: all)")
+    p.add_argument("--answer-input", choices=["tiles"], default="tiles",
+                   help="Qwen-VL: what the answer reads besides the thumbnail: the kept tiles, each with a caption")
     p.add_argument("--max-length", type=int, default=None,
                    help="sequence limit in tokens (default: the model's, 8192 Qwen2 / 2048 Vicuna); the text is "
                         "never cut, the lowest-scored vision tokens are dropped to fit")
@@ -119,6 +128,10 @@ def _options(args) -> dict[str, Any]:
         "stretch": args.stretch,
         "pixels": args.pixels,
         "max_length": args.max_length,
+        "focus": args.focus,
+        "focus_layer": args.focus_layer,
+        "focus_heads": args.focus_heads,
+        "answer_input": args.answer_input,
     }
 
 
@@ -126,7 +139,7 @@ def format_text(doc: dict[str, Any]) -> str:
     lines = []
     model = doc.get("model", {})
     if model.get("random_weights"):
-        lines.append(RANDOM_NOTICE)
+        lines.append(RANDOM_NOTICE.format(model=model.get("name", "tiny")))
     lines.append(f"answer: {doc['answer']}")
     c = doc["counts"]
     lines.append(
@@ -173,7 +186,7 @@ def run(args) -> int:
         except TypeError as exc:
             raise BadOptions(str(exc)) from exc
         if args.model.startswith("tiny"):
-            print(RANDOM_NOTICE, file=sys.stderr)
+            print(RANDOM_NOTICE.format(model=args.model), file=sys.stderr)
         engine = Engine(args.model, device=args.device, dtype=args.dtype, cache_mb=0)
         doc = engine.ask(args.raster, args.question, ask_options, progress=_progress)
     failure = _write_files(args, doc)

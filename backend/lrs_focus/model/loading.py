@@ -46,6 +46,7 @@ KEY_MAP = (  # (released prefix, module prefix); first match wins, most specific
 )
 TOLERATED_EXTRA = ("position_ids", "rotary_emb.inv_freq", "token_pruner.rotary_emb.inv_freq")
 TINY_NAMES = {"tiny": "qwen2", "tiny-qwen2": "qwen2", "tiny-llama": "llama"}
+TINY_VL = ("tiny-qwen2.5-vl", "tiny-qwen3-vl")  # qwen_vl_loading.TINY_VL, without importing it here
 #: weight files of any format and sharding, and tokenizer files, that a new save replaces
 STALE_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -146,7 +147,7 @@ def resolve(name: str, what: str = "model", relative_to: Path | None = None) -> 
         return Path(
             snapshot_download(
                 repo_id=name,
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.bin"],
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.bin", "*.jinja"],
             )
         )
     except Exception as exc:  # offline, unknown repo, auth...
@@ -236,13 +237,23 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     """
     device = check_device(device or default_device())
     dtype = dtype or default_dtype(device)
+    directory = None if name in TINY_VL or name in TINY_NAMES else resolve(name)
+    vl_dir = directory if directory is not None and _is_vl_directory(directory) else None
+    if name in TINY_VL or vl_dir is not None:
+        from .qwen_vl_loading import load_vl
+
+        model, tokenizer, random_weights = load_vl(name, vl_dir, dtype, seed=seed)
+        model.hf.to(device=device)
+        info = {"name": name, "random_weights": random_weights, "device": str(device),
+                "dtype": str(dtype).replace("torch.", ""), "attention": "sdpa", "family": model.config.family}
+        return model, tokenizer, info
     if name in TINY_NAMES:
         from .tiny import build_tiny
 
         model, tokenizer = build_tiny(TINY_NAMES[name], seed=seed, dtype=dtype)
         random_weights = True
     else:
-        model, tokenizer = _load_directory(resolve(name), dtype)
+        model, tokenizer = _load_directory(directory, dtype)
         random_weights = False
     attention = "sdpa"
     if str(device).startswith("cuda"):
@@ -256,6 +267,20 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     model.cast(dtype).to(device=device).eval()
     info = {"name": name, "random_weights": random_weights, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "attention": attention}
     return model, tokenizer, info
+
+
+def _is_vl_directory(directory: Path) -> bool:
+    """Whether the checkpoint directory holds a Qwen2.5-VL / Qwen3-VL (config.json's model_type)."""
+    from .qwen_vl_loading import family_of
+
+    config = directory / "config.json"
+    if not config.exists():
+        return False
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise errors.ModelError(f"{config} is not readable JSON: {exc}") from exc
+    return family_of(raw) is not None
 
 
 def _load_directory(directory: Path, dtype: torch.dtype):

@@ -1,0 +1,186 @@
+"""Algorithm 1 on a stock Qwen2.5-VL / Qwen3-VL: attention focus per level, tiles to the answer.
+
+The pyramid, `focus.run_focus`, the trace and the feature cache are the method's own; this module
+supplies the two callables the algorithm needs for these families and the answer stage:
+
+    score(canvas)  one prompt [thumbnail][caption, tile]... [question]; the focus layer's attention of
+                   the last prompt token to each tile token (model/qwen_vl.py). The prefix (everything
+                   before the question) is kept in the feature cache, keyed by the view, level, tiles
+                   and layer, so a follow-up question about the same view runs only its own tokens.
+    answer         the thumbnail plus the tiles holding the kept tokens of the last scored level, each
+                   with a caption saying where it lies, best-scored first into the sequence budget
+                   (the text is never cut; tiles that do not fit are dropped and counted), then shown
+                   to the model in raster order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import BadOptions
+from .focus import Canvas, FocusResult, tile_scores
+from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel, tile_caption, where_words
+
+
+@dataclass
+class VLQuestion:
+    """The question as checked once: its text and what the prompt costs around the images."""
+
+    text: str
+    text_tokens: int  # template + question, without image tokens
+
+
+def check_question(model: QwenVLFocusModel, question: str, thumb_grid: tuple[int, int, int]) -> VLQuestion:
+    from .answer import refuse_bad_question
+
+    refuse_bad_question(model.tokenizer, question)
+    prompt = model.build_prompt([(None, thumb_grid)], question)
+    image_tokens = len(prompt.ids) - int(np.count_nonzero(np.asarray(prompt.ids) != model.image_token_id))
+    return VLQuestion(question, len(prompt.ids) - image_tokens)
+
+
+def caption_tokens(model: QwenVLFocusModel) -> int:
+    """Tokens one tile adds besides its image tokens (caption + vision start/end), worst case."""
+    one = model.build_prompt([(None, (1, 2, 2))], "q")
+    two = model.build_prompt([(None, (1, 2, 2)), (tile_caption("bottom-right"), (1, 2, 2))], "q")
+    return len(two.ids) - len(one.ids) - 1
+
+
+class AttentionScorer:
+    """The `score` callable of `focus.run_focus` for these families; times itself."""
+
+    def __init__(self, model: QwenVLFocusModel, question: str, thumbnail: torch.Tensor, thumb_grid: tuple,
+                 geometry: Any, relative: bool, layer: int | None, heads: list[int] | None,
+                 cache: Any = None, view: Any = None):
+        self.model, self.question, self.thumbnail, self.thumb_grid = model, question, thumbnail, thumb_grid
+        self.geometry, self.relative, self.layer, self.heads = geometry, relative, layer, heads
+        self.cache, self.view = cache, view
+        self.seconds = 0.0
+        self.prefix_hits = 0
+
+    def images(self, level: int, tiles: list[tuple[int, int]]) -> list[tuple[str | None, tuple[int, int, int]]]:
+        tile_grid = self.model.grid_for(self.geometry.cfg.tile_size, self.geometry.cfg.tile_size)
+        geo = self.geometry
+        return [(None, self.thumb_grid)] + [
+            (tile_caption(where_words(geo.tile_window(level, r, c), geo.width, geo.height)), tile_grid)
+            for r, c in tiles]
+
+    def _prefix(self, prompt: Prompt, feats: list[torch.Tensor], canvas: Canvas) -> PrefixCache:
+        layer = self.model._layer(self.layer)
+        key = (self.view, "prefix", canvas.level, tuple(canvas.tiles), layer)
+        if self.cache is not None and self.view is not None:
+            packed = self.cache.get(key)
+            if packed is not None:
+                self.prefix_hits += 1
+                return unpack_prefix(self.model, packed, prompt.prefix_length)
+        prefix = self.model.prefix_cache(prompt, feats, layer)
+        if self.cache is not None and self.view is not None:
+            self.cache.put(key, pack_prefix(prefix))
+        return prefix
+
+    def __call__(self, canvas: Canvas) -> np.ndarray:
+        t0 = time.perf_counter()
+        t = canvas.feats.shape[1]
+        prompt = self.model.build_prompt(self.images(canvas.level, canvas.tiles), self.question)
+        feats = [self.thumbnail] + [f.flatten(0, 1) for f in canvas.feats]
+        prefix = self._prefix(prompt, feats, canvas)
+        scores = self.model.focus_map(prompt, feats, self.relative, prefix, self.layer, self.heads)
+        per_tile = scores[self.thumbnail.shape[0]:].view(len(canvas.tiles), t, t).cpu().double().numpy()
+        out = np.zeros(canvas.size, dtype=np.float64)
+        sel = np.flatnonzero(canvas.tile >= 0)
+        origin = np.asarray(canvas.tiles, dtype=np.int64).reshape(-1, 2)[canvas.tile[sel]] * t
+        out[sel] = per_tile[canvas.tile[sel], canvas.row[sel] - origin[:, 0], canvas.col[sel] - origin[:, 1]]
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def pack_prefix(prefix: PrefixCache) -> torch.Tensor:
+    """Keys and values of the filled layers as one tensor (layers, 2, 1, kv_heads, n, head_dim)."""
+    layers = [lay for lay in prefix.cache.layers if getattr(lay, "is_initialized", True) and lay.keys is not None]
+    return torch.stack([torch.stack([lay.keys, lay.values]) for lay in layers])
+
+
+def unpack_prefix(model: QwenVLFocusModel, packed: torch.Tensor, length: int) -> PrefixCache:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.hf.config.text_config)
+    packed = packed.to(model.device)
+    for i in range(packed.shape[0]):
+        cache.update(packed[i, 0], packed[i, 1], i)
+    return PrefixCache(cache, length)
+
+
+@dataclass
+class VLAnswer:
+    answer: str
+    sequence_tokens: int
+    llm_vision_tokens: int
+    tiles_sent: int
+
+
+def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: FocusResult, vision_budget: int,
+                 max_new_tokens: int, should_stop: Any, check: Any) -> VLAnswer:
+    """Thumbnail + the tiles holding kept tokens, best first into the budget, then generate.
+
+    Updates `result` (keep, the last record's kept mask, vision_tokens_dropped) to what was sent."""
+    feats: list[torch.Tensor] = [scorer.thumbnail]
+    images: list[tuple[str | None, tuple[int, int, int]]] = [(None, scorer.thumb_grid)]
+    sent: list[int] = []
+    canvas = result.canvas
+    if canvas is not None:
+        rec = result.records[-1] if result.records else None
+        if rec is None or rec.scores is None:  # all-tiles without scores: score only if it must drop
+            from .focus import LevelRecord
+
+            if rec is None:
+                rec = LevelRecord(canvas.level, (0, 0), canvas.skeleton())
+                result.records.append(rec)
+        candidates = sorted({int(i) for i in canvas.tile[result.keep] if i >= 0})
+        tile_grid = scorer.images(canvas.level, canvas.tiles[:1])[-1][1]
+        per_tile = int(np.prod(tile_grid)) // int(model.image_processor.merge_size) ** 2 + caption_tokens(model)
+        if len(candidates) * per_tile > vision_budget and rec.scores is None:
+            check("focus", canvas.level, 0.0, f"scoring level {canvas.level} to fit the sequence budget")
+            rec.scores = scorer(canvas)
+            result.rfm_vision_tokens.append(scorer.thumbnail.shape[0] + canvas.size)
+        score = tile_scores(rec, "sum") if rec.scores is not None else np.zeros(len(canvas.tiles))
+        order = sorted(candidates, key=lambda i: (-score[i], canvas.tiles[i]))
+        n_fit = max(0, int(vision_budget) // per_tile)
+        sent = sorted(order[:n_fit])  # raster order
+        dropped = [i for i in candidates if i not in set(sent)]
+        is_tok = canvas.tile >= 0
+        keep_mask = is_tok & np.isin(canvas.tile, sent)
+        result.keep = np.flatnonzero(keep_mask)
+        result.vision_tokens_dropped = int(np.count_nonzero(is_tok & np.isin(canvas.tile, dropped)))
+        rec.kept = keep_mask
+        chosen = scorer.images(canvas.level, [canvas.tiles[i] for i in sent])[1:]
+        images += chosen
+        feats += [canvas.feats[i].flatten(0, 1) for i in sent]
+    prompt = model.build_prompt(images, scorer.question)
+    check("generate", None, 0.0, f"answering from {len(prompt.ids)} tokens ({len(sent)} tiles)")
+    answer, _ = model.generate(prompt, feats, max_new_tokens, should_stop=should_stop)
+    vision = int(np.count_nonzero(np.asarray(prompt.ids) == model.image_token_id))
+    return VLAnswer(answer, len(prompt.ids), vision, len(sent))
+
+
+def check_options(model: QwenVLFocusModel, options: Any) -> None:
+    """What these families cannot do, refused in words before anything is read."""
+    if options.mode == "released":
+        raise BadOptions(f"released mode is the released LLaVA + RFM checkpoint's; {model.config.family} "
+                         "takes --mode paper, thumbnail or all-tiles")
+    if options.pixels == "exact":
+        raise BadOptions(f"--pixels exact is the released CLIP preprocessing; {model.config.family} reads its "
+                         "tiles with GDAL and normalises them with its own image processor (--pixels gdal)")
+    if options.focus == "rfm":
+        raise BadOptions(f"{model.config.family} has no Region Focus Module: use --focus attention or relative")
+    if options.focus_layer is not None and not 0 <= int(options.focus_layer) < model.config.num_layers:
+        raise BadOptions(f"--focus-layer must be in 0..{model.config.num_layers - 1} for this model, "
+                         f"not {options.focus_layer}")
+    heads = int(model.hf.config.text_config.num_attention_heads)
+    bad = [h for h in (options.focus_heads or []) if not 0 <= int(h) < heads]
+    if bad:
+        raise BadOptions(f"--focus-heads {bad} outside 0..{heads - 1} (this model has {heads} heads)")
