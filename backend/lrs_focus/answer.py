@@ -124,6 +124,13 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
     return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
 
 
+def refuse_vl_options(options: AskOptions) -> None:
+    """The attention-focus options of the Qwen-VL families, refused for the LLaVA + RFM family."""
+    if options.focus not in (None, "rfm") or options.focus_layer is not None or options.focus_heads is not None:
+        raise BadOptions("--focus attention|relative, --focus-layer and --focus-heads are for Qwen2.5-VL / Qwen3-VL "
+                         "checkpoints; this model focuses with its Region Focus Module (--focus rfm)")
+
+
 def refuse_bad_question(tokenizer: Any, question: str) -> None:
     """An empty question or one holding the model's control tokens is refused."""
     if not question.strip():
@@ -199,9 +206,7 @@ def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, 
     model: LrsFocusModel = engine.model
     cfg = model.config
     timings: dict[str, float] = {}
-    if options.focus not in (None, "rfm"):
-        raise BadOptions(f"--focus {options.focus} is for Qwen2.5-VL / Qwen3-VL checkpoints; this model focuses "
-                         "with its Region Focus Module (--focus rfm)")
+    refuse_vl_options(options)
     prompt = prompt or checked_prompt(engine.tokenizer, cfg.template, question)
     budget = sequence_budget(model, prompt, options)
     n_max = int(options.n_max or cfg.n_max)
@@ -269,9 +274,7 @@ def answer_question(
         prompt = None
         vl_budget(model, question, options)
     else:
-        if options.focus not in (None, "rfm"):
-            raise BadOptions(f"--focus {options.focus} is for Qwen2.5-VL / Qwen3-VL checkpoints; this model "
-                             "focuses with its Region Focus Module (--focus rfm)")
+        refuse_vl_options(options)
         prompt = checked_prompt(engine.tokenizer, cfg.template, question)
         sequence_budget(model, prompt, options)
     check("open", None, 0.0, f"opening {raster}")

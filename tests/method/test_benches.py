@@ -37,6 +37,19 @@ def test_bench_memory_sparse_beats_dense_at_the_7b_width():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("geometry,weights,parts", [("qwen2.5-vl-7b", 16.6, 1), ("qwen3-vl-8b", 17.5, 4)])
+def test_bench_memory_qwen_vl_geometries(geometry, weights, parts):
+    doc = _bench("memory", "--sizes", "3000x2200", "--geometry", geometry)
+    (case,) = doc["cases"]
+    ours = case["ours"]
+    assert ours["stopped_at"] == ours["finest_level"] and ours["tiles_to_answer"] >= 1
+    # every encoded tile's features are held at the real width (16 x 16 tokens, bf16): the peak covers them
+    tile_mb = 16 * 16 * {"qwen2.5-vl-7b": 3584, "qwen3-vl-8b": 4096}[geometry] * parts * 2 / 2**20
+    assert ours["peak_mb"] > tile_mb * max(ours["tiles_per_level"])
+    assert case["gpu_estimate_gb"]["weights"] == pytest.approx(weights, abs=0.1) and case["fits_24gb"]
+
+
+@pytest.mark.slow
 def test_bench_cache_follow_up_is_faster_and_identical(tmp_path):
     doc = _bench("cache", "--sizes", "2600x2000", "--no-sentinel2", "--cache-dir", str(tmp_path))
     (case,) = doc["cases"]

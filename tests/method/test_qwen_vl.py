@@ -278,3 +278,32 @@ def test_bf16_focus_agrees_with_float32(vl):
     top_low = set(torch.topk(low, k).indices.tolist())
     assert len(top_ref & top_low) / k > 0.8
     assert float((ref - low).abs().sum() / ref.abs().sum()) < 0.1
+
+
+def test_cli_ask_json_with_a_tiny_qwen_preset(sentinel2_vrt, tmp_path):
+    """`ask S2 Q --model tiny-qwen3-vl --json` as a user runs it: a process, a trace of two levels,
+    GeoJSON written, the random-weights notice naming the model."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "focus.geojson"
+    proc = subprocess.run([sys.executable, "-m", "lrs_focus.cli", "ask", str(sentinel2_vrt), "Where is the river?",
+                           "--model", "tiny-qwen3-vl", "--max-new-tokens", "3", "--focus", "relative",
+                           "--out", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sum(lv["reached"] for lv in doc["trace"]["levels"]) >= 2
+    assert doc["options"]["focus"] == "relative" and doc["model"]["random_weights"] is True
+    assert "model 'tiny-qwen3-vl' has RANDOM WEIGHTS" in proc.stderr
+    assert json.loads(out.read_text())["features"]
+
+
+def test_llava_family_refuses_the_attention_focus_options(sentinel2_vrt):
+    from lrs_focus.engine import AskOptions, Engine
+    from lrs_focus.errors import BadOptions
+
+    engine = Engine("tiny", device="cpu", cache_mb=0)
+    for bad in (dict(focus="attention"), dict(focus_layer=1), dict(focus_heads=[0])):
+        with pytest.raises(BadOptions, match="Region Focus Module"):
+            engine.ask(str(sentinel2_vrt), "q?", AskOptions(**bad))

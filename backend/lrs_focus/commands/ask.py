@@ -19,6 +19,13 @@ def _bands(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"bands must be comma-separated band numbers, not {text!r}") from None
 
 
+def _heads(text: str) -> list[int]:
+    try:
+        return [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"focus heads must be comma-separated head numbers, not {text!r}") from None
+
+
 def _numbers(count: tuple[int, ...], what: str):
     def parse(text: str) -> list[float]:
         try:
@@ -65,7 +72,7 @@ def register(subparsers) -> None:
                    help=f"released checkpoint dir or hub id (default {DEFAULT_MODEL}); 'tiny' = random weights, offline")
     p.add_argument("--mode", default="paper", choices=["paper", "released", "thumbnail", "all-tiles"])
     p.add_argument("--alpha", type=float, default=0.25, help="fraction of tile tokens kept per level (default 0.25)")
-    p.add_argument("--n-max", type=int, default=None, help="tile budget to zoom further (default 40 Vicuna, 80 Qwen2)")
+    p.add_argument("--n-max", type=int, default=None, help="tile budget to zoom further (default 40 Vicuna, 80 Qwen2, 24 Qwen-VL)")
     p.add_argument("--max-levels", type=int, default=None, help="use at most this many tiled levels")
     p.add_argument("--bands", type=_bands, default=None, help="1 or 3 GDAL band numbers, e.g. 4,3,2")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -82,7 +89,7 @@ def register(subparsers) -> None:
                         "attention of the last prompt token (default) or relative (divided by a generic prompt's)")
     p.add_argument("--focus-layer", type=int, default=None, metavar="N",
                    help="Qwen-VL: the layer whose attention focuses (default: the model's preset, docs/models.md)")
-    p.add_argument("--focus-heads", type=_bands, default=None, metavar="H[,H...]",
+    p.add_argument("--focus-heads", type=_heads, default=None, metavar="H[,H...]",
                    help="Qwen-VL: attention heads averaged (default: all)")
     p.add_argument("--answer-input", choices=["tiles"], default="tiles",
                    help="Qwen-VL: what the answer reads besides the thumbnail: the kept tiles, each with a caption")

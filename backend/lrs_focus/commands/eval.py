@@ -38,6 +38,9 @@ def register(subparsers) -> None:
         p.add_argument("--n-max", type=int, default=None, help="tile budget per zoom step (default: the model's)")
         p.add_argument("--max-levels", type=int, default=None, help="cap on tiled levels used")
         p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default 64)")
+        p.add_argument("--focus", choices=["rfm", "attention", "relative"], default=None,
+                       help="focus signal (default: the family's own; docs/models.md)")
+        p.add_argument("--focus-layer", type=int, default=None, help="Qwen-VL: layer of the attention focus")
         p.add_argument("--limit", type=int, default=None, help="only the first N questions (quick runs)")
         if name == "lrs":
             p.add_argument("--subset", action="append", choices=("FAIR", "GLH-Bridge", "STAR"),
@@ -62,6 +65,8 @@ def build_config(args):
             ("max_new_tokens", args.max_new_tokens),
             ("pixels", args.pixels),
             ("max_length", args.max_length),
+            ("focus", args.focus),
+            ("focus_layer", args.focus_layer),
         )
         if value is not None
     }
