@@ -1,5 +1,9 @@
 """GPU check at real scale: the Qwen2-7B geometry with random weights in bf16, a 27k-pixel raster.
 
+`--preset qwen2.5-vl-7b|qwen3-vl-8b` runs the same raster through a stock Qwen2.5-VL-7B / Qwen3-VL-8B
+built from its real config shapes with random weights (attention focus, thumbnail + kept tiles);
+the bf16-vs-float32 check then compares the focus map of the base level instead of the RFM's.
+
 No download and no GDAL: the model is built from the released shapes (Qwen2-7B + CLIP-L/14-336 +
 a 5-layer RFM) with random weights directly on the GPU in bf16, and the 27,328 x 20,000 raster is
 computed in memory and read through the engine's exact pixel path; the question runs through
@@ -33,9 +37,17 @@ class SyntheticRaster:
     def __init__(self, height: int, width: int):
         self.height, self.width = height, width
 
-    def read_rgb(self, window, out_size, pad_rgb=(0, 0, 0)):
-        x0, y0, x1, y1 = (int(v) for v in window)
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.int32)
+    def read_rgb(self, window, out_size=None, pad_rgb=(0, 0, 0)):
+        """Full resolution, or sampled at pixel centres when `out_size` (h, w) asks for a reduction
+        (the GDAL path's reads: never a 27k grid in memory)."""
+        x0, y0, x1, y1 = window
+        if out_size is None:
+            yy, xx = np.mgrid[int(y0):int(y1), int(x0):int(x1)].astype(np.int32)
+        else:
+            oh, ow = out_size
+            ys = (y0 + (np.arange(oh) + 0.5) * (y1 - y0) / oh).astype(np.int32)
+            xs = (x0 + (np.arange(ow) + 0.5) * (x1 - x0) / ow).astype(np.int32)
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
         field = ((xx // 700 + yy // 500) % 5) * 40
         road = ((xx % 1500 < 20) | (yy % 1300 < 20)) * 120
         target = ((np.abs(xx - int(0.37 * self.width)) < 60) & (np.abs(yy - int(0.61 * self.height)) < 60)) * 200
@@ -45,7 +57,64 @@ class SyntheticRaster:
         return np.stack([r, g, b], axis=-1).astype(np.uint8)
 
 
+VL_PRESETS = {  # the hub checkpoints' config shapes (no download)
+    "qwen2.5-vl-7b": ("qwen2.5-vl", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                         num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
+                                         rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                          "mrope_section": [16, 24, 24]}),
+                      dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                           fullatt_block_indexes=[7, 15, 23, 31])),
+    "qwen3-vl-8b": ("qwen3-vl", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                                     rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                      "mrope_section": [24, 20, 20], "mrope_interleaved": True}),
+                    dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                         patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                         deepstack_visual_indexes=[8, 16, 24])),
+}
+
+
+def build_vl(preset: str, device: str, dtype: torch.dtype):
+    """A stock Qwen-VL at real shapes (random weights, made on the device in `dtype`) or a tiny preset."""
+    from lrs_focus.model.loading import load_model
+    from lrs_focus.model.qwen_vl import QwenVLFocusModel
+    from lrs_focus.model.qwen_vl_loading import focus_config, qwen2_tokenizer, tiny_vl_parts
+
+    if preset.startswith("tiny-"):
+        model, tokenizer, info = load_model(preset, device=device, dtype=dtype)
+    else:
+        family, text, vision = VL_PRESETS[preset]
+        tokenizer = qwen2_tokenizer()
+        _, processor, template = tiny_vl_parts(family, tokenizer)  # the family's processor and template
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+        cfg_cls, cls = ((Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration) if family == "qwen2.5-vl"
+                        else (Qwen3VLConfig, Qwen3VLForConditionalGeneration))
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                               "<|vision_end|>", "<|im_end|>")}
+        config = cfg_cls(text_config=dict(text, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                                          eos_token_id=ids["<|im_end|>"]),
+                         vision_config=vision, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        for c in (config, config.text_config, config.vision_config):
+            c._attn_implementation = "sdpa"
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                torch.manual_seed(0)
+                hf = cls(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
+        model = QwenVLFocusModel(hf, tokenizer, processor, focus_config(family, hf, processor, template))
+    return SimpleNamespace(model=model, tokenizer=model.tokenizer, cache=None, name=f"{preset}-random",
+                           info={"device": device, "dtype": str(dtype).replace("torch.", ""), "random_weights": True})
+
+
 def build_model(preset: str, device: str, dtype: torch.dtype):
+    if preset in VL_PRESETS or preset.startswith("tiny-qwen"):
+        return build_vl(preset, device, dtype)
     from transformers import CLIPVisionConfig, Qwen2Config
 
     from lrs_focus.model.config import LrsFocusConfig
@@ -93,16 +162,17 @@ def _gb(nbytes: float) -> float:
 
 
 def ask(engine, raster, mode: str, device: str, max_new_tokens: int) -> dict:
-    from lrs_focus.answer import pyramid_config, result_counts, run_question
+    from lrs_focus.answer import is_vl, pyramid_config, result_counts, run_question
     from lrs_focus.engine import AskOptions
     from lrs_focus.exact_pixels import ExactPyramid
 
     options = AskOptions(mode=mode, max_new_tokens=max_new_tokens).validate()
+    make = SyntheticPyramid if is_vl(engine.model) else ExactPyramid
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() if device.startswith("cuda") else 0
     t0 = time.perf_counter()
-    pyramid = ExactPyramid(raster, pyramid_config(engine.model))
+    pyramid = make(raster, pyramid_config(engine.model))
     run = run_question(engine, pyramid, QUESTION, options, lambda *a: None, None)
     _sync(device)
     total = time.perf_counter() - t0
@@ -120,6 +190,55 @@ def ask(engine, raster, mode: str, device: str, max_new_tokens: int) -> dict:
         doc["gpu_gb"] = {"weights": _gb(before), "peak": _gb(torch.cuda.max_memory_allocated()),
                          "peak_above_weights": _gb(torch.cuda.max_memory_allocated() - before)}
     return doc
+
+
+class SyntheticPyramid:
+    """The GDAL pixel path's pyramid on the synthetic raster, without GDAL (thumbnail sampled)."""
+
+    def __new__(cls, raster, cfg):
+        from lrs_focus.pyramid import ImagePyramid
+
+        class _Pyramid(ImagePyramid):
+            def thumbnail(self):
+                th, tw = self.geometry.thumbnail_size
+                out = self._blank()
+                out[:th, :tw] = self.src.read_rgb((0, 0, self.src.width, self.src.height), (th, tw))
+                return out
+
+        return _Pyramid(raster, cfg)
+
+
+def focus_agreement(engine, raster) -> dict:
+    """The base level's focus map in the model's dtype vs the same model in float32, same inputs."""
+    from lrs_focus.answer import pyramid_config
+    from lrs_focus.features import TileEncoder
+    from lrs_focus.focus import build_canvas
+    from lrs_focus.vl_answer import AttentionScorer
+
+    model = engine.model
+    pyramid = SyntheticPyramid(raster, pyramid_config(model))
+    geo = pyramid.geometry
+    with torch.inference_mode():
+        encoder = TileEncoder(model, pyramid, None, None, lambda *a: None)
+        thumb = encoder.thumbnail()
+        base = geo.levels[0]
+        canvas = build_canvas(geo, 0, [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])], encoder,
+                              all_newlines=False, keep_gaps=False)
+        grid = model.grid_for(*geo.thumbnail_size)
+        low = AttentionScorer(model, QUESTION, thumb, grid, geo, False, None, None)(canvas)
+        dtype = model.dtype
+        model.hf.float()
+        try:
+            canvas.feats = canvas.feats.float()
+            high = AttentionScorer(model, QUESTION, thumb.float(), grid, geo, False, None, None)(canvas)
+        finally:
+            model.hf.to(dtype)
+    tok = ~canvas.is_newline
+    low, high = low[tok], high[tok]
+    k = max(1, low.size // 4)
+    top = len(set(np.argsort(-low)[:k]) & set(np.argsort(-high)[:k])) / k
+    return {"tokens": int(low.size), "total_variation": round(float(0.5 * np.abs(low / low.sum() - high / high.sum()).sum()), 5),
+            "top25_overlap": round(top, 4), "max_abs_diff": float(np.abs(low - high).max())}
 
 
 def rfm_agreement(engine, raster) -> dict:
@@ -154,7 +273,8 @@ def rfm_agreement(engine, raster) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=["7b", "tiny"], default="7b")
+    parser.add_argument("--preset", choices=["7b", "tiny", *VL_PRESETS, "tiny-qwen2.5-vl", "tiny-qwen3-vl"],
+                        default="7b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", default="27328x20000", help="WIDTHxHEIGHT of the synthetic raster")
     parser.add_argument("--modes", default="paper,all-tiles")
@@ -174,12 +294,19 @@ def main(argv=None) -> int:
     doc["build_seconds"] = round(time.perf_counter() - t0, 1)
     raster = SyntheticRaster(h, w)
     doc["runs"] = [ask(engine, raster, m.strip(), args.device, args.max_new_tokens) for m in args.modes.split(",")]
-    doc["rfm_bf16_vs_float32"] = rfm_agreement(engine, raster)
+    from lrs_focus.answer import is_vl
+
+    if is_vl(engine.model):
+        doc["focus_bf16_vs_float32"] = focus_agreement(engine, raster)
+    else:
+        doc["rfm_bf16_vs_float32"] = rfm_agreement(engine, raster)
     print(json.dumps(doc, indent=1))
     for run in doc["runs"]:
         print(f"{run['mode']:>10}: {run['seconds']['total']:.1f} s {run['seconds']} tokens {run['tokens']} "
               f"GPU {run.get('gpu_gb')}", file=sys.stderr)
-    print(f"RFM bf16 vs float32: {doc['rfm_bf16_vs_float32']}", file=sys.stderr)
+    for key in ("rfm_bf16_vs_float32", "focus_bf16_vs_float32"):
+        if key in doc:
+            print(f"{key}: {doc[key]}", file=sys.stderr)
     try:
         Path(args.json).write_text(json.dumps(doc, indent=1))
     except OSError:

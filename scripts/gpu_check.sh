@@ -2,6 +2,7 @@
 # GPU check at real scale (issue "Correct at real scale"), as one prepared command for a CUDA machine:
 #   scripts/gpu_check.sh                      Qwen2-7B geometry, random bf16 weights, 27328 x 20000 raster
 #   scripts/gpu_check.sh --size 5000x5000     another raster size
+#   scripts/gpu_check.sh --preset qwen2.5-vl-7b   (or qwen3-vl-8b) a stock Qwen-VL at real shapes, attention focus
 # Needs torch with CUDA and transformers (no GDAL, no weights download). Prints JSON on stdout and a
 # summary on stderr; writes gpu_check.json into $OUT (or the current folder).
 set -euo pipefail
