@@ -397,8 +397,14 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
         timings["encode"] = encoder.seconds
         timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
         t0, s0 = time.perf_counter(), scorer.seconds
-        vl = answer_tiles(model, scorer, result, budget["vision_budget"], int(options.max_new_tokens), should_stop,
-                          check)
+        thumb_tokens = int(thumbnail.shape[0])  # the processor may upscale thin views past one tile's tokens
+        vision_budget = budget["max_length"] - budget["text_tokens"] - thumb_tokens
+        if vision_budget < 0:
+            raise BadOptions(f"the question and prompt take {budget['text_tokens']} tokens; with this view's "
+                             f"{thumb_tokens}-token thumbnail they exceed the sequence limit of {budget['max_length']}")
+        budget["vision_budget"] = vision_budget
+        vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
+                          options.answer_input)
         timings["focus"] = scorer.seconds
         timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
         if result.canvas is not None:

@@ -40,7 +40,7 @@ PIXELS = ("exact", "gdal")
 DTYPES = ("float32", "bfloat16", "float16")
 #: focus signals: the released RFM (LLaVA family) or the model's own attention (Qwen-VL families)
 FOCUS = ("rfm", "attention", "relative")
-ANSWER_INPUTS = ("tiles",)
+ANSWER_INPUTS = ("tiles", "tokens")
 MAX_N_MAX = 1024  # tiles per zoom step: bounds the features and the RFM pass whatever is asked
 MAX_NEW_TOKENS = 4096
 
@@ -67,7 +67,7 @@ class AskOptions:
     focus: Optional[str] = None  # rfm | attention | relative; None = the family's own (rfm / attention)
     focus_layer: Optional[int] = None  # Qwen-VL: layer of the attention focus (None = the model's preset)
     focus_heads: Optional[list[int]] = None  # Qwen-VL: heads averaged (None = all)
-    answer_input: str = "tiles"  # Qwen-VL: what the answer sees besides the thumbnail
+    answer_input: str = "tiles"  # Qwen-VL: the kept tiles whole, or only their kept tokens ("tokens")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "AskOptions":

@@ -91,7 +91,7 @@ ASK_OPTION_TYPES: Dict[str, tuple] = {
     "focus": (str, type(None)),  # "rfm" (LLaVA) | "attention" | "relative" (Qwen2.5-VL / Qwen3-VL)
     "focus_layer": (int, type(None)),  # Qwen-VL: the layer whose attention focuses (None: the model's preset)
     "focus_heads": (list, type(None)),  # Qwen-VL: heads averaged (None: all)
-    "answer_input": (str,),  # Qwen-VL: "tiles" (thumbnail + kept tiles, each with its caption)
+    "answer_input": (str,),  # Qwen-VL: "tiles" (kept tiles whole) | "tokens" (their kept tokens only)
 }
 
 

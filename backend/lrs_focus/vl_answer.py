@@ -124,47 +124,70 @@ class VLAnswer:
 
 
 def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: FocusResult, vision_budget: int,
-                 max_new_tokens: int, should_stop: Any, check: Any) -> VLAnswer:
-    """Thumbnail + the tiles holding kept tokens, best first into the budget, then generate.
+                 max_new_tokens: int, should_stop: Any, check: Any, answer_input: str = "tiles") -> VLAnswer:
+    """Thumbnail + the tiles holding kept tokens (whole, or only their kept tokens with `answer_input`
+    "tokens"), best-scored tile first into the budget, shown in raster order; then the answer.
 
-    Updates `result` (keep, the last record's kept mask, vision_tokens_dropped) to what was sent."""
+    `vision_budget`: tokens left for tiles once the text and the thumbnail are counted. Updates
+    `result` (keep, the last record's kept mask, vision_tokens_dropped) to what the model read."""
     feats: list[torch.Tensor] = [scorer.thumbnail]
     images: list[tuple[str | None, tuple[int, int, int]]] = [(None, scorer.thumb_grid)]
+    keep_lists: list[torch.Tensor] = [torch.arange(scorer.thumbnail.shape[0])]
     sent: list[int] = []
     canvas = result.canvas
     if canvas is not None:
-        rec = result.records[-1] if result.records else None
-        if rec is None or rec.scores is None:  # all-tiles without scores: score only if it must drop
-            from .focus import LevelRecord
+        from .focus import LevelRecord
 
-            if rec is None:
-                rec = LevelRecord(canvas.level, (0, 0), canvas.skeleton())
-                result.records.append(rec)
-        candidates = sorted({int(i) for i in canvas.tile[result.keep] if i >= 0})
-        tile_grid = scorer.images(canvas.level, canvas.tiles[:1])[-1][1]
-        per_tile = int(np.prod(tile_grid)) // int(model.image_processor.merge_size) ** 2 + caption_tokens(model)
-        if len(candidates) * per_tile > vision_budget and rec.scores is None:
+        if not result.records:
+            result.records.append(LevelRecord(canvas.level, (0, 0), canvas.skeleton()))
+        rec = result.records[-1]
+        t = canvas.feats.shape[1]
+        is_tok = canvas.tile >= 0
+        kept_tok = np.zeros(canvas.size, dtype=bool)
+        kept_tok[result.keep] = True
+        kept_tok &= is_tok
+        candidates = sorted({int(i) for i in canvas.tile[kept_tok]})
+        overhead = caption_tokens(model)
+        cost = {i: (int(np.count_nonzero(kept_tok & (canvas.tile == i))) if answer_input == "tokens" else t * t)
+                + overhead for i in candidates}
+        if sum(cost.values()) > vision_budget and rec.scores is None:  # all-tiles: scored only to drop tiles
             check("focus", canvas.level, 0.0, f"scoring level {canvas.level} to fit the sequence budget")
             rec.scores = scorer(canvas)
             result.rfm_vision_tokens.append(scorer.thumbnail.shape[0] + canvas.size)
         score = tile_scores(rec, "sum") if rec.scores is not None else np.zeros(len(canvas.tiles))
         order = sorted(candidates, key=lambda i: (-score[i], canvas.tiles[i]))
-        n_fit = max(0, int(vision_budget) // per_tile)
-        sent = sorted(order[:n_fit])  # raster order
-        dropped = [i for i in candidates if i not in set(sent)]
-        is_tok = canvas.tile >= 0
-        keep_mask = is_tok & np.isin(canvas.tile, sent)
+        used = 0
+        for i in order:
+            if used + cost[i] > vision_budget:
+                break
+            used += cost[i]
+            sent.append(i)
+        sent.sort()  # raster order
+        dropped = np.isin(canvas.tile, [i for i in candidates if i not in set(sent)])
+        if answer_input == "tokens":
+            keep_mask = kept_tok & np.isin(canvas.tile, sent)
+        else:
+            keep_mask = is_tok & np.isin(canvas.tile, sent)
         result.keep = np.flatnonzero(keep_mask)
-        result.vision_tokens_dropped = int(np.count_nonzero(is_tok & np.isin(canvas.tile, dropped)))
+        result.vision_tokens_dropped = int(np.count_nonzero(kept_tok & dropped))
         rec.kept = keep_mask
-        chosen = scorer.images(canvas.level, [canvas.tiles[i] for i in sent])[1:]
-        images += chosen
-        feats += [canvas.feats[i].flatten(0, 1) for i in sent]
+        images += scorer.images(canvas.level, [canvas.tiles[i] for i in sent])[1:]
+        origin = np.asarray(canvas.tiles, dtype=np.int64).reshape(-1, 2)
+        for i in sent:
+            feats.append(canvas.feats[i].flatten(0, 1))
+            entries = np.flatnonzero(keep_mask & (canvas.tile == i))
+            local = (canvas.row[entries] - origin[i, 0] * t) * t + (canvas.col[entries] - origin[i, 1] * t)
+            keep_lists.append(torch.as_tensor(np.sort(local), dtype=torch.long))
     prompt = model.build_prompt(images, scorer.question)
     check("generate", None, 0.0, f"answering from {len(prompt.ids)} tokens ({len(sent)} tiles)")
-    answer, _ = model.generate(prompt, feats, max_new_tokens, should_stop=should_stop)
-    vision = int(np.count_nonzero(np.asarray(prompt.ids) == model.image_token_id))
-    return VLAnswer(answer, len(prompt.ids), vision, len(sent))
+    if answer_input == "tokens":
+        answer, _, n_tokens = model.generate_pruned(prompt, feats, keep_lists, max_new_tokens, should_stop=should_stop)
+        vision = int(sum(k.numel() for k in keep_lists))
+    else:
+        answer, _ = model.generate(prompt, feats, max_new_tokens, should_stop=should_stop)
+        n_tokens = len(prompt.ids)
+        vision = int(np.count_nonzero(np.asarray(prompt.ids) == model.image_token_id))
+    return VLAnswer(answer, n_tokens, vision, len(sent))
 
 
 def check_options(model: QwenVLFocusModel, options: Any) -> None:

@@ -307,3 +307,36 @@ def test_llava_family_refuses_the_attention_focus_options(sentinel2_vrt):
     for bad in (dict(focus="attention"), dict(focus_layer=1), dict(focus_heads=[0])):
         with pytest.raises(BadOptions, match="Region Focus Module"):
             engine.ask(str(sentinel2_vrt), "q?", AskOptions(**bad))
+
+
+def test_pruned_answer_with_every_token_kept_is_the_stock_generate(vl):
+    """`--answer-input tokens` keeps each token's own M-RoPE position: with nothing pruned its greedy loop
+    generates exactly the stock `generate`'s ids (the checkpoint's repetition penalty applied in both)."""
+    _, _, feats, grids = _images(vl, n_tiles=2)
+    prompt = vl.build_prompt(grids, "Which tile shows the harbour?")
+    everything = [torch.arange(f.shape[0]) for f in feats]
+    gen = vl.hf.generation_config
+    old = gen.repetition_penalty
+    gen.repetition_penalty = 1.05
+    try:
+        with torch.inference_mode():
+            _, stock = vl.generate(prompt, feats, 10)
+            _, ours, n = vl.generate_pruned(prompt, feats, everything, 10)
+    finally:
+        gen.repetition_penalty = old
+    assert ours == stock and n == len(prompt.ids)
+
+
+def test_tokens_answer_reads_fewer_tokens_than_tiles(sentinel2_vrt, vl):
+    from lrs_focus.engine import AskOptions, Engine
+
+    engine = Engine.__new__(Engine)
+    engine.model, engine.tokenizer, engine.name, engine.cache = vl, vl.tokenizer, "tiny", None
+    engine.info = {"random_weights": True, "device": "cpu", "dtype": "float32"}
+    tiles = engine.ask(str(sentinel2_vrt), "Where is the river?", AskOptions(max_new_tokens=2))
+    tokens = engine.ask(str(sentinel2_vrt), "Where is the river?", AskOptions(max_new_tokens=2, answer_input="tokens"))
+    assert tokens["trace"]["focus"]["tiles_sent"] == tiles["trace"]["focus"]["tiles_sent"] >= 1
+    thumb = tiles["counts"]["llm_vision_tokens"] - 256 * tiles["trace"]["focus"]["tiles_sent"]
+    kept_tokens = tokens["counts"]["llm_vision_tokens"] - thumb
+    assert 0 < kept_tokens < 256 * tokens["trace"]["focus"]["tiles_sent"]
+    assert tokens["counts"]["llm_sequence_tokens"] < tiles["counts"]["llm_sequence_tokens"]

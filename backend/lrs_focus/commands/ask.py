@@ -91,8 +91,9 @@ def register(subparsers) -> None:
                    help="Qwen-VL: the layer whose attention focuses (default: the model's preset, docs/models.md)")
     p.add_argument("--focus-heads", type=_heads, default=None, metavar="H[,H...]",
                    help="Qwen-VL: attention heads averaged (default: all)")
-    p.add_argument("--answer-input", choices=["tiles"], default="tiles",
-                   help="Qwen-VL: what the answer reads besides the thumbnail: the kept tiles, each with a caption")
+    p.add_argument("--answer-input", choices=["tiles", "tokens"], default="tiles",
+                   help="Qwen-VL: what the answer reads besides the thumbnail: the kept tiles whole, each with a "
+                        "caption (default), or only their kept tokens at their own positions")
     p.add_argument("--max-length", type=int, default=None,
                    help="sequence limit in tokens (default: the model's, 8192 Qwen2 / 2048 Vicuna); the text is "
                         "never cut, the lowest-scored vision tokens are dropped to fit")

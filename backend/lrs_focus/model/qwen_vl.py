@@ -354,6 +354,58 @@ class QwenVLFocusModel:
         return self.tokenizer.decode(new, skip_special_tokens=True).strip(), new
 
 
+    @torch.no_grad()
+    def generate_pruned(self, prompt: Prompt, feats: list[torch.Tensor], keep: list[torch.Tensor], max_new_tokens: int,
+                        should_stop: Callable[[], bool] | None = None) -> tuple[str, list[int], int]:
+        """Greedy answer from the prompt with only the `keep[i]` token indices of image i (raster order
+        within the image): kept tokens keep their own (t, h, w) positions of the full prompt, text after
+        an image continues where the full image would end. Returns (text, new ids, prompt tokens).
+
+        A loop of the stock forward with its KV cache: `generate` derives positions from image grids,
+        which a pruned image no longer has. Greedy as `generate(do_sample=False)`; the checkpoint's
+        repetition penalty is applied the same way."""
+        from transformers import DynamicCache, RepetitionPenaltyLogitsProcessor
+
+        inputs = self.model_inputs(prompt)
+        mask = torch.ones(len(prompt.ids), dtype=torch.bool)
+        sub = []
+        for start, (_, grid), f, k in zip(prompt.image_starts, prompt.images, feats, keep):
+            n = grid[0] * grid[1] * grid[2] // int(self.image_processor.merge_size) ** 2
+            drop = torch.ones(n, dtype=torch.bool)
+            drop[k] = False
+            mask[start:start + n] = ~drop
+            sub.append(f[k])
+        mask = mask.to(self.device)
+        ids = inputs["input_ids"][:, mask]
+        pos = inputs["position_ids"][..., mask]
+        types = inputs["mm_token_type_ids"][:, mask]
+        gen = self.hf.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, (list, tuple)) else [gen.eos_token_id]
+        eos = {int(e) for e in eos if e is not None}
+        penalty = float(getattr(gen, "repetition_penalty", 1.0) or 1.0)
+        processor = RepetitionPenaltyLogitsProcessor(penalty) if penalty != 1.0 else None
+        cache = DynamicCache(config=self.hf.config.text_config)
+        seen = ids
+        next_pos = int(inputs["position_ids"].max()) + 1
+        out = self.hf(input_ids=ids, mm_token_type_ids=types, position_ids=pos, cache=cache, use_cache=True,
+                      mm_encoder_outputs=self.encoder_outputs(sub) if sub else None, logits_to_keep=1)
+        new: list[int] = []
+        for step in range(int(max_new_tokens)):
+            logits = out.logits[:, -1].float()
+            if processor is not None:
+                logits = processor(seen, logits)
+            token = int(logits.argmax(-1))
+            new.append(token)
+            if token in eos or (should_stop is not None and should_stop()) or step + 1 == int(max_new_tokens):
+                break
+            tok = torch.tensor([[token]], device=self.device)
+            seen = torch.cat([seen, tok], dim=1)
+            p = torch.full((3, 1, 1), next_pos + step, dtype=pos.dtype, device=self.device)
+            out = self.hf(input_ids=tok, mm_token_type_ids=torch.zeros_like(tok, dtype=torch.int), position_ids=p,
+                          cache=cache, use_cache=True, logits_to_keep=1)
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip(), new, int(ids.shape[1])
+
+
 @dataclass
 class PrefixCache:
     """Keys and values of layers 0..L of a question-independent prefix (reused across questions)."""

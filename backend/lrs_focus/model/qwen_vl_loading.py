@@ -183,4 +183,10 @@ def load_vl(name: str, directory: Path | None, dtype: torch.dtype, seed: int = 0
         template = _chat_template(directory, tokenizer)
         random_weights = False
     model = QwenVLFocusModel(hf.eval(), tokenizer, processor, focus_config(family, hf, processor, template))
+    tile = model.config.tile_size
+    side = 2 * model.config.tokens_per_tile  # patches per tile side before the 2 x 2 merge
+    if model.grid_for(tile, tile) != (1, side, side) or int(processor.merge_size) != 2:
+        raise errors.ModelError(
+            f"{name}: its image processor does not keep a {tile} px tile at {side} x {side} patches "
+            f"(preprocessor_config.json min/max pixels or merge size): tiles would not be 16 x 16 tokens")
     return model, tokenizer, random_weights
