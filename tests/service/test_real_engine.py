@@ -169,3 +169,52 @@ def test_cancel_during_generation_ends_within_a_few_tokens(tiny_engine, make_ser
     assert info.value.code == P.CANCELLED
     print(f"cancel during generation answered in {took:.2f} s")
     assert took < 5, f"cancel during generation took {took:.1f} s"
+
+
+@pytest.mark.slow
+def test_cli_serve_a_qwen_vl_preset(sentinel2_vrt, tmp_path):
+    """`serve --model tiny-qwen2.5-vl` as a user runs it; the Qwen-VL options travel over ZeroMQ and the
+    follow-up question about the same raster reuses the cached prefix."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "lrs_focus.cli"]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    serve = subprocess.Popen([*cli, "serve", "--model", "tiny-qwen2.5-vl", "--endpoint", endpoint],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            health = subprocess.run([*cli, "health", "--endpoint", endpoint, "--json", "--timeout", "1"],
+                                    capture_output=True, text=True, env=env)
+            if health.returncode == 0 or time.monotonic() > deadline or serve.poll() is not None:
+                break
+        assert health.returncode == 0, health.stderr
+        assert json.loads(health.stdout)["model"] == "tiny-qwen2.5-vl"
+        docs = []
+        for question in (QUESTION, "Is there a river?"):
+            ask = subprocess.run([*cli, "ask", str(sentinel2_vrt), question, "--endpoint", endpoint, "--json",
+                                  "--focus", "relative", "--focus-heads", "0,2", "--answer-input", "tokens",
+                                  "--max-new-tokens", "3", "--timeout", "120"],
+                                 capture_output=True, text=True, env=env, timeout=300)
+            assert ask.returncode == 0, ask.stderr
+            docs.append(json.loads(ask.stdout))
+        first, second = docs
+        assert first["trace"]["focus"]["signal"] == "relative" and first["trace"]["focus"]["heads"] == [0, 2]
+        assert first["options"]["answer_input"] == "tokens"
+        assert sum(lv["reached"] for lv in first["trace"]["levels"]) >= 2
+        assert second["trace"]["focus"]["prefix_reused"] >= 1
+        bad = subprocess.run([*cli, "ask", str(sentinel2_vrt), QUESTION, "--endpoint", endpoint, "--mode", "released",
+                              "--timeout", "60"], capture_output=True, text=True, env=env, timeout=120)
+        assert bad.returncode == 2 and "bad_options" in bad.stderr and "released" in bad.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait(10)
