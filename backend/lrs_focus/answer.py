@@ -337,7 +337,7 @@ def result_counts(cfg: Any, run: Run) -> dict[str, Any]:
     return {
         "tiles_encoded": int(result.tiles_encoded),
         "tiles_from_cache": int(run.encoder.cached),
-        "vit_tokens": int((1 + result.tiles_encoded) * cfg.thumbnail_tokens),
+        "vit_tokens": int((1 + result.tiles_encoded) * getattr(cfg, "vit_tokens_per_tile", cfg.thumbnail_tokens)),
         "llm_vision_tokens": int(llm_vision),
         "llm_sequence_tokens": int(run.sequence_tokens),
         "vision_tokens_dropped": int(result.vision_tokens_dropped),

@@ -88,6 +88,11 @@ class VLFocusConfig:
         return TOKENS_PER_TILE * TOKENS_PER_TILE
 
     @property
+    def vit_tokens_per_tile(self) -> int:
+        """Vision-tower patches of one tile (before the 2 x 2 merge)."""
+        return 4 * TOKENS_PER_TILE * TOKENS_PER_TILE
+
+    @property
     def rfm_layers(self) -> int:
         """Layers a focus pass runs (the counters' 'rfm' passes are focus passes here)."""
         return self.focus_layer + 1
