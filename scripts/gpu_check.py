@@ -208,22 +208,38 @@ class SyntheticPyramid:
         return _Pyramid(raster, cfg)
 
 
+def base_canvas(model, pyramid):
+    """(thumbnail features, every base tile's canvas) through the engine's encoder (no cache)."""
+    from lrs_focus.features import TileEncoder
+    from lrs_focus.focus import build_canvas
+
+    geo = pyramid.geometry
+    encoder = TileEncoder(model, pyramid, None, None, lambda *a: None)
+    thumb = encoder.thumbnail()
+    base = geo.levels[0]
+    tiles = [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])]
+    return thumb, build_canvas(geo, 0, tiles, encoder, all_newlines=False, keep_gaps=False)
+
+
+def agreement(low: np.ndarray, high: np.ndarray) -> dict:
+    """Two score vectors of the same tokens: total variation (as distributions), top-25 % overlap, max |diff|."""
+    k = max(1, low.size // 4)
+    top = len(set(np.argsort(-low)[:k]) & set(np.argsort(-high)[:k])) / k
+    tv = 0.5 * np.abs(low / low.sum() - high / high.sum()).sum()
+    return {"tokens": int(low.size), "total_variation": round(float(tv), 5), "top25_overlap": round(top, 4),
+            "max_abs_diff": float(np.abs(low - high).max())}
+
+
 def focus_agreement(engine, raster) -> dict:
     """The base level's focus map in the model's dtype vs the same model in float32, same inputs."""
     from lrs_focus.answer import pyramid_config
-    from lrs_focus.features import TileEncoder
-    from lrs_focus.focus import build_canvas
     from lrs_focus.vl_answer import AttentionScorer
 
     model = engine.model
     pyramid = SyntheticPyramid(raster, pyramid_config(model))
     geo = pyramid.geometry
     with torch.inference_mode():
-        encoder = TileEncoder(model, pyramid, None, None, lambda *a: None)
-        thumb = encoder.thumbnail()
-        base = geo.levels[0]
-        canvas = build_canvas(geo, 0, [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])], encoder,
-                              all_newlines=False, keep_gaps=False)
+        thumb, canvas = base_canvas(model, pyramid)
         grid = model.grid_for(*geo.thumbnail_size)
         low = AttentionScorer(model, QUESTION, thumb, grid, geo, False, None, None)(canvas)
         dtype = model.dtype
@@ -234,41 +250,27 @@ def focus_agreement(engine, raster) -> dict:
         finally:
             model.hf.to(dtype)
     tok = ~canvas.is_newline
-    low, high = low[tok], high[tok]
-    k = max(1, low.size // 4)
-    top = len(set(np.argsort(-low)[:k]) & set(np.argsort(-high)[:k])) / k
-    return {"tokens": int(low.size), "total_variation": round(float(0.5 * np.abs(low / low.sum() - high / high.sum()).sum()), 5),
-            "top25_overlap": round(top, 4), "max_abs_diff": float(np.abs(low - high).max())}
+    return agreement(low[tok], high[tok])
 
 
 def rfm_agreement(engine, raster) -> dict:
     """RFM scores of the base level in the model's dtype vs a float32 copy of the RFM, same inputs."""
     from lrs_focus.answer import RfmScorer, pyramid_config
     from lrs_focus.exact_pixels import ExactPyramid
-    from lrs_focus.features import TileEncoder
-    from lrs_focus.focus import build_canvas
     from lrs_focus.model.prompts import encode_prompt
 
     model = engine.model
     pyramid = ExactPyramid(raster, pyramid_config(model))
-    geo = pyramid.geometry
     prompt = encode_prompt(engine.tokenizer, model.config.template, QUESTION)
     with torch.inference_mode():
-        encoder = TileEncoder(model, pyramid, None, None, lambda *a: None)
-        thumb = encoder.thumbnail()
-        base = geo.levels[0]
-        canvas = build_canvas(geo, 0, [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])], encoder,
-                              all_newlines=False, keep_gaps=False)
+        thumb, canvas = base_canvas(model, pyramid)
         low = RfmScorer(model, prompt, thumb)(canvas)
         seq = model.build_sequence(prompt, thumb, canvas.gather(model.image_newline))
         rfm32 = copy.deepcopy(model.rfm).float()
         keys = torch.arange(seq.tiles.start, seq.tiles.stop, device=seq.embeds.device)
         high = rfm32.score(seq.embeds.float(), seq.position_ids, seq.query_index, keys).float().cpu().numpy()
         del rfm32
-    k = max(1, low.size // 4)
-    top = len(set(np.argsort(-low)[:k]) & set(np.argsort(-high)[:k])) / k
-    return {"tokens": int(low.size), "total_variation": round(float(0.5 * np.abs(low - high).sum()), 5),
-            "top25_overlap": round(top, 4), "max_abs_diff": float(np.abs(low - high).max())}
+    return agreement(low, high)  # RFM scores are a softmax over the tile tokens: normalising changes nothing
 
 
 def main(argv=None) -> int:

@@ -53,32 +53,42 @@ def test_ask_over_zeromq_equals_in_process_ask(tiny_engine, sentinel2_vrt, make_
         assert c.ping()["type"] == "pong"
 
 
-@pytest.mark.slow
-def test_cli_serve_health_ask_shutdown(sentinel2_vrt, tmp_path):
+CLI = [sys.executable, "-m", "lrs_focus.cli"]
+ENV = dict(os.environ, OMP_NUM_THREADS="2")
+
+
+def _start_serve(model: str, *extra: str):
+    """`lrs-focus serve --model MODEL` on a free loopback port, once `health` answers: (process, endpoint, health)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "lrs_focus.cli"]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    serve = subprocess.Popen([*cli, "serve", "--model", "tiny", "--endpoint", endpoint, "--queue-size", "2"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    serve = subprocess.Popen([*CLI, "serve", "--model", model, "--endpoint", endpoint, *extra],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 180
+    while True:
+        health = subprocess.run([*CLI, "health", "--endpoint", endpoint, "--json", "--timeout", "1"],
+                                capture_output=True, text=True, env=ENV)
+        if health.returncode == 0 or time.monotonic() > deadline or serve.poll() is not None:
+            break
+    if health.returncode != 0:
+        serve.kill()
+        raise AssertionError(health.stderr + (serve.stderr.read() if serve.wait(10) is not None else ""))
+    return serve, endpoint, health
+
+
+@pytest.mark.slow
+def test_cli_serve_health_ask_shutdown(sentinel2_vrt, tmp_path):
+    serve, endpoint, health = _start_serve("tiny", "--queue-size", "2")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            health = subprocess.run([*cli, "health", "--endpoint", endpoint, "--json", "--timeout", "1"],
-                                    capture_output=True, text=True, env=env)
-            if health.returncode == 0 or time.monotonic() > deadline or serve.poll() is not None:
-                break
-        assert health.returncode == 0, health.stderr + serve.stderr.read() if serve.poll() is not None else health.stderr
         doc = json.loads(health.stdout)
         assert doc["model"] == "tiny" and doc["random_weights"] is True and doc["queue_size"] == 2
         out = tmp_path / "focus.geojson"
-        ask = subprocess.run([*cli, "ask", str(sentinel2_vrt), QUESTION, "--endpoint", endpoint, "--model", "tiny",
+        ask = subprocess.run([*CLI, "ask", str(sentinel2_vrt), QUESTION, "--endpoint", endpoint, "--model", "tiny",
                               "--json", "--out", str(out), "--timeout", "60"],
-                             capture_output=True, text=True, env=env, timeout=300)
+                             capture_output=True, text=True, env=ENV, timeout=300)
         assert ask.returncode == 0, ask.stderr
         answer = json.loads(ask.stdout)
         assert isinstance(answer["answer"], str) and answer["features"]["features"]
@@ -176,24 +186,10 @@ def test_cli_serve_a_qwen_vl_preset(sentinel2_vrt, tmp_path):
     """`serve --model tiny-qwen2.5-vl` as a user runs it; the Qwen-VL options travel over ZeroMQ and the
     follow-up question about the same raster reuses the cached prefix."""
     import signal
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    endpoint = f"tcp://127.0.0.1:{port}"
-    cli = [sys.executable, "-m", "lrs_focus.cli"]
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    serve = subprocess.Popen([*cli, "serve", "--model", "tiny-qwen2.5-vl", "--endpoint", endpoint],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    serve, endpoint, health = _start_serve("tiny-qwen2.5-vl")
+    cli, env = CLI, ENV
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            health = subprocess.run([*cli, "health", "--endpoint", endpoint, "--json", "--timeout", "1"],
-                                    capture_output=True, text=True, env=env)
-            if health.returncode == 0 or time.monotonic() > deadline or serve.poll() is not None:
-                break
-        assert health.returncode == 0, health.stderr
         assert json.loads(health.stdout)["model"] == "tiny-qwen2.5-vl"
         docs = []
         for question in (QUESTION, "Is there a river?"):
