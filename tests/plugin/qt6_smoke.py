@@ -83,6 +83,7 @@ class Registry:
 class Project:
     readProject = mock.MagicMock()  # noqa: N815
     cleared = mock.MagicMock()
+    projectSaved = mock.MagicMock()  # noqa: N815
 
     @staticmethod
     def instance():
