@@ -16,6 +16,7 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -24,6 +25,7 @@ from qgis.PyQt.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTextBrowser,
     QVBoxLayout,
@@ -44,7 +46,7 @@ TIPS = {
     "alpha": "Fraction of the scored vision tokens kept at each level (0.25 = the top quarter).\n"
              "Lower: faster, narrower focus; higher: wider focus, more tokens for the LLM.",
     "n_max": "Stop zooming when the next level would have more than N_max kept tiles.\n"
-             "'model default' = 40 (Vicuna) or 80 (Qwen2) tiles.",
+             "'default' = the model's own: 40 (Vicuna) or 80 (Qwen2) tiles.",
     "bands": "Raster bands the model sees: 1 band (grey) or 3 (red, green, blue), e.g. 4,3,2.\n"
              "Empty = what the layer displays, with the layer's own min/max stretch.",
     "area": "whole raster; the canvas's visible extent; a rectangle you draw (Draw...); or the extent "
@@ -136,7 +138,7 @@ class AskDock(QgsDockWidget):
         self.alpha.setDecimals(2)
         self.n_max = QSpinBox(body)
         self.n_max.setRange(0, MAX_N_MAX)
-        self.n_max.setSpecialValueText("model default")
+        self.n_max.setSpecialValueText("default")
         options = QGridLayout()
         for (key, label, widget), (row, col) in zip(
                 (("mode", "mode", self.mode), ("alpha", "alpha", self.alpha), ("n_max", "N_max", self.n_max)),
@@ -180,7 +182,7 @@ class AskDock(QgsDockWidget):
         self.settings_button = QPushButton("Settings...", body)
         for i, b in enumerate((self.ask_button, self.cancel_button, self.zoom_button, self.export_button,
                                self.settings_button)):
-            buttons.addWidget(b, i // 3, i % 3)
+            buttons.addWidget(b, i // 2, i % 2)
         layout.addLayout(buttons)
 
         self.progress = QProgressBar(body)
@@ -203,7 +205,16 @@ class AskDock(QgsDockWidget):
         self.history.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.history.setResizeMode(QListWidget.ResizeMode.Adjust)
         layout.addWidget(self.history, 1)
-        self.setWidget(body)
+        # A laptop screen (1366 x 768) is too short for every wrapped line: the dock scrolls
+        # vertically instead of squeezing labels, and never needs a horizontal scroll bar.
+        scroll = QScrollArea(self)
+        scroll.setObjectName("lrsFocusScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(body)
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        self.setWidget(scroll)
         self._entries: list[HistoryEntry] = []
 
         self.ask_button.clicked.connect(self.askRequested)

@@ -430,9 +430,12 @@ class LrsFocusPlugin:
             self.dock.set_options(settings.load_options())
 
     def _project_saved(self) -> None:
-        """First save (or Save As elsewhere): move the answers into the project's own GeoPackage."""
+        """First save (or Save As elsewhere): move the answers into the project's own GeoPackage.
+
+        Deferred: a .qgz is zipped after projectSaved, so writing again from inside the signal
+        would be overwritten by the first write's archive."""
         if not self.relocating:
-            self._relocate_results(write=True)
+            QTimer.singleShot(0, lambda: self._relocate_results(write=True))
 
     def _relocate_results(self, write: bool) -> int:
         from .ask_request import results_gpkg

@@ -44,7 +44,7 @@ def render(layers, extent):
     job.start()
     job.waitForFinished()
     results = job.takeLabelingResults()
-    labels = [p for p in results.allLabels(settings.visibleExtent()) if not getattr(p, "isUnplaced", False)]
+    labels = [p for p in results.allLabels() if not getattr(p, "isUnplaced", False)]
     return settings, [{"text": p.labelText, "feature": p.featureId, "rect": rect(p.labelRect)} for p in labels]
 
 
