@@ -193,9 +193,16 @@ class LrsFocusPlugin:
 
     def _restore_last_result(self, *_) -> None:
         """A reopened project's newest answer is what "Zoom to focus" goes to."""
-        from .result_layers import latest_result_layers
+        from qgis.core import QgsRasterLayer
 
-        self.last_layers = latest_result_layers(QgsProject.instance().layerTreeRoot())
+        from .result_layers import latest_result_layers, result_layer_nodes
+        from .result_style import set_heat_legend
+
+        root = QgsProject.instance().layerTreeRoot()
+        for node in result_layer_nodes(root):
+            if isinstance(node.layer(), QgsRasterLayer):
+                set_heat_legend(node.layer())  # custom legends are not stored in the project
+        self.last_layers = latest_result_layers(root)
         if self.dock is not None:
             self.dock.zoom_button.setEnabled(bool(self.last_layers))
 

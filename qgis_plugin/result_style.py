@@ -27,10 +27,12 @@ from qgis.core import (
     QgsColorRampShader,
     QgsFillSymbol,
     QgsGraduatedSymbolRenderer,
+    QgsMapLayerLegend,
     QgsPalLayerSettings,
     QgsProperty,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRasterSymbolLegendNode,
     QgsRendererRange,
     QgsRuleBasedLabeling,
     QgsRuleBasedRenderer,
@@ -42,6 +44,7 @@ from qgis.core import (
     QgsUnitTypes,
     QgsVectorLayer,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor, QFont
 
 from .compat import enum_value as _enum
@@ -242,6 +245,36 @@ def style_heatmap(layer: QgsRasterLayer, breaks: Sequence[float]) -> None:
     renderer.setClassificationMax(items[-1].value)
     layer.setRenderer(renderer)
     layer.setOpacity(1.0)  # the classes carry their own transparency
+    set_heat_legend(layer)
+
+
+class HeatLegend(QgsMapLayerLegend):
+    """The heatmap's classes in words, without QGIS's "Band 1: ... (Gray)" header line.
+
+    Not stored in the project: the plugin sets it again on the answers' heatmaps when a project
+    is read (plugin._restore_last_result)."""
+
+    def __init__(self, layer: QgsRasterLayer):
+        super().__init__()
+        self._layer = layer
+
+    def createLayerTreeModelLegendNodes(self, node_layer):  # noqa: N802 (QGIS API)
+        renderer = self._layer.renderer()
+        items = renderer.legendSymbologyItems() if renderer is not None else []
+        nodes = [QgsRasterSymbolLegendNode(node_layer, color, text) for text, color in items]
+        for node in nodes:
+            sip.transferto(node, None)  # the layer tree model owns and deletes them
+        return nodes
+
+
+#: layer id -> its HeatLegend: the layer holds only a C++ pointer, Python must keep the object.
+_LEGENDS: dict = {}
+
+
+def set_heat_legend(layer: QgsRasterLayer) -> None:
+    legend = HeatLegend(layer)
+    _LEGENDS[layer.id()] = legend
+    layer.setLegend(legend)
 
 
 def _rgba(color: str, alpha: int) -> QColor:
