@@ -135,9 +135,9 @@ def _grid_tiles(trace: dict[str, Any], level: Optional[int]) -> int:
     return 0
 
 
-def _per_level(grid: heatmap.HeatmapGrid, props: list, whole: str, target: StoreTarget) -> tuple[HeatLayer, ...]:
-    """Split the grid by the level whose tokens painted each cell (finest first): a cell belongs to
-    the finest level with an encoded tile over its centre."""
+def split_by_level(grid: heatmap.HeatmapGrid, props: list) -> list[tuple[int, np.ndarray]]:
+    """(level, values) finest first: each cell goes to the finest level with an encoded tile over
+    its centre (the level whose tokens painted it); NaN elsewhere. Levels without cells are left out."""
     rows, cols = grid.shape
     wx0, wy0, wx1, wy1 = grid.window
     dx, dy = (wx1 - wx0) / cols, (wy1 - wy0) / rows
@@ -154,10 +154,15 @@ def _per_level(grid: heatmap.HeatmapGrid, props: list, whole: str, target: Store
             r0, r1 = (max(0, min(rows, math.ceil((y - wy0) / dy - 0.5))) for y in (y0, y1))
             mask[r0:r1, c0:c1] = True
         mask &= free
-        if not mask.any():
-            continue
-        free &= ~mask
-        values = np.where(mask, grid.values, np.nan).astype(np.float32)
+        if mask.any():
+            free &= ~mask
+            out.append((level, np.where(mask, grid.values, np.nan).astype(np.float32)))
+    return out
+
+
+def _per_level(grid: heatmap.HeatmapGrid, props: list, whole: str, target: StoreTarget) -> tuple[HeatLayer, ...]:
+    out = []
+    for level, values in split_by_level(grid, props):
         path = os.path.splitext(whole)[0] + f"_level{level}.tif"
         heatmap.write_geotiff(path, heatmap.HeatmapGrid(values, grid.window, level, grid.units),
                               target.geotransform, target.crs_wkt)

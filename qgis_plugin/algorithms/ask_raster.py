@@ -106,7 +106,8 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             "and the ANSWER output. The tiles the model looked at (every pyramid level, attribute "
             "'level', with score, kept and the pixel window x0 y0 x1 y1) go to the vector output, in "
             "the raster's CRS; 'focus_rank' numbers the tiles it finally kept 1..n (1 = most attention). "
-            "The heatmap output (on by default) is the token scores as a Float32 GeoTIFF on the raster. "
+            "The heatmap output (on by default) is the final level's token scores as a Float32 GeoTIFF "
+            "on the raster. "
             "The model sees the bands the layer displays, with its min/max stretch, unless Bands "
             "overrides them; Area limits the question to part of the raster. "
             "The backend must be running (lrs-focus serve) at the endpoint of the plugin settings."
@@ -274,7 +275,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
     def _write_heatmap(self, path: str, context, result, feedback, title: str) -> str:
         from .. import heatmap
         from ..result_style import style_heatmap
-        from ..results_store import heat_breaks
+        from ..results_store import heat_breaks, split_by_level
 
         if not path:
             return ""
@@ -286,12 +287,18 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             feedback.reportError("No heatmap: thumbnail mode scores no tokens.", fatalError=False)
             return ""
         crs_wkt = self._crs.toWkt() if self._crs is not None and self._crs.isValid() else ""
+        # the final level's cells, as on the dock's map: coarser levels' blocks outside the focus
+        # would outshine it (the whole grid is `lrs-focus ask --heatmap`)
+        props = [f.get("properties") or {} for f in (result.get("features") or {}).get("features", [])]
+        levels = split_by_level(grid, props)
+        if levels:
+            grid = heatmap.HeatmapGrid(levels[0][1], grid.window, levels[0][0], grid.units)
         heatmap.write_geotiff(path, grid, self._ground.geotransform, crs_wkt)
         breaks = heat_breaks(grid.values)
         raster_id = self._raster_id
 
         def style(layer):
-            layer.setName(f"{title}: attention heatmap")
+            layer.setName(f"{title}: attention, level {grid.level} (final)")
             style_heatmap(layer, breaks)
             _below_other_outputs(layer, raster_id)
 
