@@ -12,7 +12,14 @@ from __future__ import annotations
 import math
 from typing import Iterable, Optional, Sequence
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsGeometry, QgsProject, QgsRectangle
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRectangle,
+)
 
 Window = tuple[int, int, int, int]
 AREAS = ("whole raster", "visible extent", "drawn rectangle", "selected features")
@@ -74,3 +81,52 @@ def window_for_features(geometries: Iterable[QgsGeometry], crs: QgsCoordinateRef
     for geometry in geometries:
         points += area_points(geometry, crs, raster_crs)
     return pixel_window(points, ground.geotransform, ground.width, ground.height)
+
+
+def _length(metres: float) -> str:
+    return f"{metres / 1000:.3g} km" if metres >= 1000 else f"{metres:.3g} m"
+
+
+def describe_size(rect: QgsRectangle, rect_crs: QgsCoordinateReferenceSystem, layer) -> str:
+    """'3.68 x 4.52 km (368 x 452 pixels of 'name')': the drawn rectangle in ground units.
+
+    Projected raster CRS: width and height in that CRS, converted from its units to metres.
+    Geographic: ellipsoidal lengths of the rectangle's top and left edges. No CRS: pixels only.
+    """
+    from qgis.core import Qgis, QgsDistanceArea, QgsUnitTypes
+
+    from .compat import enum_value
+    from .result_files import raster_ground
+
+    size = f"{rect.width():.6g} x {rect.height():.6g} map units"
+    pixels = ""
+    crs = layer.crs() if layer is not None else QgsCoordinateReferenceSystem()
+    try:
+        if crs.isValid() and not crs.isGeographic():
+            box = rect
+            if rect_crs.isValid() and rect_crs != crs:
+                box = QgsCoordinateTransform(rect_crs, crs, QgsProject.instance()).transformBoundingBox(rect)
+            metres = enum_value((Qgis, "DistanceUnit.Meters"), (QgsUnitTypes, "DistanceUnit.DistanceMeters"),
+                                (QgsUnitTypes, "DistanceMeters"))
+            factor = QgsUnitTypes.fromUnitToUnitFactor(crs.mapUnits(), metres)
+            w, h = box.width() * factor, box.height() * factor
+            size = f"{_length(w)} x {_length(h)}"
+        elif crs.isValid() and rect_crs.isValid():
+            measure = QgsDistanceArea()
+            measure.setSourceCrs(rect_crs, QgsProject.instance().transformContext())
+            measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030")
+            top_left = QgsPointXY(rect.xMinimum(), rect.yMaximum())
+            w = measure.measureLine(top_left, QgsPointXY(rect.xMaximum(), rect.yMaximum()))
+            h = measure.measureLine(top_left, QgsPointXY(rect.xMinimum(), rect.yMinimum()))
+            size = f"{_length(w)} x {_length(h)} (on the ellipsoid)"
+        if layer is not None and layer.source():
+            ground = raster_ground(layer.source())
+            window = window_for_rectangle(rect, rect_crs, crs, ground)
+            if window is None:
+                pixels = ", off the raster"
+            else:
+                x0, y0, x1, y1 = window
+                pixels = f" = {x1 - x0} x {y1 - y0} pixels of '{layer.name()}'"
+    except Exception:  # noqa: BLE001 - a description must never stop the drawing (QgsCsException, GDAL)
+        pass
+    return size + pixels

@@ -55,7 +55,7 @@ def build_request(dock, iface, drawn: Optional[DrawnArea] = None) -> tuple[AskRe
 
     crs = layer.crs()
     fallback = results_location("", "", QgsApplication.qgisSettingsDirPath())
-    target = StoreTarget(results_gpkg(), ground.geotransform, crs.toWkt() if crs.isValid() else "", fallback)
+    target = StoreTarget(results_gpkg(), ground.geotransform, crs.toWkt() if crs.isValid() else "", fallback, window)
     bands_text = f"bands {','.join(map(str, bands))}" if bands else "the backend's default bands"
     return AskRequest(check.path, question, options, layer.name()), target, f"{bands_text}; {area_text}"
 

@@ -175,6 +175,8 @@ class HealthTask(QgsTask):
                 f"lrs-focus {h.get('version')} at {self.backend.endpoint}: model {h.get('model')} on "
                 f"{h.get('device')} ({h.get('dtype')}), queue {h.get('queue_length')}/{h.get('queue_size')}"
             )
+            if h.get("random_weights"):
+                self.text += ". RANDOM WEIGHTS: a test model, its answers are noise"
             return True
         except BackendError as exc:
             self.text = str(exc)

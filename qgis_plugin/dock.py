@@ -16,6 +16,8 @@ from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
+    QFrame,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -23,6 +25,7 @@ from qgis.PyQt.QtWidgets import (
     QListWidgetItem,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTextBrowser,
     QVBoxLayout,
@@ -30,6 +33,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .area import AREAS
+from .display_text import clean_text
 from .history import HistoryEntry
 from .params import MAX_N_MAX, MODES, AskOptions
 from .raster_check import check_layer
@@ -42,7 +46,7 @@ TIPS = {
     "alpha": "Fraction of the scored vision tokens kept at each level (0.25 = the top quarter).\n"
              "Lower: faster, narrower focus; higher: wider focus, more tokens for the LLM.",
     "n_max": "Stop zooming when the next level would have more than N_max kept tiles.\n"
-             "'model default' = 40 (Vicuna) or 80 (Qwen2) tiles.",
+             "'default' = the model's own: 40 (Vicuna) or 80 (Qwen2) tiles.",
     "bands": "Raster bands the model sees: 1 band (grey) or 3 (red, green, blue), e.g. 4,3,2.\n"
              "Empty = what the layer displays, with the layer's own min/max stretch.",
     "area": "whole raster; the canvas's visible extent; a rectangle you draw (Draw...); or the extent "
@@ -76,7 +80,12 @@ class AskDock(QgsDockWidget):
         layout.addWidget(self.dependency_note)
 
         form = QFormLayout()
+        # narrow docks (a 1366 px laptop screen): fields go under their labels instead of clipping
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         self.layer_combo = QgsMapLayerComboBox(body)
+        self.layer_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.layer_combo.setMinimumContentsLength(12)
         self.layer_combo.setObjectName("lrsFocusLayer")
         self.layer_combo.setFilters(_raster_filter())
         # List only rasters QGIS reads with GDAL; web/database providers are left out here
@@ -129,15 +138,18 @@ class AskDock(QgsDockWidget):
         self.alpha.setDecimals(2)
         self.n_max = QSpinBox(body)
         self.n_max.setRange(0, MAX_N_MAX)
-        self.n_max.setSpecialValueText("model default")
-        options = QHBoxLayout()
-        for key, label, widget in (("mode", "mode", self.mode), ("alpha", "alpha", self.alpha),
-                                   ("n_max", "N_max", self.n_max)):
+        self.n_max.setSpecialValueText("default")
+        options = QGridLayout()
+        for (key, label, widget), (row, col) in zip(
+                (("mode", "mode", self.mode), ("alpha", "alpha", self.alpha), ("n_max", "N_max", self.n_max)),
+                ((0, 0), (1, 0), (1, 2))):
             tag = QLabel(label, body)
             for w in (tag, widget):
                 w.setToolTip(TIPS[key])
-            options.addWidget(tag)
-            options.addWidget(widget, 1)
+            options.addWidget(tag, row, col)
+            options.addWidget(widget, row, col + 1, 1, 3 if key == "mode" else 1)
+        options.setColumnStretch(1, 1)
+        options.setColumnStretch(3, 1)
         form.addRow("Options", options)
         self.set_options(AskOptions())
 
@@ -145,15 +157,17 @@ class AskDock(QgsDockWidget):
         self.backend.setObjectName("lrsFocusBackend")
         self.backend.setWordWrap(True)
         self.backend.setTextFormat(Qt.TextFormat.RichText)
+        self.backend.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.check_button = QPushButton("Check", body)
         self.check_button.setToolTip("Ask the backend which model it serves, on which device")
         backend_row = QHBoxLayout()
-        backend_row.addWidget(self.backend, 1)
         backend_row.addWidget(self.check_button)
+        backend_row.addStretch(1)
         form.addRow("Backend", backend_row)
+        form.addRow(self.backend)  # its own full-width row: the sentence wraps, never clipped
         layout.addLayout(form)
 
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()
         self.ask_button = QPushButton("Ask", body)
         self.ask_button.setObjectName("lrsFocusAsk")
         self.ask_button.setDefault(True)
@@ -166,8 +180,9 @@ class AskDock(QgsDockWidget):
         self.export_button.setToolTip("Save the selected answer (tiles, answer and heatmap) as GeoPackage or GeoJSON")
         self.export_button.setEnabled(False)
         self.settings_button = QPushButton("Settings...", body)
-        for b in (self.ask_button, self.cancel_button, self.zoom_button, self.export_button, self.settings_button):
-            buttons.addWidget(b)
+        for i, b in enumerate((self.ask_button, self.cancel_button, self.zoom_button, self.export_button,
+                               self.settings_button)):
+            buttons.addWidget(b, i // 2, i % 2)
         layout.addLayout(buttons)
 
         self.progress = QProgressBar(body)
@@ -187,8 +202,19 @@ class AskDock(QgsDockWidget):
         layout.addWidget(QLabel("History of this project", body))
         self.history = QListWidget(body)
         self.history.setWordWrap(True)
+        self.history.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.history.setResizeMode(QListWidget.ResizeMode.Adjust)
         layout.addWidget(self.history, 1)
-        self.setWidget(body)
+        # A laptop screen (1366 x 768) is too short for every wrapped line: the dock scrolls
+        # vertically instead of squeezing labels, and never needs a horizontal scroll bar.
+        scroll = QScrollArea(self)
+        scroll.setObjectName("lrsFocusScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(body)
+        scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
+        self.setWidget(scroll)
         self._entries: list[HistoryEntry] = []
 
         self.ask_button.clicked.connect(self.askRequested)
@@ -265,7 +291,7 @@ class AskDock(QgsDockWidget):
             self.progress.setValue(int(percent))
 
     def show_answer(self, text: str) -> None:
-        self.answer.setPlainText(text)
+        self.answer.setPlainText(clean_text(text))
         self.progress.setValue(100)
         self.zoom_button.setEnabled(True)
 
@@ -273,8 +299,9 @@ class AskDock(QgsDockWidget):
         self._entries = list(reversed(entries))
         self.history.clear()
         for entry in self._entries:
-            item = QListWidgetItem(f"Q: {entry.question}\nA: {entry.answer}")
-            item.setData(Qt.ItemDataRole.UserRole, entry.answer)
+            answer = clean_text(entry.answer)
+            item = QListWidgetItem(f"Q: {clean_text(entry.question)}\nA: {answer}")
+            item.setData(Qt.ItemDataRole.UserRole, answer)
             item.setToolTip(f"{entry.raster}\n{entry.when}  job {entry.job_id}  {entry.seconds:.1f} s"
                             + (f"\nfiled in {entry.results}" if entry.results else ""))
             self.history.addItem(item)

@@ -67,5 +67,19 @@ def append(entry: HistoryEntry, project: Optional[QgsProject] = None) -> list[Hi
     return entries
 
 
+def repoint(old_gpkg: str, new_gpkg: str, heatmaps: dict, project: Optional[QgsProject] = None) -> int:
+    """Entries filed in `old_gpkg` now name `new_gpkg` (and their heatmaps' new paths); returns how many."""
+    project = project or QgsProject.instance()
+    entries, changed = load(project), 0
+    for i, entry in enumerate(entries):
+        if entry.results and os.path.abspath(entry.results) == os.path.abspath(old_gpkg):
+            entries[i] = replace(entry, results=new_gpkg, heatmap=heatmaps.get(os.path.abspath(entry.heatmap), entry.heatmap)
+                                 if entry.heatmap else "")
+            changed += 1
+    if changed:
+        project.writeEntry(SCOPE, KEY, json.dumps([asdict(e) for e in entries], ensure_ascii=False))
+    return changed
+
+
 def clear(project: Optional[QgsProject] = None) -> None:
     (project or QgsProject.instance()).removeEntry(SCOPE, KEY)

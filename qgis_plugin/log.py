@@ -23,3 +23,21 @@ def notify(iface, message: str, level: str = "info", duration: int = 8) -> None:
     log(message, level)
     if iface is not None:
         iface.messageBar().pushMessage(TAG, message, level=LEVELS[level], duration=duration)
+
+
+def drop_task_notices(iface, description: str) -> int:
+    """Remove QGIS's own "Task complete" / "Task failed" notices of the plugin's task `description`
+    (QGIS < 3.26 posts one for every task of 5 s or more, and it comes back after the plugin's own
+    message expires); the plugin says what happened itself. Returns how many went."""
+    if iface is None or not description:
+        return 0
+    bar = iface.messageBar()
+    dropped = 0
+    for item in list(bar.items()) if hasattr(bar, "items") else []:
+        try:
+            if item.text() == description and item.title() != TAG:
+                bar.popWidget(item)
+                dropped += 1
+        except RuntimeError:  # already deleted
+            continue
+    return dropped

@@ -86,3 +86,4 @@ class StoreTarget:
     geotransform: tuple[float, ...]
     crs_wkt: str
     fallback_path: str = ""  # where to file it when gpkg_path cannot be written (read-only folder)
+    area_window: Optional[tuple[int, int, int, int]] = None  # the asked pixel window (None: whole raster)

@@ -21,16 +21,20 @@ from . import history, settings
 from .backend_process import BackendLauncher
 from .compat import qaction_class
 from .deps import missing_zmq_text, zmq_problem
-from .log import log, notify
+from .display_text import clean_text
+from .log import drop_task_notices, log, notify
 
 MENU = "&LRS Focus"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
 #: Appended to answers of a backend started with `--model tiny`, so nobody mistakes noise for a prediction.
 RANDOM_WEIGHTS_NOTE = "[random-weight test model: this answer is noise]"
-#: QGIS < 3.26 has no silent tasks and pushes "Task complete" to the message bar when a task of
-#: 5 s or more ends (after the task's own signals): the plugin's message goes on top of it.
+#: QGIS < 3.26 has no silent tasks and pushes "Task complete" / "Task failed" to the message bar
+#: when a task of 5 s or more ends (after the task's own signals): the plugin removes that notice
+#: and posts its own message in its place.
 AFTER_TASK_NOTICE_MS = 400
+#: Error codes that mean the backend itself is gone (the dock's Backend line then says so).
+BACKEND_GONE = ("timeout", "backend_exited", "backend_start_failed", "bad_endpoint", "shutting_down")
 
 
 class LrsFocusPlugin:
@@ -49,6 +53,8 @@ class LrsFocusPlugin:
         self.watched_layer = None
         self.zmq_problem: Optional[str] = None
         self.backend_checked = False
+        self.area_band = None  # the drawn rectangle on the canvas (QgsRubberBand)
+        self.relocating = False
 
     # -- QGIS plugin API ----------------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802
@@ -75,6 +81,9 @@ class LrsFocusPlugin:
 
         self.dock = AskDock(window)
         self.dock.set_options(settings.load_options())
+        # connected before the dock is added: after "Install from ZIP" QGIS is already on screen,
+        # so the dock becomes visible inside addDockWidget
+        self.dock.visibilityChanged.connect(self._dock_shown)
         self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.setToggleVisibilityAction(show)
         self.dock.askRequested.connect(self.ask)
@@ -85,13 +94,14 @@ class LrsFocusPlugin:
         self.dock.exportRequested.connect(self.export_result)
         self.dock.checkRequested.connect(self.check_backend)
         self.dock.layerChanged.connect(self._watch_layer)
-        self.dock.visibilityChanged.connect(self._dock_shown)
+        self.dock.area.currentTextChanged.connect(self._area_choice_changed)
         configure.triggered.connect(self.open_settings)
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
         project.readProject.connect(self._restore_last_result)
         project.cleared.connect(self._refresh_history)
         project.cleared.connect(self._project_closed)
+        project.projectSaved.connect(self._project_saved)
         self._refresh_history()
         self._watch_layer(self.dock.layer_combo.currentLayer())
         self.zmq_problem = zmq_problem()
@@ -101,6 +111,7 @@ class LrsFocusPlugin:
             log(text)
             notify(self.iface, "pyzmq is missing from the Python of QGIS: the LRS Focus dock shows the command "
                                "that installs it.", "warning", duration=0)
+        QTimer.singleShot(0, lambda: self.dock is not None and self._dock_shown(self.dock.isVisible()))
 
     def unload(self) -> None:
         if self.task is not None:
@@ -115,7 +126,8 @@ class LrsFocusPlugin:
         project = QgsProject.instance()
         for signal, slot in ((project.readProject, self._refresh_history),
                              (project.readProject, self._restore_last_result),
-                             (project.cleared, self._refresh_history), (project.cleared, self._project_closed)):
+                             (project.cleared, self._refresh_history), (project.cleared, self._project_closed),
+                             (project.projectSaved, self._project_saved)):
             try:
                 signal.disconnect(slot)
             except TypeError:
@@ -126,6 +138,7 @@ class LrsFocusPlugin:
             if canvas.mapTool() is self.extent_tool:
                 canvas.unsetMapTool(self.extent_tool)
             self.extent_tool = None
+        self._clear_area_band()
         if self.dock is not None:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
@@ -155,7 +168,7 @@ class LrsFocusPlugin:
         task.progressChanged.connect(lambda p: self.dock and self.dock.show_stage(self.dock.stage.text(), p))
         task.backendReady.connect(lambda health: self.dock and self.dock.show_backend(health))
         task.answered.connect(lambda result, layers: self._answered(task, result, layers))
-        task.failed.connect(lambda code, message: self._failed(code, message))
+        task.failed.connect(lambda code, message: self._failed(task, code, message))
         self.task = task
         self.dock.show_running(True)
         self.dock.show_stage(f"asking about '{layer.name()}' ({described})", 0)
@@ -170,6 +183,8 @@ class LrsFocusPlugin:
     def _project_closed(self) -> None:
         """The project was closed (New, Open, Close) while a question ran: its answer must not land in the next one."""
         self.last_layers = []
+        self.drawn = None
+        self._clear_area_band()
         if self.dock is not None:
             self.dock.zoom_button.setEnabled(False)
         if self.task is not None:
@@ -178,9 +193,16 @@ class LrsFocusPlugin:
 
     def _restore_last_result(self, *_) -> None:
         """A reopened project's newest answer is what "Zoom to focus" goes to."""
-        from .result_layers import latest_result_layers
+        from qgis.core import QgsRasterLayer
 
-        self.last_layers = latest_result_layers(QgsProject.instance().layerTreeRoot())
+        from .result_layers import latest_result_layers, result_layer_nodes
+        from .result_style import set_heat_legend
+
+        root = QgsProject.instance().layerTreeRoot()
+        for node in result_layer_nodes(root):
+            if isinstance(node.layer(), QgsRasterLayer):
+                set_heat_legend(node.layer())  # custom legends are not stored in the project
+        self.last_layers = latest_result_layers(root)
         if self.dock is not None:
             self.dock.zoom_button.setEnabled(bool(self.last_layers))
 
@@ -188,7 +210,7 @@ class LrsFocusPlugin:
         self.task = None
         if self.dock is None:  # unloaded while the task ran
             return
-        answer = str(result.get("answer", ""))
+        answer = clean_text(result.get("answer", ""))
         if (result.get("model") or {}).get("random_weights"):
             answer += f" {RANDOM_WEIGHTS_NOTE}"
         self.dock.show_running(False)
@@ -198,11 +220,14 @@ class LrsFocusPlugin:
         self.last_layers = layers
         self.dock.show_answer(answer)
         counts = result.get("counts") or {}
-        self.dock.show_stage(
-            f"done in {task.seconds:.1f} s: {counts.get('tiles_encoded', '?')} tiles encoded, "
-            f"{counts.get('llm_vision_tokens', '?')} vision tokens to the LLM"
-        )
         stored = task.stored
+        done = (f"done in {task.seconds:.1f} s: {counts.get('tiles_encoded', '?')} tiles encoded, "
+                f"{counts.get('llm_vision_tokens', '?')} vision tokens to the LLM")
+        if stored is not None and stored.every_tile_kept:
+            done += (f". Every tile was kept ({stored.focus_tiles} of {stored.final_tiles}): the area is small "
+                     "enough for the model to see whole, so there is no focus to rank; the heatmap still shows "
+                     "where its attention went")
+        self.dock.show_stage(done)
         history.append(
             history.HistoryEntry(
                 question=task.request.question,
@@ -220,9 +245,11 @@ class LrsFocusPlugin:
         problems = [p for p in (task.store_error, stored.warning if stored else "") if p]
         for problem in problems:
             notify(self.iface, problem, "warning", duration=15)
-        self._notify_after_task_notice(f"Answer: {answer}", "success", 10)
+        self._notify_after_task_notice(f"Answer: {answer}", "success", 10, task.description())
         if layers:
             self.zoom_to_focus()
+        if QgsProject.instance().fileName():  # asked before a Save As finished: file it with the project now
+            self._relocate_results(write=False)
 
     def _answered_after_close(self, task, answer: str) -> None:
         """Neither layers nor history go to the project now open; say where the answer was filed."""
@@ -234,22 +261,30 @@ class LrsFocusPlugin:
         self.dock.show_stage(f"answered after its project was closed: not added to this project. {where}.")
         self._notify_after_task_notice(
             f"The answer to \"{task.request.question}\" arrived after its project was closed, so it was not added "
-            f"to this project. {where}. Answer: {answer}", "warning", 0)
+            f"to this project. {where}. Answer: {answer}", "warning", 0, task.description())
 
-    def _failed(self, code: str, message: str) -> None:
+    def _failed(self, task, code: str, message: str) -> None:
         self.task = None
         if self.dock is None:
             return
         self.dock.show_running(False)
         if code == "cancelled":
             self.dock.show_stage("cancelled", 0)
-            self._notify_after_task_notice("Question cancelled.", "info", 4)
-        else:
-            self.dock.show_stage(f"failed [{code}]: {message}", 0)
-            self._notify_after_task_notice(f"[{code}] {message}", "critical", 15)
+            self._notify_after_task_notice("Question cancelled.", "info", 4, task.description())
+            return
+        self.dock.show_stage(f"failed [{code}]: {message}", 0)
+        if code in BACKEND_GONE:  # the Backend line must not keep showing the model of a dead backend
+            when = datetime.datetime.now().strftime("%H:%M:%S")
+            self.dock.show_backend(None, f"no answer at {when} ({code}); press Check once it runs again")
+        self._notify_after_task_notice(f"[{code}] {message}", "critical", 15, task.description())
 
-    def _notify_after_task_notice(self, message: str, level: str, duration: int) -> None:
-        QTimer.singleShot(AFTER_TASK_NOTICE_MS, lambda: notify(self.iface, message, level, duration))
+    def _notify_after_task_notice(self, message: str, level: str, duration: int, description: str = "") -> None:
+        def post():
+            drop_task_notices(self.iface, description)
+            if message:
+                notify(self.iface, message, level, duration)
+
+        QTimer.singleShot(AFTER_TASK_NOTICE_MS, post)
 
     # -- the area -----------------------------------------------------------------------------
     def draw_area(self) -> None:
@@ -266,17 +301,53 @@ class LrsFocusPlugin:
         self.dock.show_area("drag a rectangle on the map...")
 
     def _area_drawn(self, rectangle) -> None:
+        from .area import describe_size
         from .ask_request import DrawnArea
 
         canvas = self.iface.mapCanvas()
         if rectangle.isEmpty():
             return
-        self.drawn = DrawnArea(rectangle, canvas.mapSettings().destinationCrs())
+        crs = canvas.mapSettings().destinationCrs()
+        self.drawn = DrawnArea(rectangle, crs)
+        self._show_area_band(rectangle)
         if self.dock is not None:
             self.dock.area.setCurrentText("drawn rectangle")
-            self.dock.show_area(f"drawn: {rectangle.width():.6g} x {rectangle.height():.6g} map units")
+            self.dock.show_area("drawn: " + describe_size(rectangle, crs, self.dock.layer_combo.currentLayer()))
         if self.previous_tool is not None:
             canvas.setMapTool(self.previous_tool)
+
+    def _show_area_band(self, rectangle) -> None:
+        """The drawn rectangle stays on the map (dashed) while it is the area to ask about."""
+        from qgis.core import Qgis, QgsGeometry, QgsWkbTypes
+        from qgis.gui import QgsRubberBand
+        from qgis.PyQt.QtGui import QColor
+
+        from .compat import enum_value
+
+        if self.area_band is None:
+            polygon = enum_value((Qgis, "GeometryType.Polygon"), (QgsWkbTypes, "GeometryType.PolygonGeometry"),
+                                 (QgsWkbTypes, "PolygonGeometry"))
+            self.area_band = QgsRubberBand(self.iface.mapCanvas(), polygon)
+            self.area_band.setColor(QColor(255, 255, 255, 255))
+            self.area_band.setFillColor(QColor(255, 255, 255, 0))
+            self.area_band.setSecondaryStrokeColor(QColor(16, 16, 16, 170))
+            self.area_band.setWidth(2)
+            self.area_band.setLineStyle(Qt.PenStyle.DashLine)
+        self.area_band.setToGeometry(QgsGeometry.fromRect(rectangle), None)
+        self.area_band.show()
+
+    def _clear_area_band(self) -> None:
+        if self.area_band is not None:
+            try:
+                self.area_band.reset()
+                self.iface.mapCanvas().scene().removeItem(self.area_band)
+            except RuntimeError:
+                pass
+            self.area_band = None
+
+    def _area_choice_changed(self, choice: str) -> None:
+        if self.area_band is not None:
+            self.area_band.setVisible(choice == "drawn rectangle")
 
     # -- bands --------------------------------------------------------------------------------
     def _watch_layer(self, layer) -> None:
@@ -320,6 +391,7 @@ class LrsFocusPlugin:
         self.health_task = None
         if self.dock is not None:
             self.dock.show_backend(task.health if ok else None, text)
+        self._notify_after_task_notice("", "info", 0, task.description())
 
     def export_result(self, entry) -> Optional[list]:
         from qgis.PyQt.QtWidgets import QFileDialog
@@ -363,6 +435,40 @@ class LrsFocusPlugin:
         dialog = SettingsDialog(self.iface.mainWindow())
         if dialog.exec():
             self.dock.set_options(settings.load_options())
+
+    def _project_saved(self) -> None:
+        """First save (or Save As elsewhere): move the answers into the project's own GeoPackage.
+
+        Deferred: a .qgz is zipped after projectSaved, so writing again from inside the signal
+        would be overwritten by the first write's archive."""
+        if not self.relocating:
+            QTimer.singleShot(0, lambda: self._relocate_results(write=True))
+
+    def _relocate_results(self, write: bool) -> int:
+        from .ask_request import results_gpkg
+        from .result_layers import relocate_results
+        from .results_store import results_location
+
+        project = QgsProject.instance()
+        if not project.fileName():
+            return 0
+        unsaved = results_location("", "", QgsApplication.qgisSettingsDirPath())
+        try:
+            moved, problems = relocate_results(project, results_gpkg(project), unsaved)
+        except OSError as exc:
+            moved, problems = 0, [str(exc)]
+        for problem in problems:
+            notify(self.iface, f"The answers could not be moved beside the project: {problem}", "warning", 15)
+        if moved:
+            log(f"{moved} answer layer(s) moved into {results_gpkg(project)}")
+            self._refresh_history()
+            if write:
+                self.relocating = True
+                try:
+                    project.write()  # the file now names the project's own GeoPackage
+                finally:
+                    self.relocating = False
+        return moved
 
     def _refresh_history(self, *_) -> None:
         if self.dock is not None:

@@ -4,9 +4,11 @@ Main thread only (called from `QgsTask.finished()` or a Processing post-processo
 layers and touches the project's layer tree. The group, at the top of the tree, expanded:
 
     Q: <question>
-      focus: n tiles ranked (level k)     kept tiles of the final level, labelled 1..n
-      attention heatmap (level k)          quantile classes; lower half dimmed
-      all levels (hidden)                  one layer per level, collapsed and unchecked
+      focus (level k): n tiles, 1 = most attention    kept tiles of the final level, ranks in their corner
+      asked area                                      only when part of the raster was asked
+      attention, level k (final)                      the final level's token scores, top quarter tinted
+      attention of coarser levels (hidden)            one heatmap per coarser level, where no finer one looked
+      tiles of every level (hidden)                   one layer per level, collapsed and unchecked
 
 Earlier results stay in the tree, unchecked and collapsed, so their labels never mix with the
 new ones. The layers read the project's GeoPackage / GeoTIFF (results_store), so they come back
@@ -16,6 +18,8 @@ CRS, and QGIS draws both untransformed, on the raster (x, -y).
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Optional
 
 from qgis.core import (
@@ -32,7 +36,7 @@ from qgis.core import (
 )
 
 from . import result_files, result_style
-from .results_store import StoredResult
+from .results_store import HeatLayer, StoredResult
 
 GROUP_KEY = "lrs_focus/job_id"
 MEMORY_TYPES = {"Integer": "integer", "Real": "double", "Boolean": "boolean", "String": "string(255)"}
@@ -53,23 +57,49 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
     layers: list = []
 
     final = stored.stopped_at
+    if stored.area_layer:
+        area = QgsVectorLayer(f"{stored.gpkg_path}|layername={stored.area_layer}", "asked area", "ogr")
+        if raster_crs is not None and raster_crs.isValid():
+            area.setCrs(raster_crs)
+        result_style.style_area(area)
+        layers.append(area)
+        _add(project, group, area, visible=True)
     if stored.focus_tiles:
         tiles = f"{stored.focus_tiles} tile" + ("" if stored.focus_tiles == 1 else "s")
-        focus = _tiles_layer(stored, f"focus (level {final}): {tiles}, 1 = most attention",
-                             '"focus_rank" IS NOT NULL', raster_crs)
-        result_style.style_focus(focus)
-        layers.append(focus)
-        _add(project, group, focus, visible=True)
-    if stored.heatmap_path:
-        heat = QgsRasterLayer(stored.heatmap_path, f"attention heatmap (level {stored.heatmap_level})", "gdal")
-        if heat.isValid():
-            if raster_crs is not None and raster_crs.isValid():
-                heat.setCrs(raster_crs)
-            result_style.style_heatmap(heat, stored.heatmap_breaks)
-            layers.append(heat)
-            _add(project, group, heat, visible=True, expanded=True)  # its legend: which end is "more attention"
+        if stored.every_tile_kept:
+            name = f"every tile kept ({stored.focus_tiles} of {stored.final_tiles}): nothing to rank"
+        else:
+            name = f"focus (level {final}): {tiles}, 1 = most attention"
+        focus = _tiles_layer(stored, name, '"focus_rank" IS NOT NULL', raster_crs)
+        result_style.style_focus(focus, every_tile_kept=stored.every_tile_kept)
+        layers.insert(0, focus)
+        _add(project, group, focus, visible=True, index=0)
+    heat_layers = list(stored.heat_layers)
+    if not heat_layers and stored.heatmap_path:  # a result filed before heatmaps were split by level
+        heat_layers = [HeatLayer(stored.heatmap_level or 0, stored.heatmap_path, stored.heatmap_breaks)]
+    coarser = None
+    for i, part in enumerate(heat_layers):
+        if i == 0:
+            name = f"attention, level {part.level}" + (" (final)" if part.level == final else "")
+            target, visible = group, True
+        else:
+            if coarser is None:
+                coarser = group.addGroup("attention of coarser levels (where no finer level looked)")
+            name = f"attention, level {part.level}"
+            target, visible = coarser, False
+        heat = QgsRasterLayer(part.path, name, "gdal")
+        if not heat.isValid():
+            continue
+        if raster_crs is not None and raster_crs.isValid():
+            heat.setCrs(raster_crs)
+        result_style.style_heatmap(heat, part.breaks)
+        layers.append(heat)
+        _add(project, target, heat, visible=visible, expanded=visible)  # its legend: which end is "more attention"
+    if coarser is not None:
+        coarser.setItemVisibilityChecked(False)
+        coarser.setExpanded(False)
     if stored.levels:
-        sub = group.addGroup("all levels (finest first)")
+        sub = group.addGroup("tiles of every level (finest first)")
         for level in stored.levels:
             layer = _tiles_layer(stored, f"level {level}", f'"level" = {int(level)}', raster_crs)
             result_style.style_level(layer, [f["score"] for f in layer.getFeatures()], level)
@@ -95,9 +125,10 @@ def _tiles_layer(stored: StoredResult, name: str, subset: str, raster_crs) -> Qg
     return layer
 
 
-def _add(project: QgsProject, group: QgsLayerTreeGroup, layer, visible: bool, expanded: bool = False) -> None:
+def _add(project: QgsProject, group: QgsLayerTreeGroup, layer, visible: bool, expanded: bool = False,
+         index: int = -1) -> None:
     project.addMapLayer(layer, False)
-    node = group.addLayer(layer)
+    node = group.insertLayer(index, layer) if index >= 0 else group.addLayer(layer)
     node.setItemVisibilityChecked(visible)
     node.setExpanded(expanded)
 
@@ -171,3 +202,71 @@ def _polygon_rings(geometry: dict[str, Any]) -> list:
     coords = geometry.get("coordinates") or []
     polygons = [coords] if kind == "Polygon" else coords if kind == "MultiPolygon" else []
     return [[[QgsPointXY(float(p[0]), float(p[1])) for p in ring] for ring in poly] for poly in polygons]
+
+
+# -- answers follow the project ------------------------------------------------------------------
+def result_layer_nodes(root) -> list:
+    """Every layer node inside the answers' groups."""
+    return [node for group in root.children()
+            if isinstance(group, QgsLayerTreeGroup) and group.customProperty(GROUP_KEY) is not None
+            for node in group.findLayers() if node.layer() is not None]
+
+
+def relocate_results(project: QgsProject, target: str, unsaved: str) -> tuple[int, list[str]]:
+    """Answers whose files are not in `target` (the project's results GeoPackage) are copied there
+    (moved when they come from `unsaved`, the profile's GeoPackage of unsaved projects) and their
+    layers pointed at the copies, styles kept. Returns (layers moved, problems)."""
+    from qgis.core import QgsMapLayerStyle
+
+    from . import history
+    from .results_store import heatmaps_folder, move_results
+
+    target_abs = os.path.abspath(target)
+    plan: dict[str, dict] = {}  # source gpkg -> {"layers": set, "heatmaps": set, "nodes": [(layer, kind, rest)]}
+    for node in result_layer_nodes(project.layerTreeRoot()):
+        layer = node.layer()
+        source = layer.source()
+        if isinstance(layer, QgsVectorLayer):
+            path, _, rest = source.partition("|")
+            name = dict(p.split("=", 1) for p in rest.split("|") if "=" in p).get("layername", "")
+            if not path or os.path.abspath(path) == target_abs or not name:
+                continue
+            entry = plan.setdefault(os.path.abspath(path), {"layers": set(), "heatmaps": set(), "nodes": []})
+            entry["layers"].add(name)
+            entry["nodes"].append((layer, "vector", rest))
+        elif isinstance(layer, QgsRasterLayer):
+            folder = os.path.dirname(os.path.abspath(source))
+            if not folder.endswith("_heatmaps") or folder == heatmaps_folder(target_abs):
+                continue
+            gpkg = folder[: -len("_heatmaps")] + ".gpkg"
+            entry = plan.setdefault(gpkg, {"layers": set(), "heatmaps": set(), "nodes": []})
+            entry["heatmaps"].add(os.path.abspath(source))
+            entry["nodes"].append((layer, "raster", ""))
+    moved, problems = 0, []
+    for source, entry in plan.items():
+        # the whole grids of these answers (Export's files) go along with the per-level ones
+        heatmaps = set(entry["heatmaps"])
+        for path in list(heatmaps):
+            stem = re.sub(r"_level\d+\.tif$", ".tif", path)
+            if stem != path and os.path.isfile(stem):
+                heatmaps.add(stem)
+        try:
+            new_heat = move_results(source, target, sorted(entry["layers"]), sorted(heatmaps),
+                                    remove=os.path.abspath(source) == os.path.abspath(unsaved))
+        except OSError as exc:
+            problems.append(str(exc))
+            continue
+        for layer, kind, rest in entry["nodes"]:
+            style = QgsMapLayerStyle()
+            style.readFromLayer(layer)
+            crs = layer.crs()
+            if kind == "vector":
+                layer.setDataSource(f"{target}|{rest}", layer.name(), "ogr")
+            else:
+                layer.setDataSource(new_heat.get(os.path.abspath(layer.source()), layer.source()), layer.name(), "gdal")
+            layer.setCrs(crs)
+            style.writeToLayer(layer)
+            layer.triggerRepaint()
+            moved += 1
+        history.repoint(source, target, new_heat, project)
+    return moved, problems

@@ -69,6 +69,10 @@ class SettingsDialog(QDialog):
         folder_row.addWidget(browse)
         form.addRow("Results folder", folder_row)
 
+        for edit in (self.endpoint, self.start_command, self.results_dir):  # placeholders shown whole
+            text = edit.placeholderText() or edit.text()
+            edit.setMinimumWidth(min(640, edit.fontMetrics().horizontalAdvance(text) + 24))
+
         self.test_button = QPushButton("Test connection", self)
         self.test_result = QLabel("", self)
         self.test_result.setWordWrap(True)

@@ -4,4 +4,4 @@ Heavy modules (torch, transformers, GDAL) are imported by the submodules that ne
 `import lrs_focus.protocol` stays cheap for clients.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

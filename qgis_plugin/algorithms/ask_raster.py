@@ -36,6 +36,7 @@ from qgis.core import (
 from .. import settings
 from ..compat import enum_value as _enum
 from ..display_bands import choose, displayed_bands, parse_bands
+from ..display_text import clean_text
 from ..params import MAX_N_MAX, MODES, AskOptions, AskRequest, BackendSettings
 from ..raster_check import check_layer
 
@@ -72,6 +73,12 @@ def _below_other_outputs(layer, raster_id: str) -> None:
     parent.removeChildNode(node)
 
 
+def layer_title(question: str, limit: int = 50) -> str:
+    """'Q: <question>' shortened, so every run's layers say which question they answer."""
+    text = " ".join(clean_text(question).split())
+    return f"Q: {text if len(text) <= limit else text[: limit - 3] + '...'}"
+
+
 class AskRasterAlgorithm(QgsProcessingAlgorithm):
     INPUT, QUESTION, MODE, ALPHA, N_MAX, BANDS, AREA, ENDPOINT, OUTPUT, HEATMAP = (
         "INPUT", "QUESTION", "MODE", "ALPHA", "N_MAX", "BANDS", "AREA", "ENDPOINT", "OUTPUT", "HEATMAP",
@@ -99,7 +106,8 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             "and the ANSWER output. The tiles the model looked at (every pyramid level, attribute "
             "'level', with score, kept and the pixel window x0 y0 x1 y1) go to the vector output, in "
             "the raster's CRS; 'focus_rank' numbers the tiles it finally kept 1..n (1 = most attention). "
-            "The optional heatmap output is the token scores as a Float32 GeoTIFF on the raster. "
+            "The heatmap output (on by default) is the final level's token scores as a Float32 GeoTIFF "
+            "on the raster. "
             "The model sees the bands the layer displays, with its min/max stretch, unless Bands "
             "overrides them; Area limits the question to part of the raster. "
             "The backend must be running (lrs-focus serve) at the endpoint of the plugin settings."
@@ -135,7 +143,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         polygons = _enum((Qgis, "ProcessingSourceType.VectorPolygon"), (QgsProcessing, "SourceType.TypeVectorPolygon"))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, "Focused tiles", polygons))
         self.addParameter(QgsProcessingParameterRasterDestination(
-            self.HEATMAP, "Attention heatmap (Float32 GeoTIFF)", optional=True, createByDefault=False))
+            self.HEATMAP, "Attention heatmap", QgsProcessing.TEMPORARY_OUTPUT, optional=True, createByDefault=True))
         self.addOutput(QgsProcessingOutputString(self.ANSWER, "Answer"))
         self.addOutput(QgsProcessingOutputString(self.JOB_ID, "Backend job id"))
         self.addOutput(QgsProcessingOutputNumber(self.TILES, "Number of focused tiles"))
@@ -187,12 +195,13 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         endpoint = self.parameterAsString(parameters, self.ENDPOINT, context).strip()
         if endpoint:
             backend = BackendSettings(endpoint, backend.start_command, backend.timeouts)
-        heat_path = self.parameterAsOutputLayer(parameters, self.HEATMAP, context) if parameters.get(self.HEATMAP) else ""
+        heat_path = self.parameterAsOutputLayer(parameters, self.HEATMAP, context) or ""
         result = self._ask(backend, AskRequest(self._raster_path, question, options), feedback)
 
-        count, dest_id = self._write_tiles(parameters, context, result)
-        heat_id = self._write_heatmap(heat_path, context, result, feedback)
-        answer = str(result.get("answer", ""))
+        title = layer_title(question)
+        count, dest_id = self._write_tiles(parameters, context, result, title)
+        heat_id = self._write_heatmap(heat_path, context, result, feedback, title)
+        answer = clean_text(result.get("answer", ""))
         feedback.pushInfo(f"Answer: {answer}")
         if (result.get("model") or {}).get("random_weights"):
             feedback.reportError("The backend runs a random-weight test model (--model tiny): the answer is noise.",
@@ -238,7 +247,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             if (feature.get("properties") or {}).get("focus_rank") is not None:
                 yield feature
 
-    def _write_tiles(self, parameters, context, result) -> tuple[int, str]:
+    def _write_tiles(self, parameters, context, result, title: str) -> tuple[int, str]:
         from ..result_layers import crs_for, template_layer, to_feature
         from ..result_style import style_all_levels
 
@@ -254,13 +263,19 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         for feature in (result.get("features") or {}).get("features", []):
             sink.addFeature(to_feature(fields, feature), fast)
             count += 1
-        _Styler.attach(context, dest_id, style_all_levels)
+        final = (result.get("trace") or {}).get("stopped_at")
+
+        def style(layer):
+            layer.setName(f"{title}: focus tiles (level {final}) and coarser tiles")
+            style_all_levels(layer)
+
+        _Styler.attach(context, dest_id, style)
         return count, dest_id
 
-    def _write_heatmap(self, path: str, context, result, feedback) -> str:
+    def _write_heatmap(self, path: str, context, result, feedback, title: str) -> str:
         from .. import heatmap
         from ..result_style import style_heatmap
-        from ..results_store import heat_breaks
+        from ..results_store import heat_breaks, split_by_level
 
         if not path:
             return ""
@@ -272,11 +287,18 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
             feedback.reportError("No heatmap: thumbnail mode scores no tokens.", fatalError=False)
             return ""
         crs_wkt = self._crs.toWkt() if self._crs is not None and self._crs.isValid() else ""
+        # the final level's cells, as on the dock's map: coarser levels' blocks outside the focus
+        # would outshine it (the whole grid is `lrs-focus ask --heatmap`)
+        props = [f.get("properties") or {} for f in (result.get("features") or {}).get("features", [])]
+        levels = split_by_level(grid, props)
+        if levels:
+            grid = heatmap.HeatmapGrid(levels[0][1], grid.window, levels[0][0], grid.units)
         heatmap.write_geotiff(path, grid, self._ground.geotransform, crs_wkt)
         breaks = heat_breaks(grid.values)
         raster_id = self._raster_id
 
         def style(layer):
+            layer.setName(f"{title}: attention, level {grid.level} (final)")
             style_heatmap(layer, breaks)
             _below_other_outputs(layer, raster_id)
 

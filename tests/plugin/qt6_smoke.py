@@ -83,6 +83,7 @@ class Registry:
 class Project:
     readProject = mock.MagicMock()  # noqa: N815
     cleared = mock.MagicMock()
+    projectSaved = mock.MagicMock()  # noqa: N815
 
     @staticmethod
     def instance():
@@ -104,7 +105,10 @@ def install_stubs() -> None:
     qgis = types.ModuleType("qgis")
     pyqt = types.ModuleType("qgis.PyQt")
     qgis.PyQt = pyqt
-    sys.modules.update({"qgis": qgis, "qgis.PyQt": pyqt, "qgis.PyQt.QtCore": QtCore,
+    from PyQt6 import sip
+
+    pyqt.sip = sip  # qgis.PyQt.sip is PyQt6.sip in QGIS 4
+    sys.modules.update({"qgis": qgis, "qgis.PyQt": pyqt, "qgis.PyQt.QtCore": QtCore, "qgis.PyQt.sip": sip,
                         "qgis.PyQt.QtGui": QtGui, "qgis.PyQt.QtWidgets": QtWidgets})
     core = StubModule("qgis.core", {"QgsProviderRegistry": Registry, "QgsSettings": Settings, "QgsProject": Project,
                                      "QgsTask": stub_class("QgsTask")})

@@ -22,6 +22,15 @@ def _bbox(ring):
     return [min(xs), min(ys), max(xs), max(ys)]
 
 
+def _clean(text):
+    import sys
+
+    from lrs_focus_plugin.display_text import clean_text  # the zip's copy (plugin_import put it on sys.path)
+
+    assert "lrs_focus_plugin" in sys.modules
+    return clean_text(text)
+
+
 def _layers(group):
     return {n["layer"].split(":")[0].split(" (")[0]: n for n in group["children"] if "layer" in n}
 
@@ -33,13 +42,15 @@ def asked(run_qgis_module, backend, sentinel2_vrt, tmp_path_factory):
                            "Where are the largest agricultural fields?", 120, 2, project), project
 
 
-def test_answers_reach_the_dock_and_the_history(asked):
+def test_answers_reach_the_dock_and_the_history(asked, plugin_import):
     doc, _ = asked
     for run in doc["runs"]:
         assert run["finished"] and run["error"] is None, run["error"]
-        # the backend runs `--model tiny`: the dock must not pass its noise off as a prediction
-        assert run["answer_in_dock"] == run["answer"] + " [random-weight test model: this answer is noise]"
-    assert len(doc["history"]) == 2 and doc["runs"][1]["answer"] in doc["history"][0]
+        # the backend runs `--model tiny`: the dock must not pass its noise off as a prediction; its
+        # broken UTF-8 (U+FFFD) and control characters are not shown raw
+        assert run["answer_in_dock"] == _clean(run["answer"]) + " [random-weight test model: this answer is noise]"
+        assert not re.search(r"[\ufffd\x00-\x08\x0b-\x1f\x7f]", run["answer_in_dock"])
+    assert len(doc["history"]) == 2 and _clean(doc["runs"][1]["answer"]) in doc["history"][0]
     assert "tiny" in doc["backend_label"] and "RANDOM WEIGHTS" in doc["backend_label"]
     assert doc["messages"][-1].startswith("LRS Focus: Answer: ")
 
@@ -61,12 +72,19 @@ def test_new_result_visible_and_expanded_the_previous_hidden(asked):
     assert new["checked"] and new["expanded"] and not old["checked"] and not old["expanded"]
     assert new["job_id"] == doc["runs"][1]["job_id"]
     names = [n.get("layer") or n.get("group") for n in new["children"]]
-    assert names[0].startswith("focus (level ") and names[1].startswith("attention heatmap")
+    stopped_at = doc["runs"][1]["stopped_at"]
     assert re.fullmatch(r"focus \(level \d+\): (1 tile|\d+ tiles), 1 = most attention", names[0]), names[0]
-    assert names[2] == "all levels (finest first)"
-    levels = new["children"][2]
-    assert not levels["checked"] and not levels["expanded"]
-    assert all(not n["checked"] for n in levels["children"])
+    # the heatmap shown is the final level's alone; coarser levels are their own hidden layers
+    assert names[1] == f"attention, level {stopped_at} (final)", names
+    assert names[-1] == "tiles of every level (finest first)"
+    for sub in new["children"][2:]:
+        assert "group" in sub and not sub["checked"] and not sub["expanded"]
+        assert all(not n["checked"] for n in sub["children"])
+    if len(names) == 4:
+        coarser = new["children"][2]
+        assert names[2].startswith("attention of coarser levels")
+        assert [n["layer"] for n in coarser["children"]] == [f"attention, level {k}" for k in
+                                                            range(stopped_at - 1, stopped_at - 1 - len(coarser["children"]), -1)]
 
 
 def test_focus_layer_is_the_final_levels_kept_tiles_ranked_1_to_n(asked):
@@ -88,7 +106,7 @@ def test_focus_layer_is_the_final_levels_kept_tiles_ranked_1_to_n(asked):
 def test_all_levels_hold_every_tile_and_the_base_covers_the_raster(asked):
     doc, _ = asked
     run = doc["runs"][1]
-    levels = doc["tree"][0]["children"][2]["children"]
+    levels = doc["tree"][0]["children"][-1]["children"]
     assert [n["layer"] for n in levels] == [f"level {k}" for k in range(run["stopped_at"], -1, -1)]
     got = {_key(f): f for n in levels for f in n["features"]}
     want = {_key(f["properties"]): f for f in run["features"]}
@@ -112,7 +130,9 @@ def test_heatmap_layer_lies_on_the_raster(asked, sentinel2_vrt):
     want = [min(c[0] for c in corners), min(c[1] for c in corners), max(c[0] for c in corners),
             max(c[1] for c in corners)]
     assert heat["extent"] == pytest.approx(want, abs=1e-6)
-    assert heat["legend"][0].startswith("lower half: least attention") and heat["legend"][-1].endswith("most attention")
+    assert heat["legend"][0] == "below the top 25 % (no tint)", heat["legend"]
+    assert heat["legend"][-1] == "top 3 %: where the model looked hardest"
+    assert not any("Band 1" in text or "Gray" in text for text in heat["legend"])
 
 
 def test_results_are_filed_and_survive_reopening_the_project(asked):

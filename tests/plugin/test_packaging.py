@@ -95,6 +95,16 @@ def test_metadata_fields():
     assert "supportsQt6" not in meta  # deprecated flag, no longer recognised by plugins.qgis.org
 
 
+def test_backend_and_plugin_versions_agree():
+    """The dock shows the backend's version next to the plugin's: one release, one number."""
+    meta = _metadata((REPO / "metadata.txt").read_text(encoding="utf-8"))
+    init = (REPO / "backend" / "lrs_focus" / "__init__.py").read_text(encoding="utf-8")
+    version = [n.value.value for n in ast.parse(init).body
+               if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "__version__"]
+    assert version == [meta["version"]]
+    assert meta["changelog"].split()[0] == meta["version"]
+
+
 def test_license_is_gpl2_text():
     text = (REPO / "LICENSE").read_text(encoding="utf-8")
     assert text.lstrip().startswith("GNU GENERAL PUBLIC LICENSE") and "Version 2, June 1991" in text

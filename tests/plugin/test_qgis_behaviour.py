@@ -130,7 +130,7 @@ def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
     assert doc["raster_crs"] == ""
     assert doc["raster_extent"] == [0.0, -1000.0, 1500.0, 0.0]  # how QGIS draws it
     group = doc["tree"][0]
-    focus, heat, levels = group["children"]
+    focus, heat, levels = group["children"][0], group["children"][1], group["children"][-1]
     layers = levels["children"]
     # tiles: srs_id -1 (QGIS: "Undefined Cartesian", drawn untransformed); heatmap: no CRS
     assert heat["valid"] and not heat["crs_valid"] and focus["crs"] == ""

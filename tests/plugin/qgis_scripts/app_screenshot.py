@@ -5,6 +5,8 @@ LRS_SHOT_MODE this
 - "answer": asks a question from the dock and waits for the result group;
 - "processing": runs "Ask raster" with processing.runAndLoadResults (tiles + heatmap outputs);
 - "nozmq": does nothing but look (QGIS was started with a Python path where pyzmq fails to import);
+- "notices": the start-up health check fails (nothing at the configured endpoint), then a question
+  to LRS_SHOT_LIVE is cancelled: which notices stay in the message bar;
 then lets the canvas render, saves a PNG of the main window and a JSON report, and quits QGIS.
 
 Arguments come from the environment: LRS_SHOT_MODE, LRS_SHOT_RASTER, LRS_SHOT_QUESTION,
@@ -75,9 +77,11 @@ def start():
     plugin.dock.question.setText(QUESTION)
     state.update(plugin=plugin, layer=layer)
     report["backend_on_show"] = plugin.dock.backend.text()  # the health check started when the dock showed
-    if MODE == "answer":
+    if MODE in ("answer", "big"):
         plugin.dock.ask_button.click()
         later(250, wait_answer)
+    elif MODE == "notices":
+        later(4000, ask_and_cancel)
     elif MODE == "processing":
         later(1500, run_processing)
     else:
@@ -96,8 +100,38 @@ def wait_answer():
     report["answer"] = plugin.dock.answer.toPlainText()
     report["stage"] = plugin.dock.stage.text()
     report["groups"] = [g.name() for g in QgsProject.instance().layerTreeRoot().findGroups()]
+    report["legend"] = legend_texts()
+    report["dock_width"] = plugin.dock.width()
     iface.mapCanvas().refreshAllLayers()
     later(3000, shoot)
+
+
+def ask_and_cancel():
+    from qgis.core import QgsSettings
+
+    plugin = state["plugin"]
+    report = state["report"]
+    report["backend_after_failed_check"] = plugin.dock.backend.text()
+    report["bar_after_failed_check"] = bar_messages()
+    QgsSettings().setValue("lrs_focus/endpoint", os.environ["LRS_SHOT_LIVE"])
+
+    def on_stage(stage, _text):
+        if stage == "queued" and not state.get("cancelled"):
+            state["cancelled"] = True
+            plugin.dock.cancel_button.click()
+
+    plugin.dock.ask_button.click()
+    plugin.task.stageChanged.connect(on_stage)
+    later(250, wait_cancel)
+
+
+def wait_cancel():
+    plugin = state["plugin"]
+    if plugin.task is not None and time.monotonic() - state["t0"] < 150:
+        later(250, wait_cancel)
+        return
+    state["report"]["stage"] = plugin.dock.stage.text()
+    later(2500, shoot)
 
 
 def run_processing():
@@ -129,6 +163,19 @@ def run_processing():
     later(3000, shoot)
 
 
+def legend_texts():
+    """What the Layers panel writes under each visible layer of the newest answer."""
+    model = iface.layerTreeView().layerTreeModel()
+    out = {}
+    root = QgsProject.instance().layerTreeRoot()
+    groups = [g for g in root.children() if isinstance(g, QgsLayerTreeGroup)]
+    if not groups:
+        return out
+    for node in groups[0].findLayers():
+        out[node.name()] = [str(n.data(Qt.ItemDataRole.DisplayRole)) for n in model.layerLegendNodes(node)]
+    return out
+
+
 def tree_view_state():
     """What the Layers panel shows: each group's expanded state in the view itself."""
     view = iface.layerTreeView()
@@ -150,7 +197,7 @@ def shoot():
         for x in range(0, image.width(), 4):
             c = image.pixelColor(x, y)
             total += 1
-            warm += c.red() > c.green() + 40 and c.red() > c.blue() + 60
+            warm += c.red() > c.green() + 40 and c.blue() > c.green() + 20  # the heatmap's pink to purple
             cyan += c.blue() > c.red() + 100 and c.green() > c.red() + 100
     bar = iface.messageBar().currentItem()
     finish(png=PNG, canvas_warm=warm / max(total, 1), canvas_cyan=cyan / max(total, 1),
