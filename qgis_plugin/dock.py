@@ -46,7 +46,7 @@ TIPS = {
     "alpha": "Fraction of the scored vision tokens kept at each level (0.25 = the top quarter).\n"
              "Lower: faster, narrower focus; higher: wider focus, more tokens for the LLM.",
     "n_max": "Stop zooming when the next level would have more than N_max kept tiles.\n"
-             "'default' = the model's own: 40 (Vicuna) or 80 (Qwen2) tiles.",
+             "'default' = the model's own: 40 (Vicuna), 80 (Qwen2) or 24 (Qwen2.5-VL, Qwen3-VL) tiles.",
     "bands": "Raster bands the model sees: 1 band (grey) or 3 (red, green, blue), e.g. 4,3,2.\n"
              "Empty = what the layer displays, with the layer's own min/max stretch.",
     "area": "whole raster; the canvas's visible extent; a rectangle you draw (Draw...); or the extent "

@@ -204,7 +204,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         answer = clean_text(result.get("answer", ""))
         feedback.pushInfo(f"Answer: {answer}")
         if (result.get("model") or {}).get("random_weights"):
-            feedback.reportError("The backend runs a random-weight test model (--model tiny): the answer is noise.",
+            feedback.reportError("The backend runs a random-weight test model (a tiny preset): the answer is noise.",
                                  fatalError=False)
         feedback.pushInfo(f"{count} tiles, {sum(1 for _ in self._focus(result))} of them in focus; "
                           f"job {result.get('job_id', '')}")
