@@ -102,3 +102,29 @@ def test_an_unusable_device_is_refused_in_words_before_loading(device, said):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "error [bad_options]" in out.stderr and said in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_flash_attention_only_for_half_precision_and_never_for_the_rfm(monkeypatch):
+    """flash-attn rejects float32 and would unpad the released stage-B placeholders: it is chosen only
+    for fp16/bf16 on CUDA, and the RFM stays on sdpa whatever the LLM uses."""
+    import sys
+    import types
+
+    import torch
+
+    from lrs_focus.model.loading import choose_attention
+    from lrs_focus.model.tiny import build_tiny
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    assert choose_attention("cuda", torch.bfloat16) == choose_attention("cuda:1", torch.float16) == "flash_attention_2"
+    assert choose_attention("cuda", torch.float32) == "sdpa"
+    assert choose_attention("cpu", torch.bfloat16) == "sdpa"
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed: import fails
+    assert choose_attention("cuda", torch.bfloat16) == "sdpa"
+    model, _ = build_tiny("qwen2")
+    model.set_attention("flash_attention_2")
+    assert model.llm.config._attn_implementation == "flash_attention_2"
+    assert model.rfm.config._attn_implementation == "sdpa"
+    assert all(layer.self_attn.config._attn_implementation == "sdpa" for layer in model.rfm.layers)
+    model.set_attention("eager")
+    assert model.rfm.config._attn_implementation == "eager"

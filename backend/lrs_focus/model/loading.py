@@ -229,11 +229,24 @@ def default_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
+def choose_attention(device: str, dtype: torch.dtype) -> str:
+    """flash_attention_2 on CUDA in float16/bfloat16 when flash-attn is installed, else sdpa: the flash
+    kernels reject float32 (the dtype that reproduces the released numerics), and writing
+    `_attn_implementation` directly skips transformers' own dtype check."""
+    if not str(device).startswith("cuda") or dtype not in (torch.float16, torch.bfloat16):
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return "sdpa"
+    return "flash_attention_2"
+
+
 def load_model(name: str, device: str | None = None, dtype: torch.dtype | None = None, seed: int = 0):
     """(model, tokenizer, info) for `tiny[-qwen2|-llama]`, a local directory or a hub id.
 
-    info = {"name", "random_weights", "device", "dtype", "attention"}. On CUDA the attention is
-    sdpa (fused flash kernels in bf16) or flash_attention_2 when the flash-attn package is present.
+    info = {"name", "random_weights", "device", "dtype", "attention"}: `choose_attention` (flash-attn only
+    in float16/bfloat16 on CUDA; the RFM always on sdpa, see `LrsFocusModel.set_attention`).
     """
     device = check_device(device or default_device())
     dtype = dtype or default_dtype(device)
@@ -255,14 +268,7 @@ def load_model(name: str, device: str | None = None, dtype: torch.dtype | None =
     else:
         model, tokenizer = _load_directory(directory, dtype)
         random_weights = False
-    attention = "sdpa"
-    if str(device).startswith("cuda"):
-        try:
-            import flash_attn  # noqa: F401
-
-            attention = "flash_attention_2"
-        except ImportError:
-            pass
+    attention = choose_attention(device, dtype)
     model.set_attention(attention)
     model.cast(dtype).to(device=device).eval()
     info = {"name": name, "random_weights": random_weights, "device": str(device), "dtype": str(dtype).replace("torch.", ""), "attention": attention}

@@ -229,9 +229,13 @@ class LrsFocusModel(nn.Module):
         return self
 
     def set_attention(self, implementation: str) -> None:
-        """"sdpa" (default), "eager" (attention maps) or "flash_attention_2", on every part."""
-        for cfg in (self.config.text_config, self.config.vision_config, self.rfm.config, self.llm.config, self.vision_tower.config):
+        """"sdpa" (default), "eager" (attention maps) or "flash_attention_2" for the LLM and the vision
+        tower. The RFM stays on sdpa (or eager) whatever is asked: its released stage-B pass gives a
+        2-D key mask whose placeholder queries attend to earlier tokens under sdpa, as the public
+        pruner forces; flash-attn would unpad them away and score differently."""
+        for cfg in (self.config.text_config, self.config.vision_config, self.llm.config, self.vision_tower.config):
             cfg._attn_implementation = implementation
+        self.rfm.config._attn_implementation = "eager" if implementation == "eager" else "sdpa"
 
     # -- (a) vision: pixels -> projected tokens ---------------------------------------------------
     def pixels(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
