@@ -128,3 +128,15 @@ def test_flash_attention_only_for_half_precision_and_never_for_the_rfm(monkeypat
     assert all(layer.self_attn.config._attn_implementation == "sdpa" for layer in model.rfm.layers)
     model.set_attention("eager")
     assert model.rfm.config._attn_implementation == "eager"
+
+
+def test_the_checkpoint_generation_config_is_read(tiny_models, tmp_path):
+    """A released checkpoint's generation_config.json reaches `generate`, as the public code merges it."""
+    import json
+
+    model, tok = tiny_models["qwen2"]
+    save_released(model, tok, tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"repetition_penalty": 1.3, "eos_token_id": 5}))
+    loaded, _, _ = load_model(str(tmp_path), device="cpu")
+    assert loaded.llm.generation_config.repetition_penalty == 1.3
+    assert loaded.llm.generation_config.eos_token_id == 5

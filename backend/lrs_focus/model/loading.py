@@ -317,6 +317,10 @@ def _load_directory(directory: Path, dtype: torch.dtype):
         tower = CLIPVisionModel.from_pretrained(str(tower_dir), dtype=dtype)
         state.update({f"vision_tower.{k}": v for k, v in tower.state_dict().items() if f"vision_tower.{k}" in model.state_dict()})
     model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, strict=True, assign=True)
+    if (directory / "generation_config.json").exists():  # the public `generate` merges it into every call
+        from transformers import GenerationConfig
+
+        model.llm.generation_config = GenerationConfig.from_pretrained(str(directory), local_files_only=True)
     tokenizer = load_tokenizer(directory, config.family, config.text_config)
     try:
         model.separator_token_id = separator_id(tokenizer)
