@@ -6,9 +6,10 @@ without torch); this module is imported only when a real question is asked.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -94,6 +95,34 @@ def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Ten
         return model.build_sequence(prompt, thumbnail, None)
     kept = result.canvas.gather(model.image_newline, result.keep)
     return model.build_sequence(prompt, thumbnail, kept)
+
+
+def transformer_blocks(model: Any) -> list[Any]:
+    """Every block a question's forward passes run: vision tower, LLM and RFM (LLaVA) or vision and
+    language model (Qwen-VL)."""
+    if is_vl(model):
+        return [*model.hf.model.visual.blocks, *model.hf.model.language_model.layers]
+    return [*model.vision_tower.encoder.layers, *model.llm.model.layers, *model.rfm.layers]
+
+
+@contextlib.contextmanager
+def cancel_between_layers(model: Any, should_stop: StopFn | None) -> Iterator[None]:
+    """A cancel is honoured between two blocks of any forward pass, not only between stages: one prefill
+    of tens of thousands of tokens takes seconds on a CPU and minutes on a slow card."""
+    if should_stop is None:
+        yield
+        return
+
+    def poll(module: Any, args: Any) -> None:
+        if should_stop():
+            raise Cancelled("cancelled during a forward pass")
+
+    handles = [block.register_forward_pre_hook(poll) for block in transformer_blocks(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def cancel_check(should_stop: StopFn | None):
@@ -212,7 +241,7 @@ def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, 
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
     released_numerics = options.mode == "released" and model.dtype == torch.float32
-    with torch.inference_mode(), model.float16_rotary(released_numerics):
+    with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop):
         check("encode", None, 0.0, "encoding the thumbnail")
         t0 = time.perf_counter()
         thumbnail = encoder.thumbnail()
@@ -382,7 +411,7 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
     encoder = TileEncoder(model, pyramid, key, cache, check)
     timings: dict[str, float] = {}
     geo = pyramid.geometry
-    with torch.inference_mode():
+    with torch.inference_mode(), cancel_between_layers(model, should_stop):
         check("encode", None, 0.0, "encoding the thumbnail")
         t0 = time.perf_counter()
         thumbnail = encoder.thumbnail()

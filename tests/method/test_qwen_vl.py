@@ -340,3 +340,28 @@ def test_tokens_answer_reads_fewer_tokens_than_tiles(sentinel2_vrt, vl):
     kept_tokens = tokens["counts"]["llm_vision_tokens"] - thumb
     assert 0 < kept_tokens < 256 * tokens["trace"]["focus"]["tiles_sent"]
     assert tokens["counts"]["llm_sequence_tokens"] < tiles["counts"]["llm_sequence_tokens"]
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-qwen2.5-vl"])
+def test_cancel_is_honoured_inside_a_forward_pass(model_name, sentinel2_vrt):
+    """A cancel raised while a pass runs stops it at the next block, not at the next stage boundary."""
+    from lrs_focus.engine import AskOptions, Engine
+    from lrs_focus.errors import Cancelled
+
+    engine = Engine(model_name, device="cpu", cache_mb=0)
+    blocks = __import__("lrs_focus.answer", fromlist=["transformer_blocks"]).transformer_blocks(engine.model)
+    ran = []
+    handles = [b.register_forward_pre_hook(lambda m, a: ran.append(1)) for b in blocks]
+    polls = []
+
+    def should_stop():
+        polls.append(len(ran))
+        return len(ran) >= 3  # after the third block of the first forward pass (the vision tower's)
+
+    try:
+        with pytest.raises(Cancelled, match="forward pass"):
+            engine.ask(str(sentinel2_vrt), "Where is the river?", AskOptions(max_new_tokens=2), should_stop=should_stop)
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(ran) <= 4  # at most the block that was already starting when the flag was seen
