@@ -150,7 +150,8 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
             f"the question and prompt take {text} tokens; with the {cfg.thumbnail_tokens}-token thumbnail they "
             f"exceed the sequence limit of {max_length} tokens (shorten the question or raise max_length)"
         )
-    return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed}
+    return {"max_length": max_length, "text_tokens": text, "vision_budget": max_length - fixed,
+            "positions": limit}
 
 
 def refuse_vl_options(options: AskOptions) -> None:
@@ -224,6 +225,7 @@ class Run:
     timings: dict[str, float]
     n_max: int
     llm_vision_tokens: int | None = None  # what the LLM read (None: thumbnail + kept tokens)
+    max_pass_tokens: int | None = None  # longest focus pass (None: text + the largest RFM pass's vision)
 
 
 def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
@@ -259,6 +261,7 @@ def run_question(engine: Any, pyramid: Any, question: str, options: AskOptions, 
             check=check,
             thumbnail_tokens=cfg.thumbnail_tokens,
             vision_budget=budget["vision_budget"],
+            pass_limit=budget["positions"] - budget["text_tokens"] - cfg.thumbnail_tokens - 1,
         )
         timings["encode"] = encoder.seconds
         timings["focus"] = scorer.seconds
@@ -371,6 +374,8 @@ def result_counts(cfg: Any, run: Run) -> dict[str, Any]:
         "llm_sequence_tokens": int(run.sequence_tokens),
         "vision_tokens_dropped": int(result.vision_tokens_dropped),
         "rfm_passes": len(result.rfm_vision_tokens),
+        "rfm_max_pass_tokens": int(run.max_pass_tokens if run.max_pass_tokens is not None else
+                                   (run.budget["text_tokens"] + max(result.rfm_vision_tokens) if result.rfm_vision_tokens else 0)),
         "prefill_tflops": flops.method_prefill_tflops(
             llm_vision, result.rfm_vision_tokens, rfm_layers=cfg.rfm_layers, **flops.shape_of(cfg.text_config)
         ),
@@ -394,13 +399,14 @@ def vl_budget(model: QwenVLFocusModel, question: str, options: AskOptions) -> di
         raise BadOptions(
             f"the question and prompt take {q.text_tokens} tokens; with the {cfg.thumbnail_tokens}-token thumbnail "
             f"they exceed the sequence limit of {max_length} tokens (shorten the question or raise max_length)")
-    return {"max_length": max_length, "text_tokens": q.text_tokens, "vision_budget": max_length - fixed}
+    return {"max_length": max_length, "text_tokens": q.text_tokens, "vision_budget": max_length - fixed,
+            "positions": limit}
 
 
 def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
                     key: ViewKey | None = None) -> Run:
     """`run_question` for Qwen2.5-VL / Qwen3-VL: attention focus per level, thumbnail + kept tiles."""
-    from .vl_answer import AttentionScorer, answer_tiles, check_options
+    from .vl_answer import AttentionScorer, answer_tiles, caption_tokens, check_options
 
     model: QwenVLFocusModel = engine.model
     cfg = model.config
@@ -420,9 +426,11 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
         scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
                                  options.focus_layer, options.focus_heads, cache, key)
         t0 = time.perf_counter()
+        per_tile = cfg.tokens_per_tile ** 2
+        room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
         result = run_focus(geo, options.mode, encoder, scorer, alpha=float(options.alpha), n_max=n_max,
                            max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
-                           vision_budget=None)
+                           vision_budget=None, pass_limit=room // (per_tile + caption_tokens(model)) * per_tile)
         timings["encode"] = encoder.seconds
         timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
         t0, s0 = time.perf_counter(), scorer.seconds
@@ -446,4 +454,5 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
                              "layer": model._layer(options.focus_layer),
                              "heads": list(options.focus_heads) if options.focus_heads else "all",
                              "prefix_reused": scorer.prefix_hits, "tiles_sent": vl.tiles_sent}
-    return Run(result, vl.answer, vl.sequence_tokens, budget, encoder, timings, n_max, vl.llm_vision_tokens)
+    return Run(result, vl.answer, vl.sequence_tokens, budget, encoder, timings, n_max, vl.llm_vision_tokens,
+               scorer.max_tokens)

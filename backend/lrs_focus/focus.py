@@ -243,6 +243,16 @@ def _noop(stage: str, level: int | None, fraction: float, message: str) -> None:
     return None
 
 
+def canvas_entries(geo: PyramidGeometry, level: int, tiles: list[Tile]) -> int:
+    """Entries (tile tokens + one newline per occupied row) a canvas of these tiles holds, before
+    encoding anything: what bounds a scoring pass's length."""
+    rows, cols = geo.token_grid(level)
+    t = geo.cfg.tokens_per_tile
+    heights = {r: max(0, min(t, rows - r * t)) for r, _ in tiles}
+    tokens = sum(heights[r] * max(0, min(t, cols - c * t)) for r, c in set(tiles))
+    return int(tokens + sum(heights.values()))
+
+
 def run_focus(
     geo: PyramidGeometry,
     mode: str,
@@ -255,16 +265,21 @@ def run_focus(
     thumbnail_tokens: int = 576,
     vision_budget: int | None = None,
     all_tiles_max: int | None = None,
+    pass_limit: int | None = None,
 ) -> FocusResult:
     """Run one selection; `check(stage, level, fraction, message)` is called at every stage boundary
     (the engine's progress + cancel hook). `vision_budget`: tile + newline tokens the LLM can take
-    (None: no limit). `all_tiles_max`: tile cap of the all-tiles mode (None: 4 x n_max)."""
+    (None: no limit). `all_tiles_max`: tile cap of the all-tiles mode (None: 4 x n_max).
+    `pass_limit`: the most canvas entries one scoring pass may hold (the model's positions less the
+    text and thumbnail): paper mode stops zooming before a level that would exceed it, all-tiles
+    takes a coarser level (the N_max and tile caps bound tiles, not tokens). None: no limit."""
     levels = geo.levels[: max_levels or len(geo.levels)]
     n_vis0 = thumbnail_tokens + 1
     if mode == "thumbnail":
         return FocusResult(mode, None, np.zeros(0, dtype=np.int64), [], None, 0, [])
     if mode == "all-tiles":
-        return _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, all_tiles_max or 4 * n_max)
+        return _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, all_tiles_max or 4 * n_max,
+                          pass_limit)
     if mode == "released":
         return _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget)
     if mode != "paper":
@@ -272,6 +287,7 @@ def run_focus(
 
     records: list[LevelRecord] = []
     rfm_tokens: list[int] = []
+    notes: dict[str, Any] = {}
     base = levels[0]
     tiles = [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])]
     n_encoded = len(tiles)
@@ -292,6 +308,12 @@ def run_focus(
         next_tiles = zoom_tiles(geo, canvas, keep, nxt.index)
         if not next_tiles or len(next_tiles) > n_max:
             break
+        entries = canvas_entries(geo, nxt.index, next_tiles)
+        if pass_limit is not None and entries > pass_limit:
+            notes["zoom_stopped"] = {"level": nxt.index, "tiles": len(next_tiles), "pass_entries": entries,
+                                     "pass_limit": int(pass_limit), "reason": "the scoring pass would exceed the "
+                                     "model's positions"}
+            break
         check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
         canvas = None  # the coarser level's features are no longer needed
         canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=False, keep_gaps=False)
@@ -300,7 +322,7 @@ def run_focus(
     # the LLM reads the kept tokens of the last scored level, each kept row closed by its newline
     final, dropped = fit_budget(canvas, close_rows(canvas, keep), scores, vision_budget, all_newlines=False)
     records[-1].kept = _mask(canvas, final) & ~canvas.is_newline
-    return FocusResult("paper", canvas, final, records, canvas.level, n_encoded, rfm_tokens, dropped)
+    return FocusResult("paper", canvas, final, records, canvas.level, n_encoded, rfm_tokens, dropped, notes)
 
 
 def _mask(canvas: Canvas, index: np.ndarray) -> np.ndarray:
@@ -309,15 +331,23 @@ def _mask(canvas: Canvas, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_tiles) -> FocusResult:
-    """Every tile of the finest level with at most `max_tiles` tiles; scored only to drop tokens."""
+def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_tiles, pass_limit=None) -> FocusResult:
+    """Every tile of the finest level with at most `max_tiles` tiles (and, when it may have to be
+    scored, at most `pass_limit` canvas entries); scored only to drop tokens."""
     finest = levels[-1]
-    usable = [lv for lv in levels if lv.grid[0] * lv.grid[1] <= max_tiles] or [levels[0]]
+
+    def fits(lv) -> bool:
+        every = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
+        return len(every) <= max_tiles and (pass_limit is None or canvas_entries(geo, lv.index, every) <= pass_limit)
+
+    usable = [lv for lv in levels if fits(lv)] or [levels[0]]
     lv = usable[-1]
     notes = {}
     if lv.index != finest.index:
         notes["all_tiles_capped"] = {"finest_level": finest.index, "tiles": finest.grid[0] * finest.grid[1],
                                      "limit": int(max_tiles), "level_used": lv.index}
+        if pass_limit is not None:
+            notes["all_tiles_capped"]["pass_limit"] = int(pass_limit)
     tiles = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
     check("encode", lv.index, 0.0, f"encoding all {len(tiles)} tiles of level {lv.index}")
     canvas = build_canvas(geo, lv.index, tiles, encode, all_newlines=True, keep_gaps=False)

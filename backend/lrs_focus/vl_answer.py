@@ -62,6 +62,7 @@ class AttentionScorer:
         self.cache, self.view = cache, view
         self.seconds = 0.0
         self.prefix_hits = 0
+        self.max_tokens = 0  # longest focus prompt run
 
     def images(self, level: int, tiles: list[tuple[int, int]]) -> list[tuple[str | None, tuple[int, int, int]]]:
         tile_grid = self.model.grid_for(self.geometry.cfg.tile_size, self.geometry.cfg.tile_size)
@@ -87,6 +88,7 @@ class AttentionScorer:
         t0 = time.perf_counter()
         t = canvas.feats.shape[1]
         prompt = self.model.build_prompt(self.images(canvas.level, canvas.tiles), self.question)
+        self.max_tokens = max(self.max_tokens, len(prompt.ids))
         feats = [self.thumbnail] + [f.flatten(0, 1) for f in canvas.feats]
         prefix = self._prefix(prompt, feats, canvas)
         scores = self.model.focus_map(prompt, feats, self.relative, prefix, self.layer, self.heads)

@@ -251,3 +251,22 @@ def test_released_budget_of_exactly_the_newlines_still_sends_image_tokens():
         res = run_focus(geo, "released", _no_encode, _level_scores, alpha=0.25, vision_budget=budget)
         tokens = res.keep[~res.canvas.is_newline[res.keep]]
         assert 0 < res.keep.size <= budget and tokens.size > 0, budget
+
+
+def test_scoring_passes_stay_within_the_model_positions(sentinel2_vrt):
+    """N_max and the all-tiles cap bound tiles, not tokens: with a model of 4,096 positions, neither an
+    all-tiles ask with N_max 1,024 nor a paper-mode zoom runs a scoring pass past them."""
+    from lrs_focus.engine import AskOptions, Engine
+
+    engine = Engine("tiny", device="cpu", cache_mb=0)
+    engine.model.config.text_config.max_position_embeddings = 4096
+    for mode in ("all-tiles", "paper"):
+        doc = engine.ask(str(sentinel2_vrt), "Where is the river?",
+                         AskOptions(mode=mode, n_max=1024, max_length=4096, max_new_tokens=2))
+        counts, trace = doc["counts"], doc["trace"]
+        assert trace["budget"]["positions"] == 4096
+        assert counts["rfm_max_pass_tokens"] <= 4096
+        assert (counts["rfm_max_pass_tokens"] > 0) == (mode == "paper")  # all-tiles fits: scored only to drop
+        assert counts["llm_sequence_tokens"] <= 4096
+    assert "pass_limit" in engine.ask(str(sentinel2_vrt), "Where?", AskOptions(
+        mode="all-tiles", n_max=1024, max_length=4096, max_new_tokens=2))["trace"]["all_tiles_capped"]
