@@ -74,8 +74,11 @@ def qwen2_tokenizer() -> Any:
                                    additional_special_tokens=QWEN_VL_SPECIALS)
 
 
-def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any, str]:
-    """(hf_model, image_processor, chat_template) of a toy checkpoint of the real class."""
+def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0, patch_size: int | None = None) -> tuple[Any, Any, str]:
+    """(hf_model, image_processor, chat_template) of a toy checkpoint of the real class.
+
+    `patch_size`: the vision patch (default the family's real 14 / 16 px); the needle check uses 7 px
+    (14 px LLM tokens after the 2 x 2 merge), set on the vision config and the image processor alike."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -88,21 +91,23 @@ def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any,
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     if family == "qwen2.5-vl":
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+        patch = int(patch_size or 14)
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=patch,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
         config, cls, template = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens), \
             Qwen2_5_VLForConditionalGeneration, QWEN2_5_VL_TEMPLATE
-        processor = Qwen2VLImageProcessorPil(patch_size=14, merge_size=2, temporal_patch_size=2,
+        processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                              min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     elif family == "qwen3-vl":
         text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
                                                   "mrope_section": [2, 3, 3], "mrope_interleaved": True})
-        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=16,
+        patch = int(patch_size or 16)
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=patch,
                       spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
                       deepstack_visual_indexes=[0])
         config, cls, template = Qwen3VLConfig(text_config=text, vision_config=vision, **tokens), \
             Qwen3VLForConditionalGeneration, QWEN3_VL_TEMPLATE
-        processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+        processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
                                              size={"shortest_edge": 64 * 64, "longest_edge": 32 * 32 * 1280})
     else:
