@@ -162,7 +162,8 @@ def _gb(nbytes: float) -> float:
 
 
 def ask(engine, raster, mode: str, device: str, max_new_tokens: int) -> dict:
-    from lrs_focus.answer import is_vl, pyramid_config, result_counts, run_question
+    from lrs_focus.answer import pyramid_config, result_counts, run_question
+    from lrs_focus.question_run import is_vl
     from lrs_focus.engine import AskOptions
     from lrs_focus.exact_pixels import ExactPyramid
 
@@ -255,7 +256,8 @@ def focus_agreement(engine, raster) -> dict:
 
 def rfm_agreement(engine, raster) -> dict:
     """RFM scores of the base level in the model's dtype vs a float32 copy of the RFM, same inputs."""
-    from lrs_focus.answer import RfmScorer, pyramid_config
+    from lrs_focus.answer import pyramid_config
+    from lrs_focus.llava_answer import RfmScorer
     from lrs_focus.exact_pixels import ExactPyramid
     from lrs_focus.model.prompts import encode_prompt
 
@@ -296,7 +298,7 @@ def main(argv=None) -> int:
     doc["build_seconds"] = round(time.perf_counter() - t0, 1)
     raster = SyntheticRaster(h, w)
     doc["runs"] = [ask(engine, raster, m.strip(), args.device, args.max_new_tokens) for m in args.modes.split(",")]
-    from lrs_focus.answer import is_vl
+    from lrs_focus.question_run import is_vl
 
     if is_vl(engine.model):
         doc["focus_bf16_vs_float32"] = focus_agreement(engine, raster)

@@ -17,14 +17,32 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .errors import BadOptions
-from .focus import Canvas, FocusResult, tile_scores
-from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel, tile_caption, where_words
+from .errors import BadOptions, Cancelled
+from .features import TileEncoder, ViewKey
+from .focus import Canvas, FocusResult, LevelRecord, run_focus, tile_scores
+from .model.prompts import refuse_bad_question
+from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel
+from .options import AskOptions, StopFn
+from .question_run import Run, cancel_between_layers
+
+
+def tile_caption(where: str) -> str:
+    """The short text before each tile image: where it lies in the asked view."""
+    return f"Detail of the {where} of the image:"
+
+
+def where_words(window: Sequence[float], width: float, height: float) -> str:
+    """'top-left', 'centre', 'bottom' ... from a window's centre within a width x height view."""
+    x0, y0, x1, y1 = (float(v) for v in window)
+    cx, cy = (x0 + x1) / 2 / max(width, 1e-9), (y0 + y1) / 2 / max(height, 1e-9)
+    row = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "")
+    col = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "")
+    return "-".join(p for p in (row, col) if p) or "centre"
 
 
 @dataclass
@@ -36,8 +54,6 @@ class VLQuestion:
 
 
 def check_question(model: QwenVLFocusModel, question: str, thumb_grid: tuple[int, int, int]) -> VLQuestion:
-    from .answer import refuse_bad_question
-
     refuse_bad_question(model.tokenizer, question)
     prompt = model.build_prompt([(None, thumb_grid)], question)
     image_tokens = len(prompt.ids) - int(np.count_nonzero(np.asarray(prompt.ids) != model.image_token_id))
@@ -138,8 +154,6 @@ def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: Focus
     sent: list[int] = []
     canvas = result.canvas
     if canvas is not None:
-        from .focus import LevelRecord
-
         if not result.records:
             result.records.append(LevelRecord(canvas.level, (0, 0), canvas.skeleton()))
         rec = result.records[-1]
@@ -209,3 +223,75 @@ def check_options(model: QwenVLFocusModel, options: Any) -> None:
     bad = [h for h in (options.focus_heads or []) if not 0 <= int(h) < heads]
     if bad:
         raise BadOptions(f"--focus-heads {bad} outside 0..{heads - 1} (this model has {heads} heads)")
+
+
+def vl_budget(model: QwenVLFocusModel, question: str, options: AskOptions) -> dict[str, int]:
+    """The sequence budget of a Qwen-VL answer: the text and a full-size thumbnail never cut; the rest
+    is for tiles. A question that does not fit with the thumbnail is refused."""
+    cfg = model.config
+    max_length = int(options.max_length or cfg.max_length)
+    limit = int(getattr(cfg.text_config, "max_position_embeddings", max_length) or max_length)
+    if max_length > limit:
+        raise BadOptions(f"max_length {max_length} exceeds the model's {limit} positions")
+    tile = model.grid_for(cfg.tile_size, cfg.tile_size)
+    q = check_question(model, question, tile)
+    fixed = q.text_tokens + cfg.thumbnail_tokens
+    if fixed > max_length:
+        raise BadOptions(
+            f"the question and prompt take {q.text_tokens} tokens; with the {cfg.thumbnail_tokens}-token thumbnail "
+            f"they exceed the sequence limit of {max_length} tokens (shorten the question or raise max_length)")
+    return {"max_length": max_length, "text_tokens": q.text_tokens, "vision_budget": max_length - fixed,
+            "positions": limit}
+
+
+def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
+                    key: ViewKey | None = None) -> Run:
+    """`run_question` for Qwen2.5-VL / Qwen3-VL: attention focus per level, thumbnail + kept tiles."""
+    model: QwenVLFocusModel = engine.model
+    cfg = model.config
+    check_options(model, options)
+    budget = vl_budget(model, question, options)
+    n_max = int(options.n_max or cfg.n_max)
+    cache = getattr(engine, "cache", None)
+    encoder = TileEncoder(model, pyramid, key, cache, check)
+    timings: dict[str, float] = {}
+    geo = pyramid.geometry
+    with torch.inference_mode(), cancel_between_layers(model, should_stop):
+        check("encode", None, 0.0, "encoding the thumbnail")
+        t0 = time.perf_counter()
+        thumbnail = encoder.thumbnail()
+        timings["thumbnail"] = time.perf_counter() - t0
+        thumb_grid = model.grid_for(*geo.thumbnail_size)
+        scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
+                                 options.focus_layer, options.focus_heads, cache, key)
+        t0 = time.perf_counter()
+        per_tile = cfg.tokens_per_tile ** 2
+        room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
+        result = run_focus(geo, options.mode, encoder, scorer, alpha=float(options.alpha), n_max=n_max,
+                           max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
+                           vision_budget=None, pass_limit=room // (per_tile + caption_tokens(model)) * per_tile)
+        timings["encode"] = encoder.seconds
+        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
+        t0, s0 = time.perf_counter(), scorer.seconds
+        thumb_tokens = int(thumbnail.shape[0])  # the processor may upscale thin views past one tile's tokens
+        vision_budget = budget["max_length"] - budget["text_tokens"] - thumb_tokens
+        if vision_budget < 0:
+            raise BadOptions(f"the question and prompt take {budget['text_tokens']} tokens; with this view's "
+                             f"{thumb_tokens}-token thumbnail they exceed the sequence limit of {budget['max_length']}")
+        budget["vision_budget"] = vision_budget
+        vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
+                          options.answer_input)
+        timings["focus"] = scorer.seconds
+        timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
+        if result.canvas is not None:
+            result.canvas.feats = None
+        if should_stop is not None and should_stop():
+            raise Cancelled("cancelled during generation")
+    if vl.sequence_tokens > budget["max_length"]:
+        raise AssertionError(f"sequence of {vl.sequence_tokens} tokens exceeds {budget['max_length']}")
+    result.notes["focus"] = {"signal": options.focus or "attention",
+                             "layer": model._layer(options.focus_layer),
+                             "heads": list(options.focus_heads) if options.focus_heads else "all",
+                             "prefix_reused": scorer.prefix_hits, "tiles_sent": vl.tiles_sent}
+    return Run(result, vl.answer, vl.sequence_tokens, budget, encoder, timings, n_max, vl.llm_vision_tokens,
+               scorer.max_tokens)

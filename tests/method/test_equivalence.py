@@ -12,7 +12,8 @@ from transformers import CLIPVisionModel, LlamaForCausalLM, Qwen2ForCausalLM
 from transformers.masking_utils import create_causal_mask
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lrs_focus.answer import RfmScorer, final_sequence, pyramid_config
+from lrs_focus.answer import pyramid_config
+from lrs_focus.llava_answer import RfmScorer, final_sequence
 from lrs_focus.features import TileEncoder
 from lrs_focus.focus import run_focus
 from lrs_focus.model.prompts import encode_prompt, separator_id

@@ -349,7 +349,9 @@ def test_cancel_is_honoured_inside_a_forward_pass(model_name, sentinel2_vrt):
     from lrs_focus.errors import Cancelled
 
     engine = Engine(model_name, device="cpu", cache_mb=0)
-    blocks = __import__("lrs_focus.answer", fromlist=["transformer_blocks"]).transformer_blocks(engine.model)
+    from lrs_focus.question_run import transformer_blocks
+
+    blocks = transformer_blocks(engine.model)
     ran = []
     handles = [b.register_forward_pre_hook(lambda m, a: ran.append(1)) for b in blocks]
     polls = []

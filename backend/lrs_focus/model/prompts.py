@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .. import errors
+
 IMAGE = "<image>"
 
 VICUNA_SYSTEM = (
@@ -71,6 +73,16 @@ def control_tokens_in(tokenizer: Any, text: str) -> list[str]:
     if callable(added):
         specials |= set(added())
     return sorted((t for t in specials if t and t in text), key=lambda t: (-len(t), t))
+
+
+def refuse_bad_question(tokenizer: Any, question: str) -> None:
+    """An empty question or one holding the model's control tokens is refused."""
+    if not question.strip():
+        raise errors.BadOptions("the question is empty")
+    controls = control_tokens_in(tokenizer, question)
+    if controls:
+        raise errors.BadOptions(f"the question contains the model's control token {controls[0]!r}; "
+                         "remove it (it would end the question early)")
 
 
 def encode_prompt(tokenizer: Any, template: str, question: str, answer: str | None = None) -> PromptIds:

@@ -448,30 +448,3 @@ def last_token_attention(attn: Any, hidden_last: torch.Tensor, position_embeddin
     k = keys.repeat_interleave(groups, dim=1) if groups > 1 else keys
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2))[0, :, 0] * float(attn.scaling)
     return torch.softmax(logits, dim=-1)
-
-
-def tile_caption(where: str) -> str:
-    """The short text before each tile image: where it lies in the asked view."""
-    return f"Detail of the {where} of the image:"
-
-
-def where_words(window: Sequence[float], width: float, height: float) -> str:
-    """'top-left', 'centre', 'bottom' ... from a window's centre within a width x height view."""
-    x0, y0, x1, y1 = (float(v) for v in window)
-    cx, cy = (x0 + x1) / 2 / max(width, 1e-9), (y0 + y1) / 2 / max(height, 1e-9)
-    row = "top" if cy < 1 / 3 else ("bottom" if cy > 2 / 3 else "")
-    col = "left" if cx < 1 / 3 else ("right" if cx > 2 / 3 else "")
-    return "-".join(p for p in (row, col) if p) or "centre"
-
-
-def tiles_in_budget(order: Sequence[int], costs: Sequence[int], budget: int | None) -> list[int]:
-    """Indices of `order` (best first) taken while their costs fit `budget` (None: all)."""
-    if budget is None:
-        return list(order)
-    used, out = 0, []
-    for i in order:
-        if used + int(costs[i]) > budget:
-            break
-        used += int(costs[i])
-        out.append(i)
-    return out
