@@ -66,6 +66,7 @@ class AskTask(QgsTask):
     # -- worker thread ------------------------------------------------------------------------
     def run(self) -> bool:
         from .client import BackendError, Client  # zmq is imported on first use only
+        from .remote import ask
 
         started = time.monotonic()
         try:
@@ -76,7 +77,7 @@ class AskTask(QgsTask):
                 self.stageChanged.emit(
                     "connect", f"backend ready: model {health.get('model', '?')} on {health.get('device', '?')}"
                 )
-                self.result = client.ask(self.request, self._on_progress, self.isCanceled)
+                self.result = ask(client, self.request, self._on_progress, self.isCanceled)
             self._file_result(time.monotonic() - started)
             return True
         except BackendError as exc:

@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _client_error_code(exc: Exception):
+    """The code of an error of the shared ZeroMQ client (client.py imports nothing of the package
+    but protocol, so its ServiceError is no LrsFocusError); None for any other exception."""
+    client = sys.modules.get("lrs_focus.client")
+    return exc.code if client is not None and isinstance(exc, client.ServiceError) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        code = _client_error_code(exc)
+        if code is None:
+            raise
+        print(f"lrs-focus {args.command}: error [{code}]: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,30 +1,51 @@
-"""DEALER client of the lrs-focus service (stdlib + pyzmq; no torch, no GDAL).
+"""ZeroMQ client of the lrs-focus service: one file for the CLI and the QGIS plugin.
 
-Every receive is bounded: a request that gets no reply within `timeout_s` raises
-`ServiceTimeout`. While a job runs, silence longer than `timeout_s` makes the client ask the
-server for the job's status; no answer to that either means the server is gone, and the call
-raises instead of hanging. Long jobs on a live server therefore never time out, dead servers
-always do.
+Standard library + pyzmq only, and one import of its own package, `from . import protocol`: the
+plugin ships this file as `lrs_focus_plugin/client.py` (qgis_plugin/client.py is a symlink to
+it, the zip holds a copy, a contract test checks both), beside its copy of protocol.py. No Qt,
+no QGIS, no torch, no GDAL. Use one Client per thread (zmq sockets are not thread-safe).
+
+A DEALER socket (not REQ) lets one request stream `progress` messages before its result and never
+locks up when the server dies; LINGER=0 means closing never blocks. Every wait is bounded:
+
+- a request's reply within `Timeouts.health` seconds, else `ServiceTimeout` (code `timeout`);
+- during a job, any reply proves the server lives; after `Timeouts.silence` seconds without one
+  the client sends `status {job_id}`: no answer within `Timeouts.health` -> `timeout`; the job
+  `unknown` -> `unknown_job` (the server restarted); the job `finished` twice in a row while its
+  result never came -> `result_lost` (the server queues a result before it shows the job as
+  finished, and replies keep their order on a connection, so this only happens when the result
+  was dropped, e.g. the client stopped reading; the second probe is a margin, not a race);
+- after a cancel, the terminal message within `Timeouts.cancel` seconds, else `Cancelled` anyway.
+
+The CLI passes one `timeout_s` for all of these; the plugin passes its settings' `Timeouts`.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
 import zmq
 import zmq.auth
 
 from . import protocol
-from .errors import LrsFocusError
 
 ProgressFn = Callable[[str, Optional[int], float, str], None]
+CancelFn = Callable[[], bool]
+#: The longest wait a client accepts: a larger one is a typo, and poll() cannot take it in ms.
+MAX_TIMEOUT_S = 1e6
+RESULT_LOST = "result_lost"
+BAD_KEY = "bad_key"
+BAD_ENDPOINT = "bad_endpoint"
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
 
 
-class ServiceError(LrsFocusError):
-    """An `error` reply from the server (or a client-side failure); `code` is the protocol's."""
+class ServiceError(Exception):
+    """An `error` reply from the server, or a client-side failure; `code` is the protocol's."""
 
     code = "service_error"
 
@@ -34,23 +55,58 @@ class ServiceError(LrsFocusError):
         self.reply = reply
 
 
-class ServiceTimeout(ServiceError):
-    code = protocol.TIMEOUT
+BackendError = ServiceError  # the plugin's name for it
 
+
+class ServiceTimeout(ServiceError):
     def __init__(self, message: str):
         super().__init__(protocol.TIMEOUT, message)
 
 
+class Cancelled(ServiceError):
+    def __init__(self, message: str = "cancelled", reply: Optional[dict[str, Any]] = None):
+        super().__init__(protocol.CANCELLED, message, reply)
+
+
+def check_seconds(value: Any, what: str = "timeout") -> float:
+    """A finite, positive number of seconds up to MAX_TIMEOUT_S; ServiceError(bad_options) otherwise."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise ServiceError("bad_options", f"{what} must be a finite number of seconds in (0, {MAX_TIMEOUT_S:g}], "
+                                          f"not {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait (the plugin's settings use the same names)."""
+
+    health: float = 5.0  # one request's reply, and the answer to a status probe
+    start: float = 120.0  # health of a backend the plugin has just started (it loads a model)
+    silence: float = 5.0  # no message during a job this long: send a status probe
+    cancel: float = 5.0  # after a cancel, the job's terminal message
+    poll: float = 0.2  # how often cancel flags are looked at
+
+    @classmethod
+    def uniform(cls, seconds: float) -> "Timeouts":
+        s = check_seconds(seconds)
+        return cls(health=s, start=s, silence=s, cancel=s, poll=min(0.05, s))
+
+
 def _z85_key(key: Union[str, bytes, os.PathLike]) -> bytes:
     """A CURVE public key: 40 z85 characters, or a key file made by zmq.auth.create_certificates."""
-    if isinstance(key, bytes) and len(key) == 40:
-        return key
-    if isinstance(key, str) and len(key) == 40 and not os.path.exists(key):
-        return key.encode("ascii")
+    text = key.decode("ascii", "replace") if isinstance(key, bytes) else key
+    if isinstance(text, str) and len(text) == 40 and not os.path.exists(text):
+        if not set(text) <= _Z85:
+            raise ServiceError(BAD_KEY, "a CURVE public key is 40 z85 characters or a key file; this is neither")
+        return text.encode("ascii")
     try:
         public, _ = zmq.auth.load_certificate(os.fspath(key))
-    except (OSError, ValueError) as exc:
-        raise ServiceError("bad_key", f"cannot read the CURVE public key {os.fspath(key)!r}: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ServiceError(BAD_KEY, f"cannot read the CURVE public key {os.fspath(key)!r}: {exc}") from None
     return public
 
 
@@ -58,41 +114,54 @@ def _client_keypair(key_file: str) -> tuple[bytes, bytes]:
     """A client certificate with its secret (`NAME.key_secret` from `lrs-focus keys`)."""
     try:
         public, secret = zmq.auth.load_certificate(key_file)
-    except (OSError, ValueError) as exc:
-        raise ServiceError("bad_key", f"cannot read the CURVE client key {key_file!r}: {exc}") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ServiceError(BAD_KEY, f"cannot read the CURVE client key {key_file!r}: {exc}") from None
     if not secret:
-        raise ServiceError("bad_key", f"{key_file} holds no secret key: give the client its NAME.key_secret file")
+        raise ServiceError(BAD_KEY, f"{key_file} holds no secret key: give the client its NAME.key_secret file")
     return public, secret
 
 
 class Client:
-    """One DEALER socket; use one Client per thread (zmq sockets are not thread-safe)."""
+    """One DEALER socket. `timeouts` (Timeouts or any object with its fields), or `timeout_s` for all."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 30.0, server_public_key=None,
-                 client_key_file: Optional[str] = None, context: Optional[zmq.Context] = None):
+    def __init__(self, endpoint: str, timeouts: Any = None, *, timeout_s: Optional[float] = None,
+                 server_public_key=None, client_key_file: Optional[str] = None,
+                 context: Optional[zmq.Context] = None):
         self.endpoint = endpoint
-        self.timeout_s = float(timeout_s)
-        self._ctx = context or zmq.Context.instance()
+        self.timeouts = Timeouts.uniform(timeout_s) if timeout_s is not None else (timeouts or Timeouts())
+        for name in ("health", "silence", "cancel", "poll"):
+            check_seconds(getattr(self.timeouts, name), f"the {name} timeout")
+        self.timeout_s = float(self.timeouts.health)
+        self.malformed = 0  # replies skipped because they were not protocol messages
+        keys = None
         if server_public_key is not None:
             if client_key_file:  # a server with an allow-list of client keys
                 public, secret = _client_keypair(client_key_file)
             else:  # a loopback server without an allow-list: an ephemeral key pair will do
                 public, secret = zmq.curve_keypair()
-            server_key = _z85_key(server_public_key)
-        self._sock = self._ctx.socket(zmq.DEALER)
+            keys = (_z85_key(server_public_key), public, secret)
+        self._sock = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._sock.linger = 0
         self._sock.maxmsgsize = protocol.MAX_REPLY_BYTES  # a larger frame drops the connection unread
-        if server_public_key is not None:
-            self._sock.curve_serverkey = server_key
-            self._sock.curve_publickey = public
-            self._sock.curve_secretkey = secret
-        self._sock.connect(endpoint)
+        try:
+            if keys is not None:
+                try:
+                    self._sock.curve_serverkey, self._sock.curve_publickey, self._sock.curve_secretkey = keys
+                except zmq.ZMQError as exc:
+                    raise ServiceError(BAD_KEY, f"not a usable CURVE key ({exc.strerror})") from None
+            try:
+                self._sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                raise ServiceError(BAD_ENDPOINT, f"cannot use endpoint {endpoint!r}: {exc}") from None
+        except BaseException:
+            self._sock.close(0)
+            raise
         # Job messages that arrived while waiting for something else (e.g. a queued job's
         # `cancelled` during the cancel request); wait() reads them first.
         self._pending: collections.deque[dict[str, Any]] = collections.deque(maxlen=10000)
 
     def close(self) -> None:
-        self._sock.close()
+        self._sock.close(0)
 
     def __enter__(self) -> "Client":
         return self
@@ -101,34 +170,54 @@ class Client:
         self.close()
 
     # -- transport --------------------------------------------------------------------------
-    def send(self, message: dict[str, Any]) -> None:
-        payload = protocol.encode(message)
-        if not self._sock.poll(int(self.timeout_s * 1000), zmq.POLLOUT):
-            raise ServiceTimeout(f"could not send to {self.endpoint} within {self.timeout_s:g} s")
-        self._sock.send(payload, zmq.NOBLOCK)
+    def _silent_text(self, seconds: float) -> str:
+        bad = f" (it sent {self.malformed} malformed replies)" if self.malformed else ""
+        return (f"No answer from the backend at {self.endpoint} within {seconds:g} s{bad}. Start it with "
+                f"`lrs-focus serve --endpoint {self.endpoint}` (the plugin can start it: set a start command "
+                "in its settings).")
 
-    def receive(self, timeout_s: float) -> Optional[dict[str, Any]]:
-        """The next well-formed reply, or None after `timeout_s` (malformed replies are skipped)."""
-        deadline = time.monotonic() + timeout_s
+    def send(self, message: dict[str, Any]) -> str:
+        """Sends one request; returns its id. A send that cannot leave within `health` s times out."""
+        payload = protocol.encode(message)
+        wait = self.timeouts.health
+        if not self._sock.poll(max(1, int(wait * 1000)), zmq.POLLOUT):
+            raise ServiceTimeout(self._silent_text(wait))
+        try:
+            self._sock.send(payload, zmq.NOBLOCK)
+        except zmq.Again:
+            raise ServiceTimeout(self._silent_text(wait)) from None
+        return message["id"]
+
+    def receive(self, timeout: float) -> Optional[dict[str, Any]]:
+        """The next well-formed reply, or None after `timeout` seconds (malformed replies are
+        skipped and counted in `malformed`)."""
+        deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(max(1, int(left * 1000)), zmq.POLLIN):
                 return None
-            frame = self._sock.recv()
+            frames = self._sock.recv_multipart()
             try:
-                return protocol.validate_reply(protocol.decode(frame, protocol.MAX_REPLY_BYTES))
+                return protocol.validate_reply(protocol.decode(frames[-1], protocol.MAX_REPLY_BYTES))
             except protocol.ProtocolError:
-                continue
+                self.malformed += 1
 
-    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+    def request(self, message: dict[str, Any], timeout: Optional[float] = None,
+                is_canceled: Optional[CancelFn] = None) -> dict[str, Any]:
         """Sends one request and returns its reply; `error` replies raise ServiceError."""
-        self.send(message)
-        deadline = time.monotonic() + self.timeout_s
+        timeout = self.timeouts.health if timeout is None else timeout
+        rid = self.send(message)
+        deadline = time.monotonic() + timeout
         while True:
-            reply = self.receive(deadline - time.monotonic())
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceTimeout(self._silent_text(timeout))
+            if is_canceled is not None and is_canceled():
+                raise Cancelled()
+            reply = self.receive(min(left, self.timeouts.poll) if is_canceled is not None else left)
             if reply is None:
-                raise ServiceTimeout(f"no {message['type']} reply from {self.endpoint} within {self.timeout_s:g} s")
-            if reply.get("id") != message["id"]:
+                continue
+            if reply.get("id") != rid:
                 if reply.get("job_id"):
                     self._pending.append(reply)  # a job's message: its wait() will want it
                 continue
@@ -140,8 +229,8 @@ class Client:
     def ping(self) -> dict[str, Any]:
         return self.request(protocol.ping())
 
-    def health(self) -> dict[str, Any]:
-        return self.request(protocol.health())
+    def health(self, timeout: Optional[float] = None) -> dict[str, Any]:
+        return self.request(protocol.health(), timeout)
 
     def status(self, job_id: Optional[str] = None) -> dict[str, Any]:
         return self.request(protocol.status(job_id))
@@ -152,70 +241,96 @@ class Client:
     def shutdown(self) -> dict[str, Any]:
         return self.request(protocol.shutdown())
 
+    def wait_healthy(self, budget: float, is_canceled: Optional[CancelFn] = None,
+                     gave_up: Callable[[], Optional[str]] = lambda: None) -> dict[str, Any]:
+        """Asks for `health` once a second until it answers or `budget` seconds pass.
+
+        `gave_up()` may return a reason to stop early (e.g. the backend we started exited).
+        """
+        deadline = time.monotonic() + budget
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self.health(min(1.0, max(left, 0.05)))
+            except ServiceTimeout:
+                pass
+            reason = gave_up()
+            if reason:
+                raise ServiceError("backend_exited", reason)
+            if time.monotonic() >= deadline:
+                raise ServiceTimeout(self._silent_text(budget))
+            if is_canceled is not None and is_canceled():
+                raise Cancelled()
+
     def submit(self, raster: str, question: str, options: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        """Queues an ask; returns the `accepted` reply (job_id, position). `busy` raises ServiceError."""
+        """Queues an ask; returns the `accepted` reply (job_id, position). `busy` raises ServiceError.
+        Not cancellable: once sent, the job is the server's, and only `wait` can cancel it."""
         options = {k: v for k, v in (options or {}).items() if not (k == "extra" and not v)}  # AskOptions.to_dict()
         return self.request(protocol.ask(str(raster), question, options))
 
     def wait(self, accepted: dict[str, Any], progress: Optional[ProgressFn] = None,
-             should_cancel: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
-        """Streams the job's progress to `progress` until its terminal message; returns the result."""
+             should_cancel: Optional[CancelFn] = None) -> dict[str, Any]:
+        """Streams the job's progress to `progress` until its terminal message; returns the
+        result document (with `job_id`). Raises Cancelled, ServiceError or ServiceTimeout."""
+        t = self.timeouts
         job_id, request_id = accepted["job_id"], accepted["id"]
-        cancel_sent = False
-        probe_id: Optional[str] = None
-        finished_probes = 0
-        quiet_since = time.monotonic()
         early = [m for m in self._pending if m.get("job_id") == job_id]
         for m in early:
             self._pending.remove(m)
-        slice_s = 0.05 if should_cancel is not None else self.timeout_s
+        last_heard = time.monotonic()
+        probe_id: Optional[str] = None
+        probe_sent = cancel_sent = 0.0
+        finished_probes = 0
         while True:
-            if should_cancel is not None and not cancel_sent and should_cancel():
-                self.send(protocol.cancel(job_id))
-                cancel_sent = True
-            if early:
-                reply = early.pop(0)
-            else:
-                reply = self.receive(min(slice_s, max(0.01, quiet_since + self.timeout_s - time.monotonic())))
             now = time.monotonic()
+            if not cancel_sent and should_cancel is not None and should_cancel():
+                self.send(protocol.cancel(job_id))
+                cancel_sent = now
+            if cancel_sent and now - cancel_sent > t.cancel:
+                raise Cancelled(f"cancel sent; the backend did not confirm within {t.cancel:g} s")
+            if probe_id is not None and now - probe_sent > t.health:
+                raise ServiceTimeout(f"the backend at {self.endpoint} stopped answering during job {job_id} "
+                                     f"(silent for {now - last_heard:.0f} s); it may have crashed")
+            if probe_id is None and now - last_heard > t.silence:
+                probe_id, probe_sent = self.send(protocol.status(job_id)), now
+            reply = early.pop(0) if early else self.receive(t.poll)
             if reply is None:
-                if now - quiet_since < self.timeout_s:
-                    continue
-                if probe_id is not None:
-                    raise ServiceTimeout(f"the server at {self.endpoint} stopped answering during job {job_id}")
-                probe = protocol.status(job_id)
-                probe_id, quiet_since = probe["id"], now
-                self.send(probe)
                 continue
+            last_heard = time.monotonic()  # any reply proves the server lives
             if reply.get("id") == probe_id:
-                probe_id, quiet_since = None, now
+                probe_id = None
                 state = (reply.get("job") or {}).get("state") if reply["type"] == "status" else None
                 if state == "unknown":
-                    raise ServiceError(protocol.UNKNOWN_JOB, f"the server no longer knows job {job_id} (restarted?)")
-                finished_probes += state == "finished"
-                if finished_probes >= 2:  # finished long ago, yet its terminal message never came
-                    raise ServiceError(protocol.UNKNOWN_JOB, f"job {job_id} finished but its reply was lost")
+                    raise ServiceError(protocol.UNKNOWN_JOB, f"the backend at {self.endpoint} no longer knows job "
+                                       f"{job_id} (was it restarted?); ask again")
+                finished_probes = finished_probes + 1 if state == "finished" else 0
+                if finished_probes >= 2:
+                    raise ServiceError(RESULT_LOST, f"job {job_id} finished but its result never arrived; ask again")
                 continue
             if reply.get("job_id") != job_id and reply.get("id") != request_id:
                 continue  # cancel acks, messages of earlier jobs
-            quiet_since = now
-            if reply["type"] == "progress":
+            kind = reply["type"]
+            if kind == "progress":
                 if progress is not None:
-                    progress(reply["stage"], reply["level"], reply["fraction"], reply.get("message", ""))
-            elif reply["type"] == "result":
-                return reply["result"]
-            elif reply["type"] == "error":
+                    progress(reply["stage"], reply.get("level"), float(reply["fraction"]), reply.get("message", ""))
+            elif kind == "result":
+                document = dict(reply["result"])
+                document.setdefault("job_id", job_id)
+                return document
+            elif kind == "error":
+                if reply["code"] == protocol.CANCELLED:
+                    raise Cancelled(reply["message"], reply)
                 raise ServiceError(reply["code"], reply["message"], reply)
 
     def ask(self, raster: str, question: str, options: Optional[dict[str, Any]] = None,
-            progress: Optional[ProgressFn] = None, should_cancel: Optional[Callable[[], bool]] = None) -> dict[str, Any]:
-        """Submit and wait: the engine's result document, or ServiceError (code "cancelled", ...)."""
+            progress: Optional[ProgressFn] = None, should_cancel: Optional[CancelFn] = None) -> dict[str, Any]:
+        """Submit and wait: the engine's result document, or ServiceError (Cancelled, ...)."""
         return self.wait(self.submit(raster, question, options), progress, should_cancel)
 
 
 def ask_remote(endpoint: str, raster: str, question: str, options: Optional[dict[str, Any]] = None,
                progress: Optional[ProgressFn] = None, timeout_s: float = 30.0, server_public_key=None,
-               should_cancel: Optional[Callable[[], bool]] = None,
+               should_cancel: Optional[CancelFn] = None,
                client_key_file: Optional[str] = None) -> dict[str, Any]:
     """What `lrs-focus ask --endpoint` calls: one ask through a running server."""
     with Client(endpoint, timeout_s=timeout_s, server_public_key=server_public_key,

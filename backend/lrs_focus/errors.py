@@ -49,6 +49,20 @@ class RasterTooLarge(RasterError):
     code = "raster_too_large"
 
 
+class BadGeoreference(RasterError):
+    """Georeferencing that cannot place the raster: a non-finite or degenerate geotransform (inf or
+    NaN from a world file or `.aux.xml`), or a CRS GDAL refuses to read (an `.aux.xml` `<SRS>` that
+    names a file)."""
+
+    code = "bad_georeference"
+
+
+class BadFileName(RasterError):
+    """A file name that is not valid UTF-8: GDAL's Python bindings cannot take it as a path."""
+
+    code = "bad_file_name"
+
+
 class BandError(RasterError):
     """Bands asked for that the raster does not have."""
 

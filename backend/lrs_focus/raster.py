@@ -10,6 +10,7 @@ The 16-bit stretch is estimated from a decimated read (<= 1024 px long side), ne
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -17,7 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from .errors import BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge, RasterUnreadable
+from .errors import (BadFileName, BadGeoreference, BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge,
+                     RasterUnreadable)
 
 gdal.UseExceptions()
 log = logging.getLogger(__name__)
@@ -71,7 +73,29 @@ def _gdal_span(start: float, size: float, limit: int) -> tuple[float, float]:
     return start, size
 
 
-def _vsi_stat(path: str):
+def georeference(path: str, dataset: gdal.Dataset) -> tuple[Optional[tuple[float, ...]], str]:
+    """(geotransform or None, CRS WKT or "") of an open dataset; BadGeoreference when they cannot
+    place it: a CRS GDAL refuses to read (an .aux.xml <SRS> naming a file: GDAL reports it on the
+    first metadata call), a non-finite geotransform (inf/NaN from a world file or .aux.xml) or a
+    degenerate one (pixels of zero area)."""
+    try:
+        gt = dataset.GetGeoTransform(can_return_null=True)
+        srs = dataset.GetSpatialRef()
+        wkt = srs.ExportToWkt() if (srs is not None and gt is not None) else ""
+    except RuntimeError as exc:
+        raise BadGeoreference(f"{path}: GDAL cannot read its georeferencing ({exc})") from None
+    if gt is not None:
+        gt = tuple(float(v) for v in gt)
+        if not all(math.isfinite(v) for v in gt):
+            raise BadGeoreference(f"{path}: its geotransform {list(gt)} is not finite (check its world file "
+                                  "or .aux.xml)")
+        if gt[1] * gt[5] - gt[2] * gt[4] == 0:
+            raise BadGeoreference(f"{path}: its geotransform {list(gt)} gives pixels no area (check its world "
+                                  "file or .aux.xml)")
+    return gt, wkt
+
+
+def _vsi_stat(path):
     flags = gdal.VSI_STAT_EXISTS_FLAG | gdal.VSI_STAT_NATURE_FLAG
     try:
         return gdal.VSIStatL(path, flags)
@@ -84,7 +108,8 @@ class RasterSource:
 
     def __init__(self, path: str, dataset: gdal.Dataset, bands: Sequence[int], palette: Optional[np.ndarray],
                  percentiles: Optional[tuple[float, float]], resampling: str,
-                 stretch: Optional[Sequence[Sequence[float]]] = None):
+                 stretch: Optional[Sequence[Sequence[float]]] = None,
+                 georef: Optional[tuple[Optional[tuple[float, ...]], str]] = None):
         self.path = path
         self._ds = dataset
         self.height = dataset.RasterYSize
@@ -104,12 +129,10 @@ class RasterSource:
             dataset.GetRasterBand(b).GetMaskFlags() != gdal.GMF_ALL_VALID for b in self.bands
         )
         self._is_float = first.DataType in (gdal.GDT_Float32, gdal.GDT_Float64)
-        gt = dataset.GetGeoTransform(can_return_null=True)
+        gt, self.crs_wkt = georef if georef is not None else georeference(path, dataset)
         self.georeferenced = gt is not None
         # Ungeoreferenced: QGIS draws pixel (col, row) at map (col, -row), y negative downward.
         self.geotransform: tuple[float, ...] = tuple(gt) if gt is not None else (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
-        srs = dataset.GetSpatialRef()
-        self.crs_wkt = srs.ExportToWkt() if (srs is not None and gt is not None) else ""
         # An explicit stretch (the display's min/max) also applies to 8-bit data; without one,
         # 8-bit data is taken as is and other types get the 2-98 % percentiles, estimated lazily.
         self.explicit_stretch = stretch is not None and self.palette is None
@@ -134,12 +157,14 @@ class RasterSource:
         for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources); the path alone when GDAL
         lists none (in-memory or virtual datasets)."""
         files = []
-        for name in sorted(set(self._ds.GetFileList() or [])):
-            stat = _vsi_stat(name)
+        # a name that is not UTF-8 comes back as bytes: GDAL and os.stat take it as is
+        for raw in sorted(set(self._ds.GetFileList() or []), key=os.fsdecode):
+            name = os.fsdecode(raw)
+            stat = _vsi_stat(raw)
             if stat is not None:
                 files.append((name, int(stat.size), int(stat.mtime)))
                 try:
-                    st = os.stat(name)
+                    st = os.stat(raw)
                     files[-1] = (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
                 except OSError:
                     pass
@@ -158,8 +183,15 @@ class RasterSource:
         ignored for palettes.
         """
         path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
         if resampling not in RESAMPLING:
             raise ValueError(f"resampling must be one of {sorted(RESAMPLING)}")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # a surrogate-escaped byte: GDAL's bindings refuse such a str
+            raise BadFileName(f"{path.encode('utf-8', 'backslashreplace').decode()}: the file name is not valid "
+                              "UTF-8, which GDAL's Python bindings cannot open; rename the file") from None
         stat = _vsi_stat(path)
         if stat is None and not path.startswith("/vsi"):
             raise RasterNotFound(f"{path}: no such file")
@@ -185,10 +217,11 @@ class RasterSource:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
             raise EmptyRaster(f"{path}: raster has no bands{hint}")
+        georef = georeference(path, ds)
         chosen, palette = cls._choose_bands(path, ds, bands)
         if stretch is not None and palette is None and len(stretch) != len(chosen):
             raise BandError(f"{path}: {len(stretch)} stretch pair(s) for {len(chosen)} band(s) {chosen}")
-        src = cls(path, ds, chosen, palette, percentiles, resampling, stretch)
+        src = cls(path, ds, chosen, palette, percentiles, resampling, stretch, georef)
         src._probe()
         return src
 

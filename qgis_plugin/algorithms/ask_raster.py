@@ -221,6 +221,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         if problem:
             raise QgsProcessingException(missing_zmq_text(problem).replace("\n", " "))
         from ..client import BackendError, Cancelled, Client
+        from ..remote import ask
 
         overall = OverallProgress()
 
@@ -235,7 +236,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         try:
             with Client(backend.endpoint, backend.timeouts) as client:
                 client.wait_healthy(backend.timeouts.health, feedback.isCanceled)
-                return client.ask(request, on_progress, feedback.isCanceled)
+                return ask(client, request, on_progress, feedback.isCanceled)
         except Cancelled:
             raise QgsProcessingException("cancelled") from None
         except BackendError as exc:

@@ -48,10 +48,16 @@ def test_zip_protocol_is_the_backend_protocol(plugin_zip):
     assert shipped == (REPO / "backend" / "lrs_focus" / "protocol.py").read_bytes()
 
 
-SHARED = ("heatmap.py", "result_files.py")  # one source for the CLI and the plugin, like protocol.py
+#: One source for the CLI and the plugin, like protocol.py: file -> (third-party roots it may import,
+#: modules of its own package it may import relatively; the plugin ships protocol.py beside it).
+SHARED = {
+    "heatmap.py": ({"numpy", "osgeo"}, set()),
+    "result_files.py": ({"numpy", "osgeo"}, set()),
+    "client.py": ({"zmq"}, {"protocol"}),  # the one ZeroMQ client of `lrs-focus` and the plugin
+}
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", sorted(SHARED))
 def test_zip_ships_the_backends_shared_modules(plugin_zip, name):
     link = REPO / "qgis_plugin" / name
     assert link.is_symlink() and os.readlink(link) == f"../backend/lrs_focus/{name}"
@@ -59,21 +65,40 @@ def test_zip_ships_the_backends_shared_modules(plugin_zip, name):
         assert zf.read(f"lrs_focus_plugin/{name}") == (REPO / "backend" / "lrs_focus" / name).read_bytes()
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", sorted(SHARED))
 def test_shared_modules_need_only_what_qgis_python_has(name):
-    """QGIS's Python has the standard library, numpy and GDAL's osgeo; nothing else may be imported."""
-    allowed = set(sys.stdlib_module_names) | {"numpy", "osgeo", "__future__"}
+    """QGIS's Python has the standard library, numpy, GDAL's osgeo and (with python3-zmq) pyzmq;
+    nothing else may be imported, and of its own package only the files the plugin ships too."""
+    third_party, siblings = SHARED[name]
+    allowed = set(sys.stdlib_module_names) | third_party | {"__future__"}
     tree = ast.parse((REPO / "backend" / "lrs_focus" / name).read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             roots = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            names = {node.module} if node.module else {a.name for a in node.names}
+            assert node.level == 1 and names <= siblings, f"{name}: relative import of {names}"
+            assert all((REPO / "qgis_plugin" / f"{n}.py").exists() for n in names), names
+            continue
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{name}: relative import {node.module!r} (the plugin has no lrs_focus package)"
             roots = [(node.module or "").split(".")[0]]
         else:
             continue
         assert set(roots) <= allowed, f"{name} imports {roots}"
     assert "UseExceptions" not in (REPO / "backend" / "lrs_focus" / name).read_text()  # global GDAL state of QGIS
+
+
+def test_the_plugin_and_the_cli_import_the_same_client():
+    """Contract: `lrs-focus ask/health --endpoint` and the plugin run the same client code."""
+    import lrs_focus.client
+    from lrs_focus.commands import ask, health  # noqa: F401  (they import lrs_focus.client in run())
+
+    assert Path(lrs_focus.client.__file__).resolve() == (REPO / "qgis_plugin" / "client.py").resolve()
+    for command in ("ask.py", "health.py"):
+        text = (REPO / "backend" / "lrs_focus" / "commands" / command).read_text(encoding="utf-8")
+        assert "from ..client import" in text, command
+    for module in ("ask_task.py", "remote.py", "algorithms/ask_raster.py"):
+        assert "client import" in (REPO / "qgis_plugin" / module).read_text(encoding="utf-8"), module
 
 
 def test_plugin_refuses_exactly_the_formats_the_backend_does_not_serve():

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
 from ._output import add_json_flag, emit
+from ._values import seconds
 
 DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 RANDOM_NOTICE = "NOTE: model '{model}' has RANDOM WEIGHTS (offline test model): the answer is noise, not a prediction."
@@ -32,7 +34,7 @@ def _numbers(count: tuple[int, ...], what: str):
             values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
             values = []
-        if len(values) not in count:
+        if len(values) not in count or not all(math.isfinite(v) for v in values):
             raise argparse.ArgumentTypeError(f"{what}, not {text!r}")
         return values
 
@@ -111,7 +113,7 @@ def register(subparsers) -> None:
                    help="with --endpoint: the CURVE server's public key (server.key from `lrs-focus keys`)")
     p.add_argument("--client-key", default=None, metavar="FILE",
                    help="with --server-key: this client's certificate (NAME.key_secret from `lrs-focus keys`)")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=seconds, default=30.0,
                    help="with --endpoint: seconds of silence from the server before giving up; progress events "
                         "reset it, so long jobs are fine (default 30)")
     add_json_flag(p)
@@ -219,14 +221,20 @@ def _check_files_possible(args) -> None:
     """Refuse before the model runs what cannot be written after it."""
     from ..errors import BadOptions, OutputError
     from ..result_files import ResultFileError, check_writable, kind_of, no_wgs84_message
+    from ._out_paths import check_outputs
 
     if args.heatmap and args.mode == "thumbnail":
         raise BadOptions("--heatmap needs token scores, and thumbnail mode scores none: use another --mode")
-    for path in [*args.out, *([args.heatmap] if args.heatmap else [])]:
+    outputs = [*args.out, *([args.heatmap] if args.heatmap else [])]
+    for path in outputs:
         try:
             check_writable(path)
         except ResultFileError as exc:
             raise OutputError(str(exc)) from None
+    try:
+        check_outputs(args.raster, outputs)
+    except ValueError as exc:
+        raise OutputError(str(exc)) from None
     for out in args.out:
         if kind_of(out) == "geojson":
             ground = _local_ground(args.raster)
@@ -240,12 +248,14 @@ def _write_files(args, doc: dict[str, Any]):
     Returns the error to raise once the answer is printed, or None.
     """
     from ..errors import LrsFocusError, OutputError
+    from ._out_paths import write_replacing
 
     try:
         if args.out:
             from ..result_files import write_result
 
-            doc["out"] = [write_result(out, doc, question=args.question) for out in args.out]
+            doc["out"] = [write_replacing(out, lambda tmp: write_result(tmp, doc, question=args.question))
+                          for out in args.out]
         if args.heatmap:
             doc["heatmap_out"] = _write_heatmap(args, doc)
     except LrsFocusError as exc:
@@ -258,6 +268,7 @@ def _write_files(args, doc: dict[str, Any]):
 def _write_heatmap(args, doc: dict[str, Any]) -> str:
     from ..errors import LrsFocusError
     from ..heatmap import decode, write_geotiff
+    from ._out_paths import write_replacing
 
     grid = decode(doc.get("heatmap"))
     if grid is None:
@@ -269,4 +280,4 @@ def _write_heatmap(args, doc: dict[str, Any]) -> str:
         if ground is None:
             raise LrsFocusError(f"--heatmap: the result carries no geotransform and {args.raster} does not open here")
         geotransform = ground.geotransform
-    return write_geotiff(args.heatmap, grid, geotransform, crs_wkt)
+    return write_replacing(args.heatmap, lambda tmp: write_geotiff(tmp, grid, geotransform, crs_wkt))

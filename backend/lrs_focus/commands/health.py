@@ -7,12 +7,13 @@ a readiness probe.
 from __future__ import annotations
 
 from ._output import add_json_flag, emit
+from ._values import seconds
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("health", help="the server's health reply")
     p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server endpoint (default tcp://127.0.0.1:5555)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for the reply (default 5)")
     p.add_argument("--server-key", default=None, metavar="FILE",
                    help="the CURVE server's public key (server.key from `lrs-focus keys`)")
     p.add_argument("--client-key", default=None, metavar="FILE",

@@ -12,6 +12,7 @@ loopback; exits 1 if a worker's loop ever died.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -25,6 +26,7 @@ DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_QUESTION_TOKENS = 512
 DEFAULT_OPEN_TIMEOUT_S = 30.0
 DEFAULT_STALLED_PEER_TIMEOUT_S = 20.0
+MAX_WORKERS = 64
 
 
 def register(subparsers) -> None:
@@ -84,10 +86,13 @@ def _devices(spec: str | None, workers: int) -> list[str | None]:
 def _policy_and_limits(args):
     from ..access import AccessPolicy
     from ..errors import BadOptions
-    from ..service import ServiceConfigError, ServiceLimits
+    from ..service import ServiceConfigError, ServiceLimits, check_queue_size
 
-    if args.workers < 1:
-        raise BadOptions(f"--workers must be >= 1, not {args.workers}")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise BadOptions(f"--workers must be in 1..{MAX_WORKERS}, not {args.workers}")
+    if args.cache_mb is not None and not (math.isfinite(args.cache_mb) and args.cache_mb >= 0):
+        raise BadOptions(f"--cache-mb must be a finite number >= 0, not {args.cache_mb!r}")
+    check_queue_size(args.queue_size)
     try:
         policy = AccessPolicy(roots=tuple(args.allow_root), allow_remote=args.allow_remote)
         limits = ServiceLimits(max_new_tokens=args.max_new_tokens_limit, max_question_tokens=args.max_question_tokens,
