@@ -13,7 +13,7 @@ from typing import Any
 from . import flops
 from .exact_pixels import ExactPyramid
 from .features import CachedGrids, FeatureCache, ViewKey
-from .focus import build_trace
+from .trace import build_trace
 from .llava_answer import checked_prompt, refuse_vl_options, run_question_llava, sequence_budget
 from .model.modeling import CLIP_MEAN_RGB
 from .model.prompts import PromptIds

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from osgeo import gdal
@@ -101,6 +102,40 @@ def _vsi_stat(path):
         return gdal.VSIStatL(path, flags)
     except RuntimeError:
         return None
+
+
+def _file_signature(path: str) -> tuple | None:
+    """(size, modification time) of a local file, or None: what shows another program rewriting it."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _open_settled(path: str, open_options: list[str], attempts: int = 4, wait_s: float = 0.25) -> Any:
+    """gdal.OpenEx, tried again while the file is being rewritten under us.
+
+    QGIS computes a VRT's statistics and GDAL writes them into the .vrt itself, in place: a reader
+    at that moment sees a truncated file ("not recognized as a supported file format"). A failure on
+    a file whose size or time changed during the attempt is retried after a short wait; a file that
+    stays the same fails at once, as before."""
+    for attempt in range(attempts):
+        before = _file_signature(path)
+        try:
+            ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, open_options=open_options)
+            if ds is not None:
+                return ds
+            failure: RuntimeError | None = None
+        except RuntimeError as exc:
+            failure = exc
+        changed = before is not None and _file_signature(path) != before
+        if not changed or attempt == attempts - 1:
+            if failure is not None:
+                raise failure
+            return None
+        time.sleep(wait_s)
+    return None
 
 
 class RasterSource:
@@ -198,7 +233,7 @@ class RasterSource:
         if stat is not None and stat.IsDirectory():
             raise NotARaster(f"{path}: is a directory, not a raster file")
         try:
-            ds = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, open_options=list(open_options or []))
+            ds = _open_settled(path, list(open_options or []))
         except RuntimeError as exc:
             msg = str(exc)
             if "dimension" in msg.lower():

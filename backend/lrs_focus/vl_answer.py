@@ -24,7 +24,8 @@ import torch
 
 from .errors import BadOptions, Cancelled
 from .features import TileEncoder, ViewKey
-from .focus import Canvas, FocusResult, LevelRecord, run_focus, tile_scores
+from .focus import Canvas, FocusResult, LevelRecord, run_focus
+from .trace import tile_scores
 from .model.prompts import refuse_bad_question
 from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel
 from .options import AskOptions, StopFn

@@ -129,5 +129,5 @@ def test_serve_refuses_an_infinite_cache_budget_with_a_clear_error():
     out = subprocess.run([sys.executable, "-m", "lrs_focus.cli", "serve", "--model", "tiny", "--cache-mb", "inf",
                           "--endpoint", "tcp://127.0.0.1:1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
-    assert "error [bad_options]" in out.stderr and "cache_mb" in out.stderr
+    assert "error [bad_options]" in out.stderr and "--cache-mb" in out.stderr
     assert "Traceback" not in out.stderr

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrs_focus.focus import build_trace, fit_budget, run_focus
+from lrs_focus.focus import fit_budget, run_focus
+from lrs_focus.trace import build_trace
 from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
 
 TINY = PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4)

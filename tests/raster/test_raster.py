@@ -257,3 +257,43 @@ def test_identity_changes_when_the_file_changes(rasters, tmp_path):
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert RasterSource.open(copy).identity() != first
     assert first[0] == str(copy) and first[1] and first[1][0][0] == str(copy)
+
+
+def test_a_vrt_rewritten_while_it_is_opened_is_read_once_it_settles(sentinel2_vrt, tmp_path, monkeypatch):
+    """QGIS computes a VRT's statistics and GDAL writes them into the .vrt in place: an open at that
+    moment fails on a truncated file. The open is tried again once the file stops changing; a file that
+    does not change is refused at once as before."""
+    import shutil
+
+    from osgeo import gdal
+
+    from lrs_focus import raster as raster_module
+    from lrs_focus.errors import NotARaster
+    from lrs_focus.raster import RasterSource
+
+    vrt = tmp_path / "scene.vrt"
+    shutil.copyfile(sentinel2_vrt, vrt)
+    whole = vrt.read_bytes()
+    real_open = gdal.OpenEx
+    calls = []
+
+    def rewriting_open(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:  # another program is half-way through rewriting the file
+            vrt.write_bytes(whole[: len(whole) // 3])
+            try:
+                return real_open(path, *args, **kwargs)
+            finally:
+                vrt.write_bytes(whole)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(raster_module.gdal, "OpenEx", rewriting_open)
+    src = RasterSource.open(str(vrt))
+    assert (src.width, src.height) == (1933, 1947) and len(calls) == 2
+    src.close()
+    junk = tmp_path / "junk.vrt"
+    junk.write_text("<VRTDataset")
+    calls.clear()
+    with pytest.raises(NotARaster):
+        RasterSource.open(str(junk))
+    assert len(calls) == 1
