@@ -52,6 +52,16 @@ def test_quick_needle_vl_json_shape(quick):
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "qwen2_5_vl"
 
 
+def test_chance_lm_loss_is_ln4_over_the_mean_labelled_length():
+    from lrs_focus.train.needle_vl import chance_lm_loss, needle_tokenizer
+    from lrs_focus.train.synthetic import COLOURS
+
+    tok = needle_tokenizer()
+    lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for c in COLOURS]
+    assert chance_lm_loss(tok, tuple(COLOURS)) == pytest.approx(np.log(4) / np.mean(lengths))
+    assert 0.3 < chance_lm_loss(tok, tuple(COLOURS)) < 0.5  # the 0.40 plateau of the runs is chance
+
+
 def test_llava_needle_is_still_the_default():
     from lrs_focus.cli import build_parser
 

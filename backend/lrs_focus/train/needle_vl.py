@@ -144,6 +144,16 @@ def training_batch(model: Any, items: list[Item]) -> dict[str, torch.Tensor]:
             "image_grid_thw": grids, "mm_token_type_ids": (ids == model.image_token_id).to(torch.int)}
 
 
+def chance_lm_loss(tokenizer: Any, colours: tuple[str, ...]) -> float:
+    """The stock LM loss (mean over labelled tokens) of a model that knows the answer format but
+    guesses the colour uniformly: ln(K) nats per example over the mean labelled length (answer
+    tokens + <|im_end|>). With the toy BPE "red" is 1 token and "blue"/"black"/"yellow" 3 ("blue"
+    and "black" share two), so chance is ln 4 / 3.5 = 0.396: a loss above it has learned nothing
+    about the dot."""
+    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in colours]
+    return math.log(len(colours)) / (sum(lengths) / len(lengths))
+
+
 def train_lm(model: Any, items: list[Item], cfg: VLNeedleConfig, progress: bool = False) -> list[dict[str, float]]:
     """AdamW, linear warmup then cosine decay; LM loss of the stock forward only."""
     hf = model.hf
@@ -359,7 +369,7 @@ def _run(cfg: VLNeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
                   "token_px": loaded.config.token_px, "tile_px": loaded.config.tile_size,
                   "parameters": sum(p.numel() for p in model.hf.parameters()),
                   "vocabulary": len(model.tokenizer), "tokenizer": "toy byte-level BPE + Qwen-VL special tokens"},
-        "training": {"lm": history},
+        "training": {"lm": history, "lm_loss_at_answer_chance": chance_lm_loss(model.tokenizer, cfg.test_spec.colours)},
         "examples": ev["examples"][:8],
         "timings": clock.wall,
         "cpu_seconds": clock.cpu,
