@@ -236,20 +236,26 @@ class _Clock:
         self.cpu["total"] = time.process_time() - self._start[1]
 
 
-def run_needle(cfg: NeedleConfig, workdir: Optional[str | Path] = None, progress: bool = False) -> dict[str, Any]:
-    """Generate, train (LVLM, distillation, control), evaluate; returns the `train needle --json` document."""
+def run_in_workdir(run: Any, cfg: Any, workdir: Optional[str | Path], progress: bool, prefix: str) -> dict[str, Any]:
+    """`run(cfg, work, progress)` in `workdir` (a temporary folder, removed after, when None) with
+    `cfg.threads` torch threads; the caller's thread count is restored."""
     tmp = None
     if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="lrs-needle-")
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
         workdir = tmp.name
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cfg.threads)))
     try:
-        return _run(cfg, Path(workdir), progress)
+        return run(cfg, Path(workdir), progress)
     finally:
         torch.set_num_threads(threads)
         if tmp is not None:
             tmp.cleanup()
+
+
+def run_needle(cfg: NeedleConfig, workdir: Optional[str | Path] = None, progress: bool = False) -> dict[str, Any]:
+    """Generate, train (LVLM, distillation, control), evaluate; returns the `train needle --json` document."""
+    return run_in_workdir(_run, cfg, workdir, progress, "lrs-needle-")
 
 
 def _run(cfg: NeedleConfig, work: Path, progress: bool) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from .data import load_conversations
 from .losses import chance_of_hit, top_fraction_hits
-from .needle import TEST_SEED_OFFSET, _Clock, _dataset, _jsonable, normalise_answer
+from .needle import TEST_SEED_OFFSET, _Clock, _dataset, _jsonable, normalise_answer, run_in_workdir
 from .synthetic import SceneSpec
 from .trainer import Item, expand
 
@@ -298,18 +297,7 @@ def _say(progress: bool, message: str) -> None:
 
 def run_needle_vl(cfg: VLNeedleConfig, workdir: Optional[str | Path] = None, progress: bool = False) -> dict[str, Any]:
     """Generate, train (LM loss), save in the hub layout, load with Engine, measure; the JSON document."""
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="lrs-needle-vl-")
-        workdir = tmp.name
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(cfg.threads)))
-    try:
-        return _run(cfg, Path(workdir), progress)
-    finally:
-        torch.set_num_threads(threads)
-        if tmp is not None:
-            tmp.cleanup()
+    return run_in_workdir(_run, cfg, workdir, progress, "lrs-needle-vl-")
 
 
 def _run(cfg: VLNeedleConfig, work: Path, progress: bool) -> dict[str, Any]:
