@@ -61,11 +61,15 @@ def check_question(model: QwenVLFocusModel, question: str, thumb_grid: tuple[int
     return VLQuestion(question, len(prompt.ids) - image_tokens)
 
 
+WHERE = [f"{r}-{c}".strip("-") or "centre" for r in ("top", "", "bottom") for c in ("left", "", "right")]
+
+
 def caption_tokens(model: QwenVLFocusModel) -> int:
-    """Tokens one tile adds besides its image tokens (caption + vision start/end), worst case."""
-    one = model.build_prompt([(None, (1, 2, 2))], "q")
-    two = model.build_prompt([(None, (1, 2, 2)), (tile_caption("bottom-right"), (1, 2, 2))], "q")
-    return len(two.ids) - len(one.ids) - 1
+    """Tokens one tile adds besides its image tokens (caption + vision start/end): the most any of the
+    nine captions takes, so that a budget counted with it is never exceeded."""
+    one = len(model.build_prompt([(None, (1, 2, 2))], "q").ids)
+    return max(len(model.build_prompt([(None, (1, 2, 2)), (tile_caption(w), (1, 2, 2))], "q").ids) - one - 1
+               for w in WHERE)
 
 
 class AttentionScorer:

@@ -367,3 +367,23 @@ def test_cancel_is_honoured_inside_a_forward_pass(model_name, sentinel2_vrt):
         for h in handles:
             h.remove()
     assert len(ran) <= 4  # at most the block that was already starting when the flag was seen
+
+
+@pytest.mark.parametrize("answer_input", ["tiles", "tokens"])
+def test_a_tight_budget_drops_the_lowest_scored_tiles_never_the_text(sentinel2_vrt, vl, answer_input):
+    from lrs_focus.engine import AskOptions, Engine
+
+    engine = Engine.__new__(Engine)
+    engine.model, engine.tokenizer, engine.name, engine.cache = vl, vl.tokenizer, "tiny", None
+    engine.info = {"random_weights": True, "device": "cpu", "dtype": "float32"}
+    question = "Where are the largest agricultural fields, and how many ships are in the harbour?"
+    limit = 1200 if answer_input == "tiles" else 600  # kept tokens only cost less than whole tiles
+    doc = engine.ask(str(sentinel2_vrt), question, AskOptions(max_new_tokens=2, max_length=limit,
+                                                              answer_input=answer_input))
+    counts, focus = doc["counts"], doc["trace"]["focus"]
+    assert counts["llm_sequence_tokens"] <= limit and counts["vision_tokens_dropped"] > 0
+    assert 1 <= focus["tiles_sent"] < len([t for t in doc["trace"]["levels"][doc["trace"]["stopped_at"]]["tiles"]])
+    last = doc["trace"]["levels"][doc["trace"]["stopped_at"]]["tiles"]
+    sent = [t for t in last if t["kept"]]
+    assert len(sent) == focus["tiles_sent"]
+    assert min(t["score"] for t in sent) >= max(t["score"] for t in last if not t["kept"]) or answer_input == "tokens"
