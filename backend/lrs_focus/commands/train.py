@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         "Qwen2.5-VL trained with the LM loss only, focus by its own attention (no RFM)")
     needle.add_argument("--seed", type=int, default=0, dest="needle_seed")
     needle.add_argument("--steps", type=int, default=None, dest="needle_steps",
-                        help="LVLM SFT steps (default 4000 for llava, 1100 for qwen2.5-vl; distillation and "
+                        help="LVLM SFT steps (default 4000 for llava, 3000 for qwen2.5-vl; distillation and "
                         "controls keep theirs)")
     needle.add_argument("--quick", action="store_true", help="seconds-long smoke run (figures meaningless)")
     needle.add_argument("--workdir", help="keep scenes and checkpoint here (scenes are reused on rerun)")
