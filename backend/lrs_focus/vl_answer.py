@@ -147,7 +147,8 @@ class VLAnswer:
 
 
 def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: FocusResult, vision_budget: int,
-                 max_new_tokens: int, should_stop: Any, check: Any, answer_input: str = "tiles") -> VLAnswer:
+                 max_new_tokens: int, should_stop: Any, check: Any, answer_input: str = "tiles",
+                 overhead: int | None = None) -> VLAnswer:
     """Thumbnail + the tiles holding kept tokens (whole, or only their kept tokens with `answer_input`
     "tokens"), best-scored tile first into the budget, shown in raster order; then the answer.
 
@@ -168,7 +169,7 @@ def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: Focus
         kept_tok[result.keep] = True
         kept_tok &= is_tok
         candidates = sorted({int(i) for i in canvas.tile[kept_tok]})
-        overhead = caption_tokens(model)
+        overhead = caption_tokens(model) if overhead is None else overhead
         cost = {i: (int(np.count_nonzero(kept_tok & (canvas.tile == i))) if answer_input == "tokens" else t * t)
                 + overhead for i in candidates}
         if sum(cost.values()) > vision_budget and rec.scores is None:  # all-tiles: scored only to drop tiles
@@ -271,10 +272,11 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
                                  options.focus_layer, options.focus_heads, cache, key)
         t0 = time.perf_counter()
         per_tile = cfg.tokens_per_tile ** 2
+        overhead = caption_tokens(model)  # once per question: ten tokenizations
         room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
         result = run_focus(geo, options.mode, encoder, scorer, alpha=float(options.alpha), n_max=n_max,
                            max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
-                           vision_budget=None, pass_limit=room // (per_tile + caption_tokens(model)) * per_tile)
+                           vision_budget=None, pass_limit=room // (per_tile + overhead) * per_tile)
         timings["encode"] = encoder.seconds
         timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
         t0, s0 = time.perf_counter(), scorer.seconds
@@ -285,7 +287,7 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
                              f"{thumb_tokens}-token thumbnail they exceed the sequence limit of {budget['max_length']}")
         budget["vision_budget"] = vision_budget
         vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
-                          options.answer_input)
+                          options.answer_input, overhead)
         timings["focus"] = scorer.seconds
         timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
         if result.canvas is not None:

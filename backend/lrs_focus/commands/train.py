@@ -62,31 +62,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _needle(args: argparse.Namespace) -> int:
-    from ..errors import BadOptions
     from ..train.needle import NeedleConfig, run_needle
 
     if getattr(args, "needle_family", "llava") != "llava":
         return _needle_vl(args)
     cfg = NeedleConfig.quick(seed=args.needle_seed) if args.quick else NeedleConfig(seed=args.needle_seed)
-    if args.needle_steps is not None:  # 0 is a value: it ran the default 4000 steps (17 minutes)
-        if args.needle_steps < 1:
-            raise BadOptions(f"--steps must be at least 1, not {args.needle_steps}")
-        cfg.lvlm_steps = int(args.needle_steps)
+    steps = _needle_steps(args)
+    if steps is not None:
+        cfg.lvlm_steps = steps
     doc = run_needle(cfg, workdir=args.workdir, progress=not args.json)
     emit(args, doc, _needle_text)
     return 0
 
 
-def _needle_vl(args: argparse.Namespace) -> int:
+def _needle_steps(args: argparse.Namespace) -> int | None:
+    """--steps as given (None: the check's default); 0 is refused, not read as unset (it once ran the
+    default 4000 LLaVA steps, 17 minutes)."""
     from ..errors import BadOptions
+
+    if args.needle_steps is None:
+        return None
+    if args.needle_steps < 1:
+        raise BadOptions(f"--steps must be at least 1, not {args.needle_steps}")
+    return int(args.needle_steps)
+
+
+def _needle_vl(args: argparse.Namespace) -> int:
     from ..train.needle_vl import VLNeedleConfig, run_needle_vl
 
     kw = {"seed": args.needle_seed, "family": args.needle_family}
     cfg = VLNeedleConfig.quick(**kw) if args.quick else VLNeedleConfig(**kw)
-    if args.needle_steps is not None:
-        if args.needle_steps < 1:
-            raise BadOptions(f"--steps must be at least 1, not {args.needle_steps}")
-        cfg.steps = int(args.needle_steps)
+    steps = _needle_steps(args)
+    if steps is not None:
+        cfg.steps = steps
     doc = run_needle_vl(cfg, workdir=args.workdir, progress=not args.json)
     emit(args, doc, _needle_vl_text)
     return 0
