@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from . import flops
+from .errors import BadOptions
 from .exact_pixels import ExactPyramid
 from .features import CachedGrids, FeatureCache, ViewKey
 from .trace import build_trace
@@ -118,6 +119,7 @@ def answer_question(
     # question and sequence limit are checked before a 27k raster is opened
     if is_vl(model):
         check_options(model, options)
+        check_answer_server(engine, options)
         prompt = None
         vl_budget(model, question, options)
     else:
@@ -140,6 +142,7 @@ def answer_question(
         trace = build_trace(geo, result, options.score_reduce, origin=origin)
         trace["budget"] = {**run.budget, "llm_sequence_tokens": run.sequence_tokens,
                            "vision_tokens_dropped": result.vision_tokens_dropped}
+        trace["answer"] = run.answer_source or {"source": "local"}
         if options.window is not None:  # also at origin (0, 0): the trace says the pyramid saw a window
             trace["window"] = list(view.window)
         heatmap = heatmap_document(geo, result.records, origin)
@@ -176,6 +179,14 @@ def answer_question(
         "raster": {"path": str(raster), "size": [src.height, src.width], "geotransform": list(src.geotransform)},
         "job_id": job_id,
     }
+
+
+def check_answer_server(engine: Any, options: AskOptions) -> None:
+    """An answer server reads images, not pruned token sets: `--answer-input tokens` stays local."""
+    if getattr(engine, "answer_server", None) is not None and options.answer_input == "tokens":
+        raise BadOptions("--answer-input tokens feeds the model only the kept tokens of each tile, which an "
+                         "answer server cannot take (it reads whole images): use --answer-input tiles or no "
+                         "--answer-endpoint")
 
 
 def result_counts(cfg: Any, run: Run) -> dict[str, Any]:

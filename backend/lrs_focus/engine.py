@@ -72,14 +72,16 @@ class Engine:
     LLaVA layout, or a hub id (downloaded once). `device`: "cuda", "cuda:1", "cpu" (default: CUDA
     when available). `dtype`: "float32" | "bfloat16" | "float16" or a torch dtype (default bf16 on
     CUDA, float32 on CPU). `cache_mb`: tile features kept between questions (0 = none; features.py).
+    `answer_server`: a `remote_answer.AnswerServer`: the Qwen-VL answer stage runs there.
     Heavy imports happen here, not at module import, so the service and the CLI stay light until
     an engine is really built.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, dtype: Any = None, seed: int = 0,
-                 cache_mb: float | None = None):
+                 cache_mb: float | None = None, answer_server: Any = None):
         from .features import DEFAULT_CACHE_MB, FeatureCache
         from .model.loading import load_model, parse_dtype
+        from .question_run import is_vl
 
         mb = DEFAULT_CACHE_MB if cache_mb is None else float(cache_mb)
         if not (math.isfinite(mb) and mb >= 0):  # checked before a 7B model is loaded
@@ -88,6 +90,11 @@ class Engine:
         self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=parse_dtype(dtype), seed=seed)
         self.name = model
         self.cache = FeatureCache(int(mb * 2**20), device=self.info["device"]) if mb > 0 else None
+        self.answer_server = answer_server  # remote_answer.AnswerServer: answers on an OpenAI-compatible server
+        if answer_server is not None and not is_vl(self.model):
+            raise BadOptions(f"--answer-endpoint: {model} is a LLaVA + RFM checkpoint, whose answer reads the kept "
+                             "pooled CLIP tokens, which no inference server takes; answer servers serve the "
+                             "Qwen2.5-VL / Qwen3-VL families (docs/scale.md)")
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
                  self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")
@@ -100,6 +107,7 @@ class Engine:
             "random_weights": self.info["random_weights"],
             "family": self.model.config.family,
             "n_max": self.model.config.n_max,
+            **({"answer_server": self.answer_server.describe()} if self.answer_server is not None else {}),
         }
 
     def ask(

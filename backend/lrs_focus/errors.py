@@ -102,3 +102,22 @@ class Cancelled(LrsFocusError):
     """A job stopped at a stage boundary because its cancel flag was set."""
 
     code = "cancelled"
+
+
+# -- the answer on an OpenAI-compatible server (--answer-endpoint) ------------------------------
+class AnswerServerError(LrsFocusError):
+    """The answer server refused or failed the answer; the message carries the server's own words."""
+
+    code = "answer_server_error"
+
+
+class AnswerServerUnreachable(AnswerServerError):
+    """No connection to the answer server (nothing listens there, DNS, a firewall...)."""
+
+    code = "answer_server_unreachable"
+
+
+class AnswerServerTimeout(AnswerServerError):
+    """The answer server went silent for longer than --answer-timeout."""
+
+    code = "answer_server_timeout"

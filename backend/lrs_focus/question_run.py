@@ -70,3 +70,4 @@ class Run:
     n_max: int
     llm_vision_tokens: int | None = None  # what the LLM read (None: thumbnail + kept tokens)
     max_pass_tokens: int | None = None  # longest focus pass (None: text + the largest RFM pass's vision)
+    answer_source: dict | None = None  # where the answer came from (None: the local model)

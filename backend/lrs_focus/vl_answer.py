@@ -148,12 +148,13 @@ class VLAnswer:
 
 def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: FocusResult, vision_budget: int,
                  max_new_tokens: int, should_stop: Any, check: Any, answer_input: str = "tiles",
-                 overhead: int | None = None) -> VLAnswer:
+                 overhead: int | None = None, remote: Any = None) -> VLAnswer:
     """Thumbnail + the tiles holding kept tokens (whole, or only their kept tokens with `answer_input`
     "tokens"), best-scored tile first into the budget, shown in raster order; then the answer.
 
     `vision_budget`: tokens left for tiles once the text and the thumbnail are counted. Updates
-    `result` (keep, the last record's kept mask, vision_tokens_dropped) to what the model read."""
+    `result` (keep, the last record's kept mask, vision_tokens_dropped) to what the model read.
+    `remote`: a `RemoteAnswer` sends the same images and question to an answer server instead."""
     feats: list[torch.Tensor] = [scorer.thumbnail]
     images: list[tuple[str | None, tuple[int, int, int]]] = [(None, scorer.thumb_grid)]
     keep_lists: list[torch.Tensor] = [torch.arange(scorer.thumbnail.shape[0])]
@@ -202,13 +203,18 @@ def answer_tiles(model: QwenVLFocusModel, scorer: AttentionScorer, result: Focus
             keep_lists.append(torch.as_tensor(np.sort(local), dtype=torch.long))
     prompt = model.build_prompt(images, scorer.question)
     check("generate", None, 0.0, f"answering from {len(prompt.ids)} tokens ({len(sent)} tiles)")
+    vision = int(np.count_nonzero(np.asarray(prompt.ids) == model.image_token_id))
+    if remote is not None:
+        tiles = [canvas.tiles[i] for i in sent] if canvas is not None else []
+        answer = remote.answer(images, canvas.level if canvas is not None else 0, tiles, scorer.question, prompt,
+                               max_new_tokens, should_stop)
+        return VLAnswer(answer, len(prompt.ids), vision, len(sent))
     if answer_input == "tokens":
         answer, _, n_tokens = model.generate_pruned(prompt, feats, keep_lists, max_new_tokens, should_stop=should_stop)
         vision = int(sum(k.numel() for k in keep_lists))
     else:
         answer, _ = model.generate(prompt, feats, max_new_tokens, should_stop=should_stop)
         n_tokens = len(prompt.ids)
-        vision = int(np.count_nonzero(np.asarray(prompt.ids) == model.image_token_id))
     return VLAnswer(answer, n_tokens, vision, len(sent))
 
 
@@ -286,8 +292,13 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
             raise BadOptions(f"the question and prompt take {budget['text_tokens']} tokens; with this view's "
                              f"{thumb_tokens}-token thumbnail they exceed the sequence limit of {budget['max_length']}")
         budget["vision_budget"] = vision_budget
+        remote = None
+        if getattr(engine, "answer_server", None) is not None:
+            from .remote_stage import RemoteAnswer
+
+            remote = RemoteAnswer(engine.answer_server, model, pyramid, key)
         vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
-                          options.answer_input, overhead)
+                          options.answer_input, overhead, remote)
         timings["focus"] = scorer.seconds
         timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
         if result.canvas is not None:
@@ -301,4 +312,4 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
                              "heads": list(options.focus_heads) if options.focus_heads else "all",
                              "prefix_reused": scorer.prefix_hits, "tiles_sent": vl.tiles_sent}
     return Run(result, vl.answer, vl.sequence_tokens, budget, encoder, timings, n_max, vl.llm_vision_tokens,
-               scorer.max_tokens)
+               scorer.max_tokens, remote.source() if remote is not None else None)

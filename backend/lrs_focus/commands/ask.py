@@ -7,6 +7,7 @@ import math
 import sys
 from typing import Any
 
+from ._answer_server import add_answer_server_args, answer_server_from_args
 from ._output import add_json_flag, emit
 from ._values import seconds
 
@@ -108,6 +109,7 @@ def register(subparsers) -> None:
                         "WGS 84 lon/lat; .gpkg = GeoPackage in the raster's CRS (also without a CRS); repeatable")
     p.add_argument("--heatmap", type=_heatmap_file, default=None, metavar="FILE.tif",
                    help="write the token scores as a single-band Float32 GeoTIFF on the raster's ground")
+    add_answer_server_args(p)
     p.add_argument("--endpoint", default=None, metavar="URL", help="ask a running `lrs-focus serve` instead")
     p.add_argument("--server-key", default=None, metavar="FILE",
                    help="with --endpoint: the CURVE server's public key (server.key from `lrs-focus keys`)")
@@ -181,6 +183,9 @@ def run(args) -> int:
 
     options = _options(args)
     _check_files_possible(args)
+    if args.endpoint and args.answer_endpoint:
+        raise BadOptions("--answer-endpoint is the serving process's option: start `lrs-focus serve "
+                         "--answer-endpoint URL` and ask it with --endpoint")
     if args.endpoint:
         try:
             from ..client import ask_remote
@@ -197,7 +202,8 @@ def run(args) -> int:
             raise BadOptions(str(exc)) from exc
         if args.model.startswith("tiny"):
             print(RANDOM_NOTICE.format(model=args.model), file=sys.stderr)
-        engine = Engine(args.model, device=args.device, dtype=args.dtype, cache_mb=0)
+        answer_server = answer_server_from_args(args)
+        engine = Engine(args.model, device=args.device, dtype=args.dtype, cache_mb=0, answer_server=answer_server)
         doc = engine.ask(args.raster, args.question, ask_options, progress=_progress)
     failure = _write_files(args, doc)
     emit(args, doc, format_text)  # the answer is printed even when a file could not be written

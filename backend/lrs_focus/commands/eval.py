@@ -6,6 +6,7 @@ share; rank 0 merges, scores and prints. `--modes` compares several modes in one
 
 from __future__ import annotations
 
+from ._answer_server import add_answer_server_args, answer_server_from_args
 from ._output import add_json_flag, emit
 
 MODES_HELP = "comma-separated modes to compare: paper, released, thumbnail, all-tiles (default: paper)"
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
         p.add_argument("--focus", choices=["rfm", "attention", "relative"], default=None,
                        help="focus signal (default: the family's own; docs/models.md)")
         p.add_argument("--focus-layer", type=int, default=None, help="Qwen-VL: layer of the attention focus")
+        add_answer_server_args(p)
         p.add_argument("--limit", type=int, default=None, help="only the first N questions (quick runs)")
         if name == "lrs":
             p.add_argument("--subset", action="append", choices=("FAIR", "GLH-Bridge", "STAR"),
@@ -84,6 +86,7 @@ def build_config(args):
         limit=args.limit,
         subsets=getattr(args, "subset", None),
         progress=not args.no_progress,
+        answer_server=answer_server_from_args(args),
     )
 
 

@@ -17,6 +17,8 @@ import signal
 import sys
 import threading
 
+from ._answer_server import add_answer_server_args, answer_server_from_args
+
 DEFAULT_MODEL = "ll-13/llava-largeimg-Qwen2-7B"
 log = logging.getLogger("lrs_focus.serve")
 
@@ -64,6 +66,7 @@ def register(subparsers) -> None:
     p.add_argument("--stalled-peer-timeout", type=float, default=DEFAULT_STALLED_PEER_TIMEOUT_S,
                    help="seconds a client may leave replies unread before it is disconnected and its jobs "
                         f"cancelled (default {DEFAULT_STALLED_PEER_TIMEOUT_S:g})")
+    add_answer_server_args(p)
     p.set_defaults(func=run)
 
 
@@ -111,11 +114,12 @@ def run(args) -> int:
     # every refusal before loading a 7B model, not after
     check_security(args.endpoint, args.keys_dir, args.curve, policy.roots, check_roots=True)
     check_endpoint_free(args.endpoint)
+    answer_server = answer_server_from_args(args)  # the key file is read once, before any model loads
     removed = harden_gdal(policy)
     log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
     engines = []
     for device in _devices(args.device, args.workers):
-        engine = Engine(args.model, device=device, dtype=args.dtype, cache_mb=args.cache_mb)
+        engine = Engine(args.model, device=device, dtype=args.dtype, cache_mb=args.cache_mb, answer_server=answer_server)
         info = engine.describe()
         if info.get("random_weights"):
             print(f"lrs-focus serve: model {info.get('model')!r} has RANDOM weights: answers are meaningless "

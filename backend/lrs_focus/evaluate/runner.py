@@ -44,6 +44,7 @@ class EvalConfig:
     limit: Optional[int] = None  # first N questions (after --subset), for quick runs
     subsets: Optional[Sequence[str]] = None  # LRS only: FAIR, GLH-Bridge, STAR
     progress: bool = True
+    answer_server: Any = None  # remote_answer.AnswerServer: the answers on an OpenAI-compatible server
     report: bool = True
 
     def validate(self) -> "EvalConfig":
@@ -185,7 +186,7 @@ def load_engine(config: EvalConfig, shard: Shard) -> AskEngine:
     from ..engine import Engine  # the real model: only imported when no engine is given
 
     return Engine(config.model, device=default_device(shard, config.device), dtype=config.dtype,
-                  cache_mb=config.cache_mb)
+                  cache_mb=config.cache_mb, answer_server=config.answer_server)
 
 
 def score(benchmark: str, path: Path) -> dict[str, Any]:

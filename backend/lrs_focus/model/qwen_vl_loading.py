@@ -74,23 +74,30 @@ def qwen2_tokenizer() -> Any:
                                    additional_special_tokens=QWEN_VL_SPECIALS)
 
 
-def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0, patch_size: int | None = None) -> tuple[Any, Any, str]:
+def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0, patch_size: int | None = None,
+                  head_dim: int = 16) -> tuple[Any, Any, str]:
     """(hf_model, image_processor, chat_template) of a toy checkpoint of the real class.
 
     `patch_size`: the vision patch (default the family's real 14 / 16 px); the needle check uses 7 px
-    (14 px LLM tokens after the 2 x 2 merge), set on the vision config and the image processor alike."""
+    (14 px LLM tokens after the 2 x 2 merge), set on the vision config and the image processor alike.
+    `head_dim`: of the LLM's attention (its width stays 64: 64 / head_dim heads, half as many KV
+    heads); vLLM's CPU attention takes head sizes from 32 up, so the answer-server tests use 32."""
+    if head_dim not in (16, 32):
+        raise ValueError(f"head_dim must be 16 or 32 for the toy LLM of width 64, not {head_dim}")
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    heads = 64 // head_dim
+    mrope = [k * head_dim // 16 for k in (2, 3, 3)]  # t, h, w rotary pairs: head_dim / 2 in all
     text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=32768, rms_norm_eps=1e-6,
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=False)
     tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                   vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     if family == "qwen2.5-vl":
-        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]}
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope}
         patch = int(patch_size or 14)
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=patch,
                       spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1])
@@ -99,8 +106,8 @@ def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0, patch_size: int | 
         processor = Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2, temporal_patch_size=2,
                                              min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
     elif family == "qwen3-vl":
-        text.update(head_dim=16, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                                  "mrope_section": [2, 3, 3], "mrope_interleaved": True})
+        text.update(head_dim=head_dim, rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                  "mrope_section": mrope, "mrope_interleaved": True})
         patch = int(patch_size or 16)
         vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=patch,
                       spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=256,
@@ -123,12 +130,13 @@ def tiny_vl_parts(family: str, tokenizer: Any, seed: int = 0, patch_size: int | 
     return model.eval(), processor, template
 
 
-def save_tiny_vl(family: str, directory: str | Path, seed: int = 0) -> Path:
-    """Write a toy checkpoint in the hub layout (what `--model DIR` loads), for tests and demos."""
+def save_tiny_vl(family: str, directory: str | Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a toy checkpoint in the hub layout (what `--model DIR` loads), for tests and demos.
+    `head_dim` 32 makes one vLLM's CPU backend serves (tiny_vl_parts)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = qwen2_tokenizer()
-    model, processor, template = tiny_vl_parts(family, tokenizer, seed)
+    model, processor, template = tiny_vl_parts(family, tokenizer, seed, head_dim=head_dim)
     tokenizer.chat_template = template
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
