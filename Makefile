@@ -5,13 +5,17 @@ MODEL     ?= tiny
 QUESTION  ?= Where are the largest agricultural fields?
 SAMPLE    := dist/sentinel2_rgb.vrt
 
-.PHONY: setup setup-test demo test plugin-zip clean
+.PHONY: setup setup-test setup-answer-server demo test plugin-zip clean
 
 setup:
 	scripts/setup.sh
 
 setup-test:
 	scripts/setup.sh --test
+
+# vLLM for CPUs in .venv-answer: `scripts/answer_server.sh MODEL_DIR PORT` (docs/scale.md)
+setup-answer-server:
+	scripts/setup.sh --answer-server
 
 # Main job: build the real Sentinel-2 sample, ask it a question, write the focused tiles as GeoJSON.
 demo: setup

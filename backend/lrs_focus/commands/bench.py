@@ -1,4 +1,4 @@
-"""`lrs-focus bench pyramid|tokens|service|memory|cache`: each measures ours against its baseline in one run.
+"""`lrs-focus bench pyramid|tokens|service|memory|cache|answer-server`: each measures ours against its baseline in one run.
 
 A benchmark module under `lrs_focus.bench` defines `add_arguments(parser)`, `run(args) -> dict`
 (the `{"cases": [{"name", "ours", "baseline", "ratio"}, ...]}` document) and `format_table(doc)`.
@@ -16,7 +16,12 @@ BENCHMARKS = {
     "service": "ZeroMQ ping round trip p50/p99 and asks per second with the tiny model",
     "memory": "feature/canvas/sequence memory of a question at the 7B geometry vs dense canvases",
     "cache": "a follow-up question about the same raster vs a cold one (feature cache)",
+    "answer-server": "asks per second with the answer on an OpenAI-compatible server vs in process",
 }
+
+
+def _module(name: str) -> str:
+    return f"lrs_focus.bench.{name.replace('-', '_')}"
 
 
 def register(subparsers) -> None:
@@ -26,11 +31,11 @@ def register(subparsers) -> None:
         p = inner.add_parser(name, help=help_text)
         add_json_flag(p)
         p.set_defaults(func=run, benchmark=name)
-        importlib.import_module(f"lrs_focus.bench.{name}").add_arguments(p)
+        importlib.import_module(_module(name)).add_arguments(p)
 
 
 def run(args) -> int:
-    module = importlib.import_module(f"lrs_focus.bench.{args.benchmark}")
+    module = importlib.import_module(_module(args.benchmark))
     document = module.run(args)
     emit(args, document, module.format_table)
     return 0
