@@ -46,16 +46,22 @@ def _raster(folder: Path, width: int, height: int, seed: int) -> str:
     return str(path)
 
 
-def _side(engine: Any, asks: list[tuple[str, str]], options: Any) -> tuple[dict[str, Any], list[str]]:
-    answers, generate = [], 0.0
-    wall = time.perf_counter()
+def _sides(engines: dict[str, Any], asks: list[tuple[str, str]], options: Any) -> dict[str, dict[str, Any]]:
+    """Each ask on each side in turn (local, server, local, ...): load from other work on a shared
+    machine then falls on both sides alike."""
+    out = {name: {"seconds": 0.0, "generate_s": 0.0, "answers": []} for name in engines}
     for raster, question in asks:
-        doc = engine.ask(raster, question, options)
-        answers.append(doc["answer"])
-        generate += float(doc["timings"].get("generate", 0.0))
-    seconds = time.perf_counter() - wall
-    return {"seconds": round(seconds, 3), "asks_per_s": round(len(asks) / seconds, 3),
-            "generate_s": round(generate, 3)}, answers
+        for name, engine in engines.items():
+            wall = time.perf_counter()
+            doc = engine.ask(raster, question, options)
+            side = out[name]
+            side["seconds"] += time.perf_counter() - wall
+            side["generate_s"] += float(doc["timings"].get("generate", 0.0))
+            side["answers"].append(doc["answer"])
+    for side in out.values():
+        side["asks_per_s"] = round(len(asks) / side["seconds"], 3)
+        side["seconds"], side["generate_s"] = round(side["seconds"], 3), round(side["generate_s"], 3)
+    return out
 
 
 def run(args) -> dict[str, Any]:
@@ -72,11 +78,10 @@ def run(args) -> dict[str, Any]:
         asks = [(_raster(Path(tmp), width, height, i), QUESTIONS[i % len(QUESTIONS)]) for i in range(args.asks)]
         remote.ask(asks[0][0], asks[0][1], options)  # warm both sides (first request, lazy imports)
         local.ask(asks[0][0], asks[0][1], options)
-        _log(f"{args.asks} asks in process")
-        baseline, local_answers = _side(local, asks, options)
-        _log(f"{args.asks} asks with the answer on {args.answer_endpoint}")
-        ours, remote_answers = _side(remote, asks, options)
-    same = sum(a == b for a, b in zip(local_answers, remote_answers))
+        _log(f"{args.asks} asks in process and {args.asks} with the answer on {args.answer_endpoint}, in turn")
+        sides = _sides({"local": local, "server": remote}, asks, options)
+    baseline, ours = sides["local"], sides["server"]
+    same = sum(a == b for a, b in zip(baseline.pop("answers"), ours.pop("answers")))
     case = {"name": f"{args.mode}, {width}x{height}, {args.max_new_tokens} new tokens", "ours": ours,
             "baseline": baseline, "ratio": round(ours["asks_per_s"] / baseline["asks_per_s"], 2),
             "same_answers": f"{same}/{len(asks)}"}
