@@ -235,7 +235,7 @@ async def _answer(server: AnswerServer, content: list[dict[str, Any]], max_new_t
     import httpx
 
     timeout = httpx.Timeout(server.timeout_s, connect=CONNECT_TIMEOUT_S)
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=timeout) as client:  # HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE apply
 
         async def exchange() -> RemoteReply:
             if server.model is None:
