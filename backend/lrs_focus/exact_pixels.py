@@ -20,15 +20,15 @@ whole image in memory.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .gather import MERGE_GAP, STRIP_BYTES, run_bounded
 from .pyramid import LazyTiles, Level, PyramidConfig
 
-STRIP_BYTES = 32 << 20  # at most this many bytes of source pixels per read
-MERGE_GAP = 8  # needed rows closer than this are read in one strip
 _MEAN = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
 _STD = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
 _PAD_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)  # nodata pixels inside the image
@@ -111,14 +111,18 @@ class SampleGrid:
         if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
                 and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
             raise ValueError("sample grid lacks rows or columns this resize needs")
-        px = lambda r, c: normalise(self.pixels[r][:, c])  # noqa: E731
+        # each sample normalised once, then separable: every used row blended along x, the rows
+        # along y; the same float32 operations in the same order as blending the 2x2 corners
+        used_r, used_c = np.unique(np.concatenate([ry0, ry1])), np.unique(np.concatenate([cx0, cx1]))
+        g = normalise(self.pixels[used_r][:, used_c])
         wx1 = lx[None, :, None]
         wx0 = np.float32(1.0) - wx1
+        along_x = g[:, np.searchsorted(used_c, cx0)] * wx0 + g[:, np.searchsorted(used_c, cx1)] * wx1
+        del g
         wy1 = ly[:, None, None]
         wy0 = np.float32(1.0) - wy1
-        top = px(ry0, cx0) * wx0 + px(ry0, cx1) * wx1
-        bottom = px(ry1, cx0) * wx0 + px(ry1, cx1) * wx1
-        return (top * wy0 + bottom * wy1).astype(np.float32)
+        top, bottom = along_x[np.searchsorted(used_r, ry0)], along_x[np.searchsorted(used_r, ry1)]
+        return (top * wy0 + bottom * wy1).astype(np.float32, copy=False)
 
     def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
         return SampleGrid(rows, cols, self.pixels[np.ix_(np.searchsorted(self.rows, rows),
@@ -156,11 +160,20 @@ class ExactPyramid(LazyTiles):
         super().__init__(src, cfg, cache_tiles)
         self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
         self.check = check  # called between strip reads: lets a cancel interrupt a long read
-        self.source_pixels = 0  # source pixels read, for the benchmark
+        self.source_pixels = 0  # source pixels read (windows spanned, with `src.gather`), for the benchmark
+        self._count = threading.Lock()
 
     # -- reading --------------------------------------------------------------------------------
-    def _gather(self, rows: np.ndarray, cols: np.ndarray) -> SampleGrid:
-        """uint8 source pixels at the given sorted rows/cols, read in strips of <= STRIP_BYTES."""
+    def _gather(self, rows: np.ndarray, cols: np.ndarray, **kw) -> SampleGrid:
+        """uint8 source pixels at the given sorted rows/cols: `src.gather` (parallel block-aligned
+        strips) when the source has one, else strips of <= STRIP_BYTES read here one by one."""
+        gather = getattr(self.src, "gather", None)
+        if gather is not None:
+            pixels = gather(rows, cols, _PAD_RGB, check=self.check, **kw)
+            with self._count:
+                self.reads += 1
+                self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
+            return SampleGrid(rows, cols, pixels)
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         max_rows = max(1, STRIP_BYTES // (3 * (c1 - c0)))
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
@@ -235,9 +248,38 @@ class ExactPyramid(LazyTiles):
             self._base_and_thumbnail()
         return self._thumbnail
 
-    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int]) -> np.ndarray:
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int], **kw) -> np.ndarray:
         b = self.cfg.tile_size
         iy, ix = self._index(lv.resized, (row * b, row * b + content[0], col * b, col * b + content[1]))
         grid = self.grids.get(lv.index)
-        source = grid if grid is not None else self._gather(_needed(iy), _needed(ix))
+        source = grid if grid is not None else self._gather(_needed(iy), _needed(ix), **kw)
         return source.resize(iy, ix)
+
+    def tiles(self, level, positions) -> list[np.ndarray]:
+        """Like `tile` for each position; tiles that read their own windows are read several at once
+        (one worker each, `src.workers` in all, each within its share of STRIP_BYTES)."""
+        lv = self.geometry.level(level)
+        positions = [(int(r), int(c)) for r, c in positions]
+        todo = [p for p in dict.fromkeys(positions) if (lv.index, *p) not in self._cache]
+        workers = min(int(getattr(self.src, "workers", 1)), len(todo))
+        made: dict[tuple[int, int], np.ndarray] = {}
+        if lv.index > 0 and lv.index not in self.grids and workers > 1 and hasattr(self.src, "gather"):
+            share = max(1, STRIP_BYTES // workers)
+
+            def one(p: tuple[int, int]) -> None:
+                content = self.geometry.tile_content(lv, *p)
+                out = self._blank()
+                out[:content[0], :content[1]] = self._read_tile(lv, *p, content, workers=1, max_bytes=share)
+                out.setflags(write=False)
+                made[p] = out
+
+            run_bounded(one, todo, workers, self.check)
+        result = []
+        for r, c in positions:
+            tile = made.get((r, c))
+            if tile is None:
+                tile = self.tile(lv, r, c)
+            else:
+                self._remember((lv.index, r, c), tile)
+            result.append(tile)
+        return result

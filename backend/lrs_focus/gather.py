@@ -1,0 +1,189 @@
+"""Source pixels at chosen full-resolution rows and columns, read in block-aligned strips, in parallel.
+
+The exact pixel path samples sorted rows/columns of the raster (two per output pixel and axis).
+A compressed tiled raster is decoded block by block whatever part of a block is asked for, so
+strips are cut on block boundaries: no block is decoded by two strips, and a strip never relies
+on GDAL's block cache keeping a block between two reads. Strips are independent, so several
+threads read them at once, each with its own GDAL dataset handle (a handle is not thread-safe;
+GDAL releases the GIL while it decodes).
+
+This module needs only numpy and the standard library: reader processes import it without
+torch or GDAL (the caller passes the function that reads one strip).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Optional
+
+import numpy as np
+
+STRIP_BYTES = 32 << 20  # source pixels (3 bytes each) in flight, all workers together
+MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
+MAX_WORKERS = 8
+
+Strip = tuple[int, int, int, int]  # (y0, y1, x0, x1), end exclusive
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on, at most MAX_WORKERS (decode scales with cores, memory with workers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, n))
+
+
+def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:
+    """[start, stop) spans covering sorted unique `idx`: consecutive blocks (or gaps <= MERGE_GAP)
+    join one span, a span holds at most `limit` indices' range and is cut only on a block boundary
+    unless one block alone exceeds `limit`."""
+    block = max(1, int(block))
+    limit = max(1, int(limit))
+    spans: list[tuple[int, int]] = []
+    start = prev = int(idx[0])
+    for v in idx[1:]:
+        v = int(v)
+        joined = v // block <= prev // block + 1 or v - prev <= MERGE_GAP
+        if not joined:
+            spans.append((start, prev + 1))
+            start = v
+        elif v + 1 - start > limit:
+            cut = (v // block) * block  # the block boundary at or before v
+            if cut <= start:  # a single block is wider than the limit: cut anywhere
+                cut = v
+            if cut > prev:  # v starts a new block: end the span after prev
+                spans.append((start, prev + 1))
+                start = v
+            else:  # v shares its block with earlier indices: the span ends at the block start
+                spans.append((start, int(idx[np.searchsorted(idx, cut) - 1]) + 1))
+                start = int(idx[np.searchsorted(idx, cut)])
+        prev = v
+    spans.append((start, prev + 1))
+    return spans
+
+
+def plan_strips(rows: np.ndarray, cols: np.ndarray, block_size: tuple[int, int] = (1, 1),
+                workers: int = 1, max_bytes: int = STRIP_BYTES, bytes_per_px: int = 3) -> list[Strip]:
+    """Block-aligned strips (y0, y1, x0, x1) that together cover every (row, col) pair asked for.
+
+    Each strip holds at most max_bytes / workers bytes (all workers' strips fit max_bytes), and
+    there are at least `workers` strips where the rows span that many blocks. `block_size` is
+    GDAL's (width, height). Reader processes can plan on a subset of the rows.
+    """
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    if rows.size == 0 or cols.size == 0:
+        return []
+    bw, bh = (max(1, int(v)) for v in block_size)
+    workers = max(1, int(workers))
+    budget = max(1, max_bytes // (workers * bytes_per_px))  # pixels per strip
+    width = int(cols[-1]) + 1 - int(cols[0])
+    # columns: one span unless a block row of the whole width exceeds the budget
+    col_limit = max(bw, budget // bh) if width * bh > budget else width
+    col_spans = _spans(cols, bw, col_limit) if width > col_limit else [(int(cols[0]), int(cols[-1]) + 1)]
+    widest = max(x1 - x0 for x0, x1 in col_spans)
+    height = int(rows[-1]) + 1 - int(rows[0])
+    row_limit = max(1, budget // widest)
+    if workers > 1 and len(col_spans) < workers:  # enough strips to keep every worker busy
+        per_worker = -(-height // (workers // len(col_spans) or 1))
+        row_limit = min(row_limit, max(bh, -(-per_worker // bh) * bh))
+    return [(y0, y1, x0, x1) for y0, y1 in _spans(rows, bh, row_limit) for x0, x1 in col_spans]
+
+
+def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: np.ndarray,
+                  strips: list[Strip], workers: int = 1,
+                  check: Optional[Callable[[], None]] = None) -> np.ndarray:
+    """uint8 (len(rows), len(cols), 3): `read(strip)` -> (y1 - y0, x1 - x0, 3) for each strip,
+    its asked rows and columns copied into place; up to `workers` strips read at once.
+
+    `check()` runs in the calling thread before each strip is started; when it raises, no new
+    strip starts, the strips being read finish (each is bounded), every thread has ended, and the
+    exception propagates."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
+
+    def one(strip: Strip) -> None:
+        y0, y1, x0, x1 = strip
+        r0, r1 = np.searchsorted(rows, [y0, y1])
+        c0, c1 = np.searchsorted(cols, [x0, x1])
+        if r1 > r0 and c1 > c0:
+            pixels = read(strip)
+            out[r0:r1, c0:c1] = pixels[rows[r0:r1] - y0][:, cols[c0:c1] - x0]
+
+    run_bounded(one, strips, workers, check)
+    return out
+
+
+def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callable[[], None]] = None) -> None:
+    """fn(item) for every item, at most `workers` at once on threads that end before this returns.
+
+    `check()` runs in the calling thread before each item starts; when it (or an fn) raises, no
+    new item starts, the running ones finish, and the exception propagates."""
+    workers = max(1, min(int(workers), len(items)))
+    if workers == 1:
+        for item in items:
+            if check is not None:
+                check()
+            fn(item)
+        return
+    pending: set[Future] = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gather") as pool:
+        try:
+            for item in items:
+                while len(pending) >= workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                if check is not None:
+                    check()
+                pending.add(pool.submit(fn, item))
+            for f in pending:
+                f.result()
+        finally:
+            for f in pending:
+                f.cancel()  # `with` then waits for the ones already running
+
+
+class HandlePool:
+    """Idle dataset handles shared by the threads of any gather: a strip borrows one and returns it."""
+
+    def __init__(self, opener: Callable[[], object]):
+        self._opener = opener
+        self._idle: list[object] = []
+        self._lock = threading.Lock()
+
+    def borrow(self) -> object:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._opener()
+
+    def give_back(self, handle: object) -> None:
+        with self._lock:
+            self._idle.append(handle)
+
+    def close(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]], workers: int,
+                  max_bytes: int = STRIP_BYTES) -> np.ndarray:
+    """`RasterSource.gather`: its strips read with `src.read_rgb` on handles borrowed from `src._handles`
+    (never the source's own handle: gathers may run on several threads at once)."""
+    workers = max(1, int(workers))
+    raw_bytes = (src.data_type == "Byte" and not src.explicit_stretch) or src.palette is not None
+    strips = plan_strips(rows, cols, src.block_size, workers, max_bytes, 3 if raw_bytes else 12)
+    _ = src.stretch  # estimated once, on the caller's handle, before any thread reads
+
+    def read(strip: Strip) -> np.ndarray:
+        y0, y1, x0, x1 = strip
+        ds = src._handles.borrow()
+        try:
+            return src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
+        finally:
+            src._handles.give_back(ds)
+
+    return gather_strips(read, rows, cols, strips, workers, check)
