@@ -47,19 +47,21 @@ def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:
     for v in idx[1:]:
         v = int(v)
         joined = v // block <= prev // block + 1 or v - prev <= MERGE_GAP
-        if not joined:
-            spans.append((start, prev + 1))
-            start = v
-        elif v + 1 - start > limit:
-            cut = (v // block) * block  # the block boundary at or before v
-            if cut <= start:  # a single block is wider than the limit: cut anywhere
-                cut = v
-            if cut > prev:  # v starts a new block: end the span after prev
+        if joined and v + 1 - start > limit:
+            cut = (v // block) * block  # the start of v's block
+            if start < cut <= prev:  # the span ends before v's block, whose earlier indices go on with v
+                k = int(np.searchsorted(idx, cut))
+                spans.append((start, int(idx[k - 1]) + 1))
+                start = int(idx[k])
+                if v + 1 - start > limit:  # a block taller than the limit: cut inside it
+                    spans.append((start, prev + 1))
+                    start = v
+            else:
                 spans.append((start, prev + 1))
                 start = v
-            else:  # v shares its block with earlier indices: the span ends at the block start
-                spans.append((start, int(idx[np.searchsorted(idx, cut) - 1]) + 1))
-                start = int(idx[np.searchsorted(idx, cut)])
+        elif not joined:
+            spans.append((start, prev + 1))
+            start = v
         prev = v
     spans.append((start, prev + 1))
     return spans
