@@ -26,57 +26,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
 from .gather import MERGE_GAP, STRIP_BYTES, run_bounded
 from .pyramid import LazyTiles, Level, PyramidConfig
 
+RESIZE_ROWS = 128  # output rows blended at a time
+BASE_PASS_BYTES = 16 << 20  # source rows x columns the base pass gathers at a time (then scatters)
 _MEAN = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
 _STD = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
 _PAD_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)  # nodata pixels inside the image
-
-
-@functools.lru_cache(maxsize=1)
-def torch_fuses_index() -> bool:
-    """Whether this torch build computes scale * (dst + 0.5) - 0.5 with one rounding (FMA).
-
-    ATen's CPU kernels built for AVX2/AVX512 contract it into a fused multiply-add; a build
-    without FMA rounds twice. One index in 20,000 -> 13,664 tells them apart; asking torch once
-    keeps the lazy path equal to `F.interpolate` on whatever machine runs it.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n_in, n_out = 20000, 13664
-    values = (np.arange(n_in) % 2).astype(np.float32)  # output = lambda or 1 - lambda: an index error shows
-    probe = torch.from_numpy(values).view(1, 1, n_in, 1)
-    ref = F.interpolate(probe, size=(n_out, 1), mode="bilinear")[0, 0, :, 0].numpy()
-    i0, i1, lam = source_index(n_in, n_out, 0, n_out, fused=True)
-    fused = values[i0] * (np.float32(1.0) - lam) + values[i1] * lam
-    return bool(np.abs(fused - ref).max() < 1e-5)
-
-
-def source_index(in_size: int, out_size: int, start: int, stop: int,
-                 fused: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i0, i1, lambda1) of output pixels [start, stop) along one axis, ATen's float32 rule.
-
-    Same size: a plain copy (ATen's special case). Otherwise src = scale * (dst + 0.5) - 0.5 in
-    float32 (fused or not, as this torch build does it), clamped at 0; i0 = floor(src) (at most
-    in_size - 1), i1 = i0 + 1 unless at the edge.
-    """
-    dst = np.arange(start, stop, dtype=np.int64)
-    if in_size == out_size:
-        return dst, dst, np.zeros(dst.size, dtype=np.float32)
-    scale = np.float32(in_size) / np.float32(out_size)
-    half = dst.astype(np.float32) + np.float32(0.5)
-    if torch_fuses_index() if fused is None else fused:
-        # exact product and difference in float64 (24-bit operands), one rounding to float32
-        src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
-    else:
-        src = scale * half - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
-    i1 = i0 + (i0 < in_size - 1)
-    return i0, i1, lam
 
 
 def _runs(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
@@ -111,18 +69,23 @@ class SampleGrid:
         if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
                 and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
             raise ValueError("sample grid lacks rows or columns this resize needs")
-        # each sample normalised once, then separable: every used row blended along x, the rows
-        # along y; the same float32 operations in the same order as blending the 2x2 corners
-        used_r, used_c = np.unique(np.concatenate([ry0, ry1])), np.unique(np.concatenate([cx0, cx1]))
-        g = normalise(self.pixels[used_r][:, used_c])
+        out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
         wx1 = lx[None, :, None]
         wx0 = np.float32(1.0) - wx1
-        along_x = g[:, np.searchsorted(used_c, cx0)] * wx0 + g[:, np.searchsorted(used_c, cx1)] * wx1
-        del g
-        wy1 = ly[:, None, None]
-        wy0 = np.float32(1.0) - wy1
-        top, bottom = along_x[np.searchsorted(used_r, ry0)], along_x[np.searchsorted(used_r, ry1)]
-        return (top * wy0 + bottom * wy1).astype(np.float32, copy=False)
+        for a in range(0, ly.size, RESIZE_ROWS):  # output rows in bands: float32 temporaries stay small
+            b = min(ly.size, a + RESIZE_ROWS)
+            # each sample normalised once, then separable: every used row blended along x, the rows
+            # along y; the same float32 operations in the same order as blending the 2x2 corners
+            y0, y1 = ry0[a:b], ry1[a:b]
+            used_r, used_c = np.unique(np.concatenate([y0, y1])), np.unique(np.concatenate([cx0, cx1]))
+            g = normalise(self.pixels[used_r][:, used_c])
+            along_x = g[:, np.searchsorted(used_c, cx0)] * wx0 + g[:, np.searchsorted(used_c, cx1)] * wx1
+            del g
+            wy1 = ly[a:b, None, None]
+            wy0 = np.float32(1.0) - wy1
+            top, bottom = along_x[np.searchsorted(used_r, y0)], along_x[np.searchsorted(used_r, y1)]
+            out[a:b] = top * wy0 + bottom * wy1
+        return out
 
     def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
         return SampleGrid(rows, cols, self.pixels[np.ix_(np.searchsorted(self.rows, rows),
@@ -195,8 +158,9 @@ class ExactPyramid(LazyTiles):
 
     def _plan_base_pass(self, rows: np.ndarray, cols: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Coarse levels whose whole-level samples the base pass can gather too, coarsest first, while
-        the gathered rows x columns stay within GRID_BYTES: index -> (rows, cols)."""
+        all their grids and the base level's samples stay within GRID_BYTES: index -> (rows, cols)."""
         out = {}
+        total = rows.size * cols.size * 3
         for lv in self.geometry.levels[1:]:
             if lv.index in self.grids:
                 continue
@@ -204,12 +168,36 @@ class ExactPyramid(LazyTiles):
             r, c = _needed(iy), _needed(ix)
             if r.size >= self.geometry.height:  # dense sampling: tiles read their own windows cheaply
                 break
-            ur, uc = np.union1d(rows, r), np.union1d(cols, c)
-            if ur.size * uc.size * 3 > self.GRID_BYTES:
+            if total + r.size * c.size * 3 > self.GRID_BYTES:
                 break
-            rows, cols = ur, uc
+            total += r.size * c.size * 3
             out[lv.index] = (r, c)
         return out
+
+    def _gather_many(self, targets: dict) -> dict:
+        """SampleGrids of several (rows, cols) sets from one pass over their union: the union's rows are
+        read in bands of about BASE_PASS_BYTES (cut on block rows), each scattered into the targets,
+        so memory holds the targets and one band, never the union's rows x columns."""
+        rows = functools.reduce(np.union1d, [r for r, _ in targets.values()])
+        cols = functools.reduce(np.union1d, [c for _, c in targets.values()])
+        out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
+        where = {k: np.searchsorted(cols, c) for k, (_, c) in targets.items()}
+        bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
+        per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
+        i = 0
+        while i < rows.size:
+            j = min(rows.size, i + per_band)
+            if j < rows.size:  # end the band on a block boundary so no block row is decoded twice
+                edge = (int(rows[j]) // bh) * bh
+                k = int(np.searchsorted(rows, edge))
+                j = k if k > i else j
+            band = self._gather(rows[i:j], cols)
+            for key, (r, _) in targets.items():
+                lo, hi = np.searchsorted(r, [rows[i], int(rows[j - 1]) + 1])
+                if hi > lo:
+                    out[key][lo:hi] = band.pixels[np.ix_(np.searchsorted(band.rows, r[lo:hi]), where[key])]
+            i = j
+        return {k: SampleGrid(targets[k][0], targets[k][1], px) for k, px in out.items()}
 
     # -- the pyramid interface ------------------------------------------------------------------
     def _blank(self) -> np.ndarray:
@@ -225,11 +213,9 @@ class ExactPyramid(LazyTiles):
         rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
         cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
         wanted = self._plan_base_pass(rows, cols)
-        for r, c in wanted.values():
-            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
-        union = self._gather(rows, cols)
-        for level, (r, c) in wanted.items():
-            self.grids[level] = union.subset(r, c)
+        grids = self._gather_many({-1: (rows, cols), **wanted})
+        union = grids.pop(-1)
+        self.grids.update(grids)
         level = union.resize(*i_base)
         thumb = self._blank()
         thumb[:th, :tw] = union.resize(*i_thumb)

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-STRIP_BYTES = 32 << 20  # source pixels (3 bytes each) in flight, all workers together
+STRIP_BYTES = 16 << 20  # source pixels (3 bytes each) in flight, all workers together
 MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
 MAX_WORKERS = 8
 
@@ -97,8 +97,8 @@ def plan_strips(rows: np.ndarray, cols: np.ndarray, block_size: tuple[int, int] 
 def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: np.ndarray,
                   strips: list[Strip], workers: int = 1,
                   check: Optional[Callable[[], None]] = None) -> np.ndarray:
-    """uint8 (len(rows), len(cols), 3): `read(strip)` -> (y1 - y0, x1 - x0, 3) for each strip,
-    its asked rows and columns copied into place; up to `workers` strips read at once.
+    """uint8 (len(rows), len(cols), 3): `read(strip, strip_rows)` -> (len(strip_rows), x1 - x0, 3),
+    the asked rows of each strip, its asked columns copied into place; up to `workers` at once.
 
     `check()` runs in the calling thread before each strip is started; when it raises, no new
     strip starts, the strips being read finish (each is bounded), every thread has ended, and the
@@ -111,8 +111,7 @@ def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: n
         r0, r1 = np.searchsorted(rows, [y0, y1])
         c0, c1 = np.searchsorted(cols, [x0, x1])
         if r1 > r0 and c1 > c0:
-            pixels = read(strip)
-            out[r0:r1, c0:c1] = pixels[rows[r0:r1] - y0][:, cols[c0:c1] - x0]
+            out[r0:r1, c0:c1] = read(strip, rows[r0:r1])[:, cols[c0:c1] - x0]
 
     run_bounded(one, strips, workers, check)
     return out
@@ -180,12 +179,23 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
     strips = plan_strips(rows, cols, src.block_size, workers, max_bytes, 3 if raw_bytes else 12)
     _ = src.stretch  # estimated once, on the caller's handle, before any thread reads
 
-    def read(strip: Strip) -> np.ndarray:
-        y0, y1, x0, x1 = strip
+    def read(strip: Strip, want: np.ndarray) -> np.ndarray:
+        """The strip's asked rows, one GDAL read per run of consecutive rows: every block of the strip
+        is decoded once (it stays in GDAL's cache between the runs: a strip is far smaller than the
+        cache), and only asked rows are copied out."""
+        _, _, x0, x1 = strip
+        out = np.empty((want.size, x1 - x0, 3), dtype=np.uint8)
         ds = src._handles.borrow()
         try:
-            return src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
+            starts = np.flatnonzero(np.diff(want, prepend=want[0] - 2) != 1)
+            for a, b in zip(starts, list(starts[1:]) + [want.size]):
+                y0, y1 = int(want[a]), int(want[b - 1]) + 1
+                out[a:b] = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
+            return out
         finally:
+            # strips are block-aligned, so no later strip wants these blocks: dropping them keeps
+            # GDAL's block cache (64 MB, filled by every handle) from adding its size to the peak
+            ds.FlushCache()
             src._handles.give_back(ds)
 
     return gather_strips(read, rows, cols, strips, workers, check)
