@@ -27,7 +27,7 @@ import numpy as np
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, run_bounded
+from .gather import MERGE_GAP, STRIP_BYTES, run_bounded, take_columns
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 RESIZE_ROWS = 128  # output rows blended at a time
@@ -78,8 +78,9 @@ class SampleGrid:
             # along y; the same float32 operations in the same order as blending the 2x2 corners
             y0, y1 = ry0[a:b], ry1[a:b]
             used_r, used_c = np.unique(np.concatenate([y0, y1])), np.unique(np.concatenate([cx0, cx1]))
-            g = normalise(self.pixels[used_r][:, used_c])
-            along_x = g[:, np.searchsorted(used_c, cx0)] * wx0 + g[:, np.searchsorted(used_c, cx1)] * wx1
+            g = normalise(take_columns(self.pixels[used_r], used_c))
+            along_x = (take_columns(g, np.searchsorted(used_c, cx0)) * wx0
+                       + take_columns(g, np.searchsorted(used_c, cx1)) * wx1)
             del g
             wy1 = ly[a:b, None, None]
             wy0 = np.float32(1.0) - wy1
@@ -195,7 +196,7 @@ class ExactPyramid(LazyTiles):
             for key, (r, _) in targets.items():
                 lo, hi = np.searchsorted(r, [rows[i], int(rows[j - 1]) + 1])
                 if hi > lo:
-                    out[key][lo:hi] = band.pixels[np.ix_(np.searchsorted(band.rows, r[lo:hi]), where[key])]
+                    out[key][lo:hi] = take_columns(band.pixels[np.searchsorted(band.rows, r[lo:hi])], where[key])
             i = j
         return {k: SampleGrid(targets[k][0], targets[k][1], px) for k, px in out.items()}
 

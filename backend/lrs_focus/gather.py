@@ -36,6 +36,15 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, n))
 
 
+def take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[:, idx] of an (h, w, c) array. numpy's fancy indexing copies one value at a time; seen as
+    one c-value item per pixel (a void view) the same copy is about 3x faster."""
+    a = np.ascontiguousarray(a)
+    h, _, c = a.shape
+    pixels = a.view(np.dtype((np.void, c * a.itemsize)))[..., 0]
+    return pixels[:, idx][..., None].view(a.dtype).reshape(h, len(idx), c)
+
+
 def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:
     """[start, stop) spans covering sorted unique `idx`: consecutive blocks (or gaps <= MERGE_GAP)
     join one span, a span holds at most `limit` indices' range and is cut only on a block boundary
@@ -111,7 +120,7 @@ def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: n
         r0, r1 = np.searchsorted(rows, [y0, y1])
         c0, c1 = np.searchsorted(cols, [x0, x1])
         if r1 > r0 and c1 > c0:
-            out[r0:r1, c0:c1] = read(strip, rows[r0:r1])[:, cols[c0:c1] - x0]
+            out[r0:r1, c0:c1] = take_columns(read(strip, rows[r0:r1]), cols[c0:c1] - x0)
 
     run_bounded(one, strips, workers, check)
     return out
