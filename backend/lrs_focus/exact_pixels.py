@@ -74,18 +74,21 @@ class SampleGrid:
         wx0 = np.float32(1.0) - wx1
         for a in range(0, ly.size, RESIZE_ROWS):  # output rows in bands: float32 temporaries stay small
             b = min(ly.size, a + RESIZE_ROWS)
-            # each sample normalised once, then separable: every used row blended along x, the rows
-            # along y; the same float32 operations in the same order as blending the 2x2 corners
+            # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
+            # normalisation is affine, so this is F.interpolate of the normalised image up to float32
+            # rounding (the equivalence tests bound the difference), at a quarter of the normalising
             y0, y1 = ry0[a:b], ry1[a:b]
-            used_r, used_c = np.unique(np.concatenate([y0, y1])), np.unique(np.concatenate([cx0, cx1]))
-            g = normalise(take_columns(self.pixels[used_r], used_c))
-            along_x = (take_columns(g, np.searchsorted(used_c, cx0)) * wx0
-                       + take_columns(g, np.searchsorted(used_c, cx1)) * wx1)
-            del g
+            used_r = np.unique(np.concatenate([y0, y1]))
+            rows = self.pixels[used_r]
+            along_x = (take_columns(rows, cx0).astype(np.float32) * wx0
+                       + take_columns(rows, cx1).astype(np.float32) * wx1)
+            del rows
             wy1 = ly[a:b, None, None]
             wy0 = np.float32(1.0) - wy1
             top, bottom = along_x[np.searchsorted(used_r, y0)], along_x[np.searchsorted(used_r, y1)]
-            out[a:b] = top * wy0 + bottom * wy1
+            out[a:b] = (top * wy0 + bottom * wy1) / np.float32(255.0)
+        out -= _MEAN
+        out /= _STD
         return out
 
     def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
@@ -184,12 +187,13 @@ class ExactPyramid(LazyTiles):
         out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
         where = {k: np.searchsorted(cols, c) for k, (_, c) in targets.items()}
         bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
+        oy = int(getattr(self.src, "origin", (0, 0))[1])  # a RasterWindow's rows are shifted
         per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
         i = 0
         while i < rows.size:
             j = min(rows.size, i + per_band)
             if j < rows.size:  # end the band on a block boundary so no block row is decoded twice
-                edge = (int(rows[j]) // bh) * bh
+                edge = ((int(rows[j]) + oy) // bh) * bh - oy
                 k = int(np.searchsorted(rows, edge))
                 j = k if k > i else j
             band = self._gather(rows[i:j], cols)

@@ -37,12 +37,13 @@ def default_workers() -> int:
 
 
 def take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """a[:, idx] of an (h, w, c) array. numpy's fancy indexing copies one value at a time; seen as
-    one c-value item per pixel (a void view) the same copy is about 3x faster."""
+    """a[:, idx] of an (h, w, c) array, C-contiguous. numpy's fancy indexing copies one value at a
+    time and, on axis 1, returns a column-major result that slows every later operation; `np.take`
+    of one c-value item per pixel (a void view) is several times faster and row-major."""
     a = np.ascontiguousarray(a)
     h, _, c = a.shape
     pixels = a.view(np.dtype((np.void, c * a.itemsize)))[..., 0]
-    return pixels[:, idx][..., None].view(a.dtype).reshape(h, len(idx), c)
+    return np.take(pixels, idx, axis=1)[..., None].view(a.dtype).reshape(h, len(idx), c)
 
 
 def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:

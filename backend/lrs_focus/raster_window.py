@@ -28,6 +28,7 @@ class RasterWindow:
         self.origin = (ix0, iy0)
         self.window = (ix0, iy0, ix1, iy1)
         self.width, self.height = ix1 - ix0, iy1 - iy0
+        self.block_size = getattr(src, "block_size", (1, 1))  # the source's blocks (origin-shifted)
 
     def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0)) -> np.ndarray:
         x0, y0, x1, y1 = (float(v) for v in window)
