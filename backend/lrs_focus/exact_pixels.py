@@ -136,7 +136,8 @@ class ExactPyramid(LazyTiles):
         strips) when the source has one, else strips of <= STRIP_BYTES read here one by one."""
         gather = getattr(self.src, "gather", None)
         if gather is not None:
-            pixels = gather(rows, cols, _PAD_RGB, check=self.check, **kw)
+            kw.setdefault("check", self.check)
+            pixels = gather(rows, cols, _PAD_RGB, **kw)
             with self._count:
                 self.reads += 1
                 self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
@@ -260,7 +261,9 @@ class ExactPyramid(LazyTiles):
             def one(p: tuple[int, int]) -> None:
                 content = self.geometry.tile_content(lv, *p)
                 out = self._blank()
-                out[:content[0], :content[1]] = self._read_tile(lv, *p, content, workers=1, max_bytes=share)
+                # `check` runs in the caller's thread between tiles (run_bounded), never on these workers
+                out[:content[0], :content[1]] = self._read_tile(lv, *p, content, workers=1, max_bytes=share,
+                                                                check=None)
                 out.setflags(write=False)
                 made[p] = out
 

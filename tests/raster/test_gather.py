@@ -141,10 +141,12 @@ def test_exact_tiles_read_several_at_once_equal_one_by_one(rasters):
     for workers in (1, 3):
         src = RasterSource.open(rasters["rgb"])
         src.workers = workers
-        pyr = ExactPyramid(src, TINY, cache_tiles=4)
+        callers = set()
+        pyr = ExactPyramid(src, TINY, cache_tiles=4, check=lambda: callers.add(threading.current_thread().name))
         finest = pyr.geometry.levels[-1]
         positions = [(r, c) for r in range(finest.grid[0]) for c in range(finest.grid[1])][::3]
         tiles[workers] = np.stack(pyr.tiles(finest.index, positions + positions[:2]))
         assert len(pyr._cache) <= 4
+        assert callers == {threading.current_thread().name}  # the hook runs on the caller's thread only
         src.close()
     np.testing.assert_array_equal(tiles[1], tiles[3])
