@@ -221,7 +221,8 @@ class ExactPyramid(LazyTiles):
         wanted = self._plan_base_pass(rows, cols)
         grids = self._gather_many({-1: (rows, cols), **wanted})
         union = grids.pop(-1)
-        self.grids.update(grids)
+        for level, grid in grids.items():  # `grids` may be the engine's cache (get / in / setitem only)
+            self.grids[level] = grid
         level = union.resize(*i_base)
         thumb = self._blank()
         thumb[:th, :tw] = union.resize(*i_thumb)

@@ -296,8 +296,8 @@ def _measure_floor(raster: str, overviews: bool, workers: int) -> dict:
     run_bounded(read, strips, workers)
     t_end = time.perf_counter()
     return {"peak_mb": round(_peak_mb(), 1), "seconds": round(t_end - t0, 3), "import_mb": round(import_mb, 1),
-            "cpu_s": round(time.process_time() - c0, 2), "strips": len(strips), "block_size": list(src.block_size), "source_mpx": round(
-                src.width * src.height / 1e6, 1), "workers": workers}
+            "cpu_s": round(time.process_time() - c0, 2), "strips": len(strips), "block_size": list(src.block_size),
+            "source_mpx": round(src.width * src.height / 1e6, 1), "workers": workers}
 
 
 def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
