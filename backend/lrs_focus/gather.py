@@ -188,6 +188,10 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
     raw_bytes = (src.data_type == "Byte" and not src.explicit_stretch) or src.palette is not None
     strips = plan_strips(rows, cols, src.block_size, workers, max_bytes, 3 if raw_bytes else 12)
     _ = src.stretch  # estimated once, on the caller's handle, before any thread reads
+    # plain 8-bit RGB, nothing to stretch or paint: GDAL writes pixel-interleaved rows straight into
+    # the strip's array (no band planes to restack); anything else goes through `read_rgb`
+    direct = (src.data_type == "Byte" and len(src.bands) == 3 and src.palette is None and not src.explicit_stretch
+              and not src._mask_needed and not src._is_float)
 
     def read(strip: Strip, want: np.ndarray) -> np.ndarray:
         """The strip's asked rows, one GDAL read per run of consecutive rows: every block of the strip
@@ -200,7 +204,11 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
             starts = np.flatnonzero(np.diff(want, prepend=want[0] - 2) != 1)
             for a, b in zip(starts, list(starts[1:]) + [want.size]):
                 y0, y1 = int(want[a]), int(want[b - 1]) + 1
-                out[a:b] = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
+                if direct:
+                    ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands), buf_pixel_space=3,
+                                  buf_line_space=3 * (x1 - x0), buf_band_space=1, buf_obj=out[a:b])
+                else:
+                    out[a:b] = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
             return out
         finally:
             # strips are block-aligned, so no later strip wants these blocks: dropping them keeps

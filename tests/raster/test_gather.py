@@ -40,6 +40,7 @@ def rasters(tmp_path_factory):
     rgb[:, 100:180, 300:420] = 0  # nodata hole
     u16 = rng.integers(0, 4000, (3, 650, 500), dtype=np.uint16)
     return {"rgb": _write(d / "rgb.tif", rgb, nodata=0),
+            "plain": _write(d / "plain.tif", rgb[:, :500]),  # no nodata: GDAL writes into the strip directly
             "u16": _write(d / "u16.tif", u16, gdal.GDT_UInt16, block=128)}
 
 
@@ -57,7 +58,7 @@ def _samples(rng, n, size, dense=False):
     return np.unique(rng.integers(0, size, n))
 
 
-@pytest.mark.parametrize("name", ["rgb", "u16"])
+@pytest.mark.parametrize("name", ["rgb", "u16", "plain"])
 @pytest.mark.parametrize("workers", [1, 2, 3, 5])
 def test_parallel_gather_equals_one_serial_read(rasters, name, workers):
     src = RasterSource.open(rasters[name])
