@@ -249,26 +249,31 @@ class ExactPyramid(LazyTiles):
         return source.resize(iy, ix)
 
     def tiles(self, level, positions) -> list[np.ndarray]:
-        """Like `tile` for each position; tiles that read their own windows are read several at once
-        (one worker each, `src.workers` in all, each within its share of STRIP_BYTES)."""
+        """Like `tile` for each position. Tiles of a level without a sample grid are read a tile row at
+        a time: the row's tiles need the same source rows, so one gather over the union of their
+        columns decodes a block they share once (a tile's own window would decode its edge blocks
+        again for its neighbour), in parallel strips; their blends then run on `src.workers` threads."""
         lv = self.geometry.level(level)
         positions = [(int(r), int(c)) for r, c in positions]
         todo = [p for p in dict.fromkeys(positions) if (lv.index, *p) not in self._cache]
-        workers = min(int(getattr(self.src, "workers", 1)), len(todo))
         made: dict[tuple[int, int], np.ndarray] = {}
-        if lv.index > 0 and lv.index not in self.grids and workers > 1 and hasattr(self.src, "gather"):
-            share = max(1, STRIP_BYTES // workers)
+        if lv.index > 0 and len(todo) > 1 and lv.index not in self.grids and hasattr(self.src, "gather"):
+            b = self.cfg.tile_size
+            for row in sorted({r for r, _ in todo}):
+                cols_here = sorted(c for r, c in todo if r == row)
+                content = {c: self.geometry.tile_content(lv, row, c) for c in cols_here}
+                index = {c: self._index(lv.resized, (row * b, row * b + content[c][0], c * b, c * b + content[c][1]))
+                         for c in cols_here}
+                rows = _needed(index[cols_here[0]][0])  # the same for every tile of the row
+                grid = self._gather(rows, functools.reduce(np.union1d, [_needed(ix) for _, ix in index.values()]))
 
-            def one(p: tuple[int, int]) -> None:
-                content = self.geometry.tile_content(lv, *p)
-                out = self._blank()
-                # `check` runs in the caller's thread between tiles (run_bounded), never on these workers
-                out[:content[0], :content[1]] = self._read_tile(lv, *p, content, workers=1, max_bytes=share,
-                                                                check=None)
-                out.setflags(write=False)
-                made[p] = out
+                def blend(c: int) -> None:
+                    out = self._blank()
+                    out[:content[c][0], :content[c][1]] = grid.resize(*index[c])
+                    out.setflags(write=False)
+                    made[(row, c)] = out
 
-            run_bounded(one, todo, workers, self.check)
+                run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
         result = []
         for r, c in positions:
             tile = made.get((r, c))

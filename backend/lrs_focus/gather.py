@@ -92,9 +92,10 @@ def plan_strips(rows: np.ndarray, cols: np.ndarray, block_size: tuple[int, int] 
     workers = max(1, int(workers))
     budget = max(1, max_bytes // (workers * bytes_per_px))  # pixels per strip
     width = int(cols[-1]) + 1 - int(cols[0])
-    # columns: one span unless a block row of the whole width exceeds the budget
+    # columns: split where a whole block holds no asked column (tiles of one row with a gap between
+    # them) and where a block row of the span would exceed the budget
     col_limit = max(bw, budget // bh) if width * bh > budget else width
-    col_spans = _spans(cols, bw, col_limit) if width > col_limit else [(int(cols[0]), int(cols[-1]) + 1)]
+    col_spans = _spans(cols, bw, col_limit)
     widest = max(x1 - x0 for x0, x1 in col_spans)
     height = int(rows[-1]) + 1 - int(rows[0])
     row_limit = max(1, budget // widest)
