@@ -10,8 +10,9 @@ whose top-k margins are a fraction of a percent.
 Each output pixel of such a resize reads only the 2x2 source pixels around
 src = scale * (dst + 0.5) - 0.5 (clamped at 0; scale = in / out in float32, as ATen computes it),
 so any tile, a whole base level or the thumbnail needs only a few source rows and columns. This
-module reads just those rows (native resolution, in strips of bounded size), normalises them and
-interpolates: the official tensors to float32 rounding, in memory independent of the raster size.
+module reads just those (native resolution; `src.gather`: block-aligned strips on parallel
+threads), interpolates the 8-bit values as float32 and normalises the result (normalisation is
+affine): the official tensors to float32 rounding, in memory independent of the raster size.
 numpy does the arithmetic because the index rule must be ATen's float32 one (a float64 index is
 off by up to 0.003 px at 27k pixels, which moves values by 1e-2); `F.interpolate` itself needs the
 whole image in memory.
@@ -110,14 +111,15 @@ class ExactPyramid(LazyTiles):
     """Lazy tiles of a raster with the released code's pixels: float32, CLIP-normalised, zero padded.
 
     `src` is anything with `height`, `width` and `read_rgb(window, out_size, pad_rgb=...)` (a
-    `raster.RasterSource`, its stretch and band choice included). Tiles come back as float32
+    `raster.RasterSource`, its stretch and band choice included); when it also has
+    `gather(rows, cols, pad_rgb, check=...)` (RasterSource, RasterWindow) reads go through it. Tiles come back as float32
     (B, B, 3) already normalised, which `LrsFocusModel.pixels` takes as they are.
 
     Coarse levels sample sparse rows spread over the whole raster, so a tile of theirs would
     decode a large window for a few rows. The base level's pass decodes every block row anyway;
-    it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES
-    (`grids`, reusable across questions: the engine keeps them in its cache), and tiles of those
-    levels then cost no reading at all.
+    it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES with
+    the base level's (`grids`, reusable across questions: the engine keeps them in its cache),
+    band by band, and tiles of those levels then cost no reading at all.
     """
 
     GRID_BYTES = 64 << 20  # bound of the base pass's gathered samples (all grids together)
