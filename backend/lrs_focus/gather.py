@@ -105,6 +105,20 @@ def plan_strips(rows: np.ndarray, cols: np.ndarray, block_size: tuple[int, int] 
     return [(y0, y1, x0, x1) for y0, y1 in _spans(rows, bh, row_limit) for x0, x1 in col_spans]
 
 
+def split_rows(rows: np.ndarray, block_height: int, parts: int) -> list[np.ndarray]:
+    """Sorted `rows` cut into at most `parts` consecutive groups of about equal size, each cut on a
+    block boundary (no block row in two groups): what several reader processes gather, one group each."""
+    rows = np.asarray(rows, dtype=np.int64)
+    bh, parts = max(1, int(block_height)), max(1, int(parts))
+    if rows.size == 0:
+        return []
+    blocks = rows // bh
+    starts = np.flatnonzero(np.diff(blocks, prepend=blocks[0] - 1))  # first row of each block row
+    cuts = sorted({int(starts[np.searchsorted(starts, rows.size * k / parts)]) for k in range(1, parts)
+                   if np.searchsorted(starts, rows.size * k / parts) < starts.size})
+    return [g for g in np.split(rows, cuts) if g.size]
+
+
 def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: np.ndarray,
                   strips: list[Strip], workers: int = 1,
                   check: Optional[Callable[[], None]] = None) -> np.ndarray:

@@ -12,7 +12,7 @@ import pytest
 from osgeo import gdal
 
 from lrs_focus.exact_pixels import ExactPyramid
-from lrs_focus.gather import plan_strips
+from lrs_focus.gather import plan_strips, split_rows
 from lrs_focus.pyramid import PyramidConfig
 from lrs_focus.raster import RasterSource, RasterWindow
 
@@ -93,6 +93,9 @@ def test_strips_are_block_aligned_and_bounded():
         for y0, y1, x0, x1 in strips:
             covered[np.ix_((rows >= y0) & (rows < y1), (cols >= x0) & (cols < x1))] += 1
         assert (covered == 1).all()  # every pair read exactly once
+        parts = split_rows(rows, block[1], workers)  # rows shared among reader processes
+        assert 1 <= len(parts) <= workers and np.array_equal(np.concatenate(parts), rows)
+        assert all(int(a[-1]) // block[1] < int(b[0]) // block[1] for a, b in zip(parts, parts[1:]))
         row_spans = sorted({(y0, y1) for y0, y1, _, _ in strips})
         widest = max(x1 - x0 for _, _, x0, x1 in strips)
         per_strip = budget // (workers * 3)  # pixels
