@@ -100,8 +100,11 @@ def torch_fuses_index() -> bool:
     except (OSError, ValueError, AttributeError):
         pass
     code = "from lrs_focus.index_rule import probe_torch; print(int(probe_torch()))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+    if out.returncode != 0 or not out.stdout.strip():
+        tail = " | ".join(out.stderr.strip().splitlines()[-2:])
+        raise RuntimeError(f"the exact pixel path needs torch's bilinear index rule; probing torch failed: {tail}")
     fused = out.stdout.strip().splitlines()[-1] == "1"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
