@@ -159,20 +159,23 @@ def run(args) -> dict:
 
 def format_table(doc: dict) -> str:
     lines = [doc.get("workload", ""),
-             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'floor s':>8} {'/floor':>7} {'base MB':>9} {'base s':>8} "
-             f"{'mem x':>7} {'time x':>7}"]
+             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'floor s':>8} {'/floor':>7} {'cpu/fl':>7} {'base MB':>9} "
+             f"{'base s':>8} {'mem x':>7} {'time x':>7}"]
+
+    def cell(d, key, fmt):
+        width = int(fmt.split(".")[0])
+        value = d.get(key) if isinstance(d, dict) else None
+        if value is None:
+            return f"{'err' if isinstance(d, dict) and 'error' in d else '-':>{width}}"
+        return format(value, fmt)
+
     for c in doc["cases"]:
         o, b, f = c["ours"], c["baseline"] or {}, c.get("floor") or {}
-
-        def cell(d, key, fmt):
-            return format(d[key], fmt) if key in d else ("err" if "error" in d else "-")
-
         lines.append(
             f"{c['name']:<34} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} {cell(f, 'seconds', '8.2f')} "
-            f"{(format(c['floor_ratio'], '7.2f') if c.get('floor_ratio') else '-'):>7} "
+            f"{cell(c, 'floor_ratio', '7.2f')} {cell(c, 'floor_cpu_ratio', '7.2f')} "
             f"{cell(b, 'peak_mb', '9.0f')} {cell(b, 'seconds', '8.2f')} "
-            f"{(format(c['ratio'], '7.1f') if c['ratio'] else '-'):>7} "
-            f"{(format(c.get('time_ratio'), '7.1f') if c.get('time_ratio') else '-'):>7}"
+            f"{cell(c, 'ratio', '7.1f')} {cell(c, 'time_ratio', '7.1f')}"
         )
         for d in (o, f, b):
             if "error" in d:
