@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
+from .raster_checks import MAX_BLOCK_BYTES, check_blocks, dataset_files, file_entry, refuse_special_file  # noqa: F401
 from .errors import (BadFileName, BadGeoreference, BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge,
                      RasterUnreadable)
 
@@ -156,6 +157,7 @@ class RasterSource:
         self.resampling = resampling
         first = dataset.GetRasterBand(self.bands[0])
         self.data_type = gdal.GetDataTypeName(first.DataType)
+        self.driver = dataset.GetDriver().ShortName
         self.block_size = tuple(first.GetBlockSize())
         self.overview_sizes = [
             (first.GetOverview(i).YSize, first.GetOverview(i).XSize) for i in range(first.GetOverviewCount())
@@ -188,22 +190,11 @@ class RasterSource:
         self._stretch = list(value)
 
     def identity(self) -> tuple:
-        """What changes when the pixels may have changed: (name, size, mtime) of every file GDAL reads
-        for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources); the path alone when GDAL
-        lists none (in-memory or virtual datasets)."""
-        files = []
+        """What changes when the pixels may have changed: (name, size, mtime, ctime, inode) of every
+        file GDAL reads for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources and, through
+        nested VRTs, their leaves); the path alone when GDAL lists none (in-memory datasets)."""
         # a name that is not UTF-8 comes back as bytes: GDAL and os.stat take it as is
-        for raw in sorted(set(self._ds.GetFileList() or []), key=os.fsdecode):
-            name = os.fsdecode(raw)
-            stat = _vsi_stat(raw)
-            if stat is not None:
-                files.append((name, int(stat.size), int(stat.mtime)))
-                try:
-                    st = os.stat(raw)
-                    files[-1] = (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
-                except OSError:
-                    pass
-        return (self.path, tuple(files))
+        return (self.path, tuple(file_entry(raw) for raw in dataset_files(self._ds)))
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -232,6 +223,7 @@ class RasterSource:
             raise RasterNotFound(f"{path}: no such file")
         if stat is not None and stat.IsDirectory():
             raise NotARaster(f"{path}: is a directory, not a raster file")
+        refuse_special_file(path)
         try:
             ds = _open_settled(path, list(open_options or []))
         except RuntimeError as exc:
@@ -248,6 +240,7 @@ class RasterSource:
         if max(ds.RasterXSize, ds.RasterYSize) > MAX_SIDE:
             raise RasterTooLarge(f"{path}: {ds.RasterXSize} x {ds.RasterYSize} pixels; this engine reads rasters "
                                  f"of at most {MAX_SIDE} pixels a side")
+        check_blocks(path, ds)
         if ds.RasterCount < 1:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
@@ -404,7 +397,7 @@ class RasterSource:
             "georeferenced": self.georeferenced,
             "geotransform": list(self.geotransform),
             "crs_wkt": self.crs_wkt,
-            "driver": self._ds.GetDriver().ShortName,
+            "driver": self.driver,
         }
 
     def close(self) -> None:
