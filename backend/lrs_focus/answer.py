@@ -83,6 +83,9 @@ def open_view(engine: Any, raster: str, options: AskOptions, pixels: str, should
     src = open_source(engine, raster, options, should_stop)
     try:
         view = RasterWindow(src, options.window) if options.window is not None else src
+        expect = getattr(src, "expect_full_read", None)  # confined readers: the pixel budget, before reading
+        if expect is not None and (pixels == "exact" or not src.overview_sizes):
+            expect(view.height, view.width)
         cache: FeatureCache | None = getattr(engine, "cache", None)
         key = view_key(engine, src, pixels, getattr(view, "window", None))
         if cache is not None:

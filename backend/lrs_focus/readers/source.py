@@ -140,6 +140,16 @@ class ConfinedSource:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def expect_full_read(self, height: int, width: int) -> None:
+        """Refuse now, from the declared size, a question that must decode a height x width window at
+        full resolution (the exact pixel path's base pass; any path without overviews) past the budget."""
+        budget = self.pool.max_source_pixels
+        if float(height) * float(width) > budget:
+            raise errors.RasterTooLarge(
+                f"{self.path}: a {width} x {height} px read at full resolution is {height * width / 1e6:.0f} Mpx of "
+                f"source pixels; this server's limit is {budget / 1e6:.0f} Mpx a question (build overviews and use "
+                "pixels=gdal, or ask about a window)")
+
     # -- readers -------------------------------------------------------------------------------
     def _charge(self, pixels: float) -> None:
         with self._lock:
