@@ -240,12 +240,12 @@ class RasterSource:
         if max(ds.RasterXSize, ds.RasterYSize) > MAX_SIDE:
             raise RasterTooLarge(f"{path}: {ds.RasterXSize} x {ds.RasterYSize} pixels; this engine reads rasters "
                                  f"of at most {MAX_SIDE} pixels a side")
-        check_blocks(path, ds)
         if ds.RasterCount < 1:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
             raise EmptyRaster(f"{path}: raster has no bands{hint}")
-        georef = georeference(path, ds)
+        georef = georeference(path, ds)  # first: GDAL reports a bad .aux.xml on the first metadata call
+        check_blocks(path, ds)
         chosen, palette = cls._choose_bands(path, ds, bands)
         if stretch is not None and palette is None and len(stretch) != len(chosen):
             raise BandError(f"{path}: {len(stretch)} stretch pair(s) for {len(chosen)} band(s) {chosen}")

@@ -283,5 +283,5 @@ def test_serve_help_defaults_are_the_service_limits():
 
     d = ServiceLimits()
     assert (serve.DEFAULT_MAX_NEW_TOKENS, serve.DEFAULT_MAX_QUESTION_TOKENS, serve.DEFAULT_OPEN_TIMEOUT_S,
-            serve.DEFAULT_STALLED_PEER_TIMEOUT_S) == \
-        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s, d.stalled_peer_timeout_s)
+            serve.DEFAULT_STALLED_PEER_TIMEOUT_S, serve.DEFAULT_JOB_TIMEOUT_S) == \
+        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s, d.stalled_peer_timeout_s, d.job_timeout_s)

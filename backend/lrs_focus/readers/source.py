@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import errors
 from ..raster import BandStretch, RasterSource
-from .pool import Reader, ReaderPool
+
+Reader = ReaderPool = Any  # pool.py's classes; not imported (pool.open imports this module)
 
 
 class ConfinedSource:
