@@ -142,8 +142,8 @@ def main(config: dict) -> int:
         from ..access import AccessPolicy, harden_gdal
 
         harden_gdal(AccessPolicy(allow_remote=config["allow_remote"]))
+    confine.limit_resources(int(config["address_space_bytes"]))  # --unconfined too
     if config.get("confine", True):
-        confine.limit_resources(int(config["address_space_bytes"]))
         report = {"confined": True,
                   "seccomp": "not applied: --allow-remote needs UDP for DNS" if config["allow_remote"]
                   else confine.seccomp_no_sockets(),
