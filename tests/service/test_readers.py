@@ -191,3 +191,28 @@ def serve_args(serve, **over):
     args = parser.parse_args(["serve", "--readers", "1"])
     vars(args).update(over)
     return args
+
+
+def test_a_read_past_the_address_space_limit_is_raster_too_large(pool, files):
+    """A 200 x 200 window asked as 40000 x 40000 px (4.8 GB): the reader's RLIMIT_AS refuses the buffer."""
+    with pool.open(str(files[0] / "ok.tif")) as src:
+        with pytest.raises(RasterTooLarge):
+            src.read_rgb((0, 0, 200, 200), (40000, 40000))
+        assert src.read_rgb((0, 0, 200, 200), (4, 4)).shape == (4, 4, 3)  # the same reader reads on
+
+
+def test_a_reader_past_its_cpu_seconds_is_raster_too_large(files, tmp_path):
+    """A DAG of VRTs (20^6 source reads) spins until RLIMIT_CPU's SIGXCPU ends the reader."""
+    from .attack_rasters import vrt_dag
+
+    (files[0] / "cpu").mkdir()
+    top = vrt_dag(files[0] / "cpu", levels=6)
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, cpu_s=1.0, timeout_s=30).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RasterTooLarge, match="CPU seconds"):
+            with pool.open(top) as src:
+                src.read_rgb((0, 0, 16, 16), (16, 16))
+        assert time.monotonic() - t0 < 15
+    finally:
+        pool.close()

@@ -108,7 +108,10 @@ class ReaderLoop:
             try:
                 reply = ("ok", getattr(self, op)(**kwargs))
             except errors.LrsFocusError as exc:
-                reply = ("error", type(exc).__name__, str(exc))
+                name = type(exc).__name__
+                if isinstance(exc, errors.RasterUnreadable) and any(w in str(exc).lower() for w in MEMORY_WORDS):
+                    name = "RasterTooLarge"  # GDAL's "Cannot allocate result buffer" under RLIMIT_AS
+                reply = ("error", name, str(exc))
             except MemoryError:
                 reply = ("error", "RasterTooLarge", "the read needs more memory than a reader may use")
             except Exception as exc:  # GDAL's RuntimeError and friends: the parent maps the name
