@@ -4,6 +4,8 @@ Binds 127.0.0.1 by default. Any other interface needs `--keys-dir` (CURVE keys w
 allow-list of client keys, made by `lrs-focus keys DIR`) and at least one `--allow-root`.
 Rasters are local regular files of the allowed formats (inside the allowed roots when given);
 network rasters only with `--allow-remote` (see docs/service.md, "Which rasters a server reads").
+Every raster is opened and read in reader processes confined by the kernel (Landlock, seccomp;
+`--unconfined` where the kernel lacks Landlock), killed when a job passes `--job-timeout`.
 With `--workers N` several engines (e.g. one per GPU, `--device cuda:0,cuda:1`) serve one
 endpoint through zmq's proxy device. Stops on Ctrl-C, SIGTERM or a `shutdown` request from
 loopback; exits 1 if a worker's loop ever died.
@@ -67,7 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS,
                    help=f"longest question in tokens of the model's tokenizer (default {DEFAULT_MAX_QUESTION_TOKENS})")
     p.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S,
-                   help=f"seconds for the access check and first open of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
+                   help=f"seconds for the access check of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
     p.add_argument("--stalled-peer-timeout", type=float, default=DEFAULT_STALLED_PEER_TIMEOUT_S,
                    help="seconds a client may leave replies unread before it is disconnected and its jobs "
                         f"cancelled (default {DEFAULT_STALLED_PEER_TIMEOUT_S:g})")
