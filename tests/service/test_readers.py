@@ -216,3 +216,26 @@ def test_a_reader_past_its_cpu_seconds_is_raster_too_large(files, tmp_path):
         assert time.monotonic() - t0 < 15
     finally:
         pool.close()
+
+
+def test_a_large_gather_splits_rows_over_the_free_readers(pool, files, monkeypatch):
+    from lrs_focus.readers import source as source_module
+
+    monkeypatch.setattr(source_module, "PARALLEL_MIN_PIXELS", 0)
+    path = str(files[0] / "ok.tif")
+    full = RasterSource.open(path).read_rgb((0, 0, 200, 200), (200, 200))
+    deadline = time.monotonic() + 20
+    while len(pool._idle) < 2 and time.monotonic() < deadline:  # replacements of killed readers
+        time.sleep(0.1)
+    with pool.open(path) as src:
+        used = []
+        real = src._gather_into
+
+        def spy(out, rows, cols, pad_rgb, both):
+            used.append(len(src._readers))
+            return real(out, rows, cols, pad_rgb, both)
+
+        monkeypatch.setattr(src, "_gather_into", spy)
+        rows, cols = np.arange(0, 200, 2), np.arange(3, 190)
+        assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
+        assert used == [2] and len(src._readers) == 1  # the helper went back to the pool

@@ -19,6 +19,8 @@ import numpy as np
 from .. import errors
 from ..raster import BandStretch, RasterSource
 
+#: A gather at least this large (rows x column span) also uses the readers free at that moment.
+PARALLEL_MIN_PIXELS = 8_000_000
 Reader = ReaderPool = Any  # pool.py's classes; not imported (pool.open imports this module)
 
 
@@ -97,12 +99,18 @@ class ConfinedSource:
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
         if rows.size == 0 or cols.size == 0:
             return out
-        self._charge(float(rows.size) * (int(cols[-1]) - int(cols[0]) + 1))
-        self._lease_helpers()
+        span = float(rows.size) * (int(cols[-1]) - int(cols[0]) + 1)
+        self._charge(span)
+        helpers = self._lease_helpers() if span >= PARALLEL_MIN_PIXELS else []
+        try:
+            return self._gather_into(out, rows, cols, pad_rgb, _both(self.check, check))
+        finally:
+            self._give_back(helpers)
+
+    def _gather_into(self, out, rows, cols, pad_rgb, both) -> np.ndarray:
         per_chunk = max(1, min(self.pool.shm_bytes // (3 * cols.size),
                                -(-rows.size // len(self._readers))))
         chunks = [(i, min(i + per_chunk, rows.size)) for i in range(0, rows.size, per_chunk)]
-        both = _both(self.check, check)
 
         def part(span) -> None:
             a, b = span
@@ -162,12 +170,14 @@ class ConfinedSource:
                     f"is {budget / 1e6:.0f} Mpx a question (build overviews, or ask about a window)")
             self.decoded += int(pixels)
 
-    def _lease_helpers(self) -> None:
-        """More readers for a gather, as many as are free now (never waiting for one)."""
+    def _lease_helpers(self) -> list:
+        """More readers for one large gather, as many as are free now (never waiting for one); they
+        go back to the pool after it, so that another question's open does not wait for this one."""
+        helpers: list = []
         while len(self._readers) < self.pool.parallel:
             reader = self.pool.lease(wait=False)
             if reader is None:
-                return
+                return helpers
             try:
                 reader.request("open", self.check, self.pool.timeout_s, **self._open_args)
                 if self._stretch is not None:
@@ -180,6 +190,22 @@ class ConfinedSource:
                 self._readers.append(reader)
                 self._free.append(reader)
                 self._cond.notify_all()
+            helpers.append(reader)
+        return helpers
+
+    def _give_back(self, helpers: list) -> None:
+        with self._cond:
+            for reader in helpers:
+                self._readers.remove(reader)
+                if reader in self._free:
+                    self._free.remove(reader)
+        for reader in helpers:
+            if not reader.dead:
+                try:
+                    reader.request("close", None, 10.0)
+                except errors.LrsFocusError:
+                    pass
+            self.pool.give_back(reader)
 
     def _take(self, every: bool) -> Reader:
         with self._cond:
