@@ -239,3 +239,22 @@ def test_a_large_gather_splits_rows_over_the_free_readers(pool, files, monkeypat
         rows, cols = np.arange(0, 200, 2), np.arange(3, 190)
         assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
         assert used == [2] and len(src._readers) == 1  # the helper went back to the pool
+
+
+def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):
+    """--allow-remote: Landlock lets TCP connect reach ports 80 and 443 only (hosts are the policy's)."""
+    server = __import__("socket").socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    done = _run_confined(
+        "import os\n"
+        "confine.landlock([os.environ['ROOT']], child.system_paths(True), tcp_ports=[80, 443])\n"
+        f"try: socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\n"
+        "except PermissionError: print('denied')\n"
+        "try: socket.create_connection(('127.0.0.1', 443), timeout=5); print('CONNECTED')\n"
+        "except PermissionError: print('denied')\n"
+        "except OSError: print('allowed')\n", files[0])
+    server.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["denied", "allowed"]  # 443: refused by no listener, not by the kernel
