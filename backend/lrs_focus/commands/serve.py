@@ -31,7 +31,7 @@ DEFAULT_OPEN_TIMEOUT_S = 30.0
 DEFAULT_STALLED_PEER_TIMEOUT_S = 20.0
 DEFAULT_JOB_TIMEOUT_S = 600.0
 DEFAULT_READERS = 2
-DEFAULT_MAX_SOURCE_MEGAPIXELS = 4096
+DEFAULT_MAX_SOURCE_MEGAPIXELS = 4096.0
 MAX_WORKERS = 64
 #: Test-only switch: "1" turns the in-process access policy and GDAL's driver/network settings
 #: off, so that tests attack the kernel confinement alone. Never set it on a real server.
@@ -81,7 +81,7 @@ def register(subparsers) -> None:
                         f"{DEFAULT_READERS}); a question reads in parallel with the free ones")
     p.add_argument("--max-source-megapixels", type=float, default=DEFAULT_MAX_SOURCE_MEGAPIXELS,
                    help="source pixels one question may decode, in millions, before raster_too_large (default "
-                        f"{DEFAULT_MAX_SOURCE_MEGAPIXELS})")
+                        f"{DEFAULT_MAX_SOURCE_MEGAPIXELS:g})")
     p.add_argument("--unconfined", action="store_true",
                    help="run raster readers without kernel confinement (Landlock) where the kernel lacks it; "
                         "without this option such a kernel is a start-up error")
@@ -118,13 +118,11 @@ def _policy_and_limits(args):
         policy = AccessPolicy(roots=tuple(args.allow_root), allow_remote=args.allow_remote)
         limits = ServiceLimits(max_new_tokens=args.max_new_tokens_limit, max_question_tokens=args.max_question_tokens,
                                open_timeout_s=args.open_timeout, stalled_peer_timeout_s=args.stalled_peer_timeout,
-                               job_timeout_s=args.job_timeout)
+                               job_timeout_s=args.job_timeout, max_source_megapixels=args.max_source_megapixels)
     except ValueError as exc:
         raise ServiceConfigError(str(exc)) from None
     if not 1 <= args.readers <= MAX_WORKERS:
         raise BadOptions(f"--readers must be in 1..{MAX_WORKERS}, not {args.readers}")
-    if not (math.isfinite(args.max_source_megapixels) and args.max_source_megapixels > 0):
-        raise BadOptions(f"--max-source-megapixels must be a finite number > 0, not {args.max_source_megapixels!r}")
     return policy, limits
 
 
@@ -143,7 +141,7 @@ def _readers(args, policy, limits, no_policy: bool):
     return ReaderPool(size=args.readers, roots=policy.roots, allow_remote=policy.allow_remote,
                       confine=not args.unconfined, no_policy=no_policy, timeout_s=limits.job_timeout_s,
                       cpu_s=limits.job_timeout_s, parallel=min(args.readers, 4),
-                      max_source_pixels=int(args.max_source_megapixels * 1e6)).start()
+                      max_source_pixels=int(limits.max_source_megapixels * 1e6)).start()
 
 
 def run(args) -> int:
