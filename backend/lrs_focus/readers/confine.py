@@ -26,6 +26,7 @@ import errno
 import os
 import platform
 import resource
+import sys
 from typing import Iterable, Sequence
 
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446  # same number on every arch
@@ -73,7 +74,10 @@ def _syscall(*args) -> int:
 
 
 def landlock_abi() -> int:
-    """The running kernel's Landlock ABI version, 0 when it has none (too old, or disabled at boot)."""
+    """The running kernel's Landlock ABI version, 0 when it has none (too old, disabled at boot, or
+    not Linux: syscall 444 means something else there)."""
+    if not sys.platform.startswith("linux"):
+        return 0
     try:
         return _syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION))
     except ConfinementError:
@@ -179,9 +183,14 @@ def seccomp_no_sockets() -> str:
 def limit_resources(address_space_bytes: int, open_files: int = 256) -> None:
     """RLIMIT_AS (what a hostile block or buffer can take) and RLIMIT_NOFILE; no core files.
     RLIMIT_CPU is set per job (`cpu_budget`): a reader serves many jobs."""
-    resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for which, value in ((resource.RLIMIT_AS, address_space_bytes), (resource.RLIMIT_NOFILE, open_files),
+                         (resource.RLIMIT_CORE, 0)):
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            if sys.platform.startswith("linux"):
+                raise
+            # macOS does not enforce RLIMIT_AS and refuses some values: the deadline still holds
 
 
 def cpu_budget(seconds: float) -> None:

@@ -16,7 +16,7 @@ import mmap
 import os
 import signal
 import socket
-import subprocess  # nosec B404: our own interpreter, no shell
+import subprocess  # nosec B404 (our own interpreter, no shell)
 import sys
 import threading
 import time
@@ -38,12 +38,22 @@ def _error(name: str, message: str) -> errors.LrsFocusError:
     return cls(message)
 
 
+def _shared_memory_fd() -> int:
+    """A memfd (Linux), else an unlinked temporary file (macOS): memory the reader inherits by fd."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("lrs-focus-reader", os.MFD_CLOEXEC)
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        return os.dup(f.fileno())
+
+
 class Reader:
     """One reader process (see module doc). Not thread-safe: one request at a time (the pool lends it)."""
 
     def __init__(self, config: dict, shm_bytes: int):
         parent, child = socket.socketpair()
-        self.shm_fd = os.memfd_create("lrs-focus-reader", os.MFD_CLOEXEC)
+        self.shm_fd = _shared_memory_fd()
         os.ftruncate(self.shm_fd, shm_bytes)
         self.shm = mmap.mmap(self.shm_fd, shm_bytes)
         cfg = dict(config, conn_fd=child.fileno(), shm_fd=self.shm_fd, shm_bytes=shm_bytes)
