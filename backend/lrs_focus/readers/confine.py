@@ -182,7 +182,8 @@ def seccomp_no_sockets() -> str:
 
 def limit_resources(address_space_bytes: int, open_files: int = 256) -> None:
     """RLIMIT_AS (what a hostile block or buffer can take) and RLIMIT_NOFILE; no core files.
-    RLIMIT_CPU is set per job (`cpu_budget`): a reader serves many jobs."""
+    RLIMIT_CPU is set per job (`cpu_budget`): a reader serves many jobs. No RLIMIT_FSIZE: Landlock
+    already denies every write, and a stderr redirected to a file would make SIGXFSZ kill readers."""
     for which, value in ((resource.RLIMIT_AS, address_space_bytes), (resource.RLIMIT_NOFILE, open_files),
                          (resource.RLIMIT_CORE, 0)):
         try:

@@ -81,7 +81,7 @@ class ConfinedSource:
         self._stretch = list(value)
         pairs = [[s.low, s.high] for s in self._stretch]
         for _ in range(len(self._readers)):
-            self._call("set_stretch", self.check, values=pairs, every=True)
+            self._call("set_stretch", self.check, values=pairs)
 
     def read_rgb(self, window, out_size, pad_rgb=(0, 0, 0)) -> np.ndarray:
         x0, y0, x1, y1 = (float(v) for v in window)
@@ -207,7 +207,7 @@ class ConfinedSource:
                     pass
             self.pool.give_back(reader)
 
-    def _take(self, every: bool) -> Reader:
+    def _take(self) -> Reader:
         with self._cond:
             while True:
                 alive = [r for r in self._readers if not r.dead]
@@ -217,8 +217,8 @@ class ConfinedSource:
                     return self._free.pop(0)
                 self._cond.wait(0.05)
 
-    def _call(self, op: str, check, pixels: bool = False, every: bool = False, **kwargs) -> Any:
-        reader = self._take(every)
+    def _call(self, op: str, check, pixels: bool = False, **kwargs) -> Any:
+        reader = self._take()
         try:
             result = reader.request(op, check, self.pool.timeout_s, **kwargs)
             if pixels:
