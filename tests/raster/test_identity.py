@@ -89,3 +89,15 @@ def test_a_fifo_given_as_the_raster_is_refused_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe.tif")
     with pytest.raises(NotARaster, match="FIFO"):
         RasterSource.open(str(tmp_path / "pipe.tif"))
+
+
+def test_ask_with_a_fifo_as_the_raster_ends_instead_of_hanging(tmp_path):
+    """`lrs-focus ask FIFO --out x.geojson` used to block in the --out check's GDAL open."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "pipe.tif")
+    done = subprocess.run([sys.executable, "-m", "lrs_focus.cli", "ask", str(tmp_path / "pipe.tif"), "q", "--model",
+                           "tiny", "--out", str(tmp_path / "x.geojson")], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 2 and "not_a_raster" in done.stderr, done.stderr
