@@ -197,3 +197,25 @@ def test_reader_memory_is_bounded_and_the_server_is_still_well(attacked):
         assert hwm_kb * 1024 < 512 << 20, f"a reader peaked at {hwm_kb / 1024:.0f} MiB"
     assert psutil.Process(server.proc.pid).memory_info().rss < 1 << 30
     assert ask(server, str(root / "ok.tif"))[0] == "result"
+
+
+def test_the_policy_itself_runs_in_the_readers(tmp_path):
+    """With the policy ON, its own reads (a VRT DAG it walks exponentially) happen in the readers,
+    which the deadline kills: more such asks than the server's stuck-open slots (4) leave it
+    answering others. With the policy in the server process, the fifth would find every slot held
+    (raster_unreadable: "earlier raster opens ... stuck") and so would every later ask."""
+    root = tmp_path / "root"
+    root.mkdir()
+    small_geotiff(root / "ok.tif")
+    dag = A.vrt_dag(root)
+    server = ServeCli("--allow-root", str(root), "--readers", "2", "--job-timeout", str(JOB_TIMEOUT_S),
+                      "--max-new-tokens-limit", "4", "--queue-size", "8")  # one worker: one set of slots
+    try:
+        threads = [_ask_in_thread(server, dag) for _ in range(5)]
+        for thread, box in threads:
+            thread.join(5 * JOB_TIMEOUT_S + 30)
+            assert box["code"] == "job_timeout", box["code"]
+        code, seconds, doc = ask(server, str(root / "ok.tif"))
+        assert code == "result", code
+    finally:
+        server.kill()

@@ -52,8 +52,12 @@ def gather_strips(src: RasterSource, rows: np.ndarray, cols: np.ndarray, pad_rgb
 
 
 class ReaderLoop:
-    def __init__(self, conn: Connection, shm: mmap.mmap, cpu_s: float):
-        self.conn, self.shm, self.cpu_s = conn, shm, cpu_s
+    """`policy`: the access policy, checked here rather than in the server: its own reads (a VRT's
+    XML, side-cars, GDAL's identify) are then inside the confinement and killed with the reader when
+    an attacker's file wedges or explodes them, never a stuck thread of the server."""
+
+    def __init__(self, conn: Connection, shm: mmap.mmap, cpu_s: float, policy=None):
+        self.conn, self.shm, self.cpu_s, self.policy = conn, shm, cpu_s, policy
         self.src: RasterSource | None = None
 
     def _out(self, shape: tuple) -> np.ndarray:
@@ -66,6 +70,8 @@ class ReaderLoop:
     def open(self, path, bands, stretch, open_options):
         self.close()
         confine.cpu_budget(self.cpu_s)
+        if self.policy is not None:
+            path = self.policy.check(path)
         src = RasterSource.open(path, bands=bands, stretch=stretch, open_options=open_options)
         self.src = src
         return {"height": src.height, "width": src.width, "band_count": src.band_count, "bands": list(src.bands),
@@ -141,10 +147,12 @@ def main(config: dict) -> int:
     conn = Connection(config["conn_fd"])
     shm = mmap.mmap(config["shm_fd"], config["shm_bytes"])
     report = {"confined": False}
-    if not config.get("no_policy"):  # the process-wide GDAL settings (drivers, network); test switch only
+    policy = None
+    if not config.get("no_policy"):  # the policy and GDAL's driver/network settings; test switch only
         from ..access import AccessPolicy, harden_gdal
 
-        harden_gdal(AccessPolicy(allow_remote=config["allow_remote"]))
+        policy = AccessPolicy(roots=tuple(config["roots"]), allow_remote=config["allow_remote"])
+        harden_gdal(policy)
     confine.limit_resources(int(config["address_space_bytes"]))  # --unconfined too
     if config.get("confine", True):
         report = {"confined": True,
@@ -153,7 +161,7 @@ def main(config: dict) -> int:
                   **confine.landlock(config["roots"] or ["/"], system_paths(config["allow_remote"]),
                                      config.get("tcp_ports", ()))}
     conn.send(("ready", report))
-    ReaderLoop(conn, shm, float(config["cpu_s"])).serve()
+    ReaderLoop(conn, shm, float(config["cpu_s"]), policy).serve()
     return 0
 
 

@@ -157,11 +157,13 @@ class JobRunner:
         return len(tokenizer(question)["input_ids"])
 
     def _admit(self, raster: str) -> str:
-        """The access policy, then a first open unless the engine reads through confined readers
-        (which bound and kill their own opens): runs in a helper thread (see BoundedOpens)."""
+        """The access policy, then a first open: runs in a helper thread (see BoundedOpens). An engine
+        with reader processes does neither here: its reader checks the policy and opens, confined
+        and killable (readers/child.py), so no attacker's file is ever opened in this process."""
+        if getattr(self.engine, "readers", None) is not None:
+            return raster
         path = self.access.check(raster)
-        if getattr(self.engine, "readers", None) is None:
-            probe_open(path)
+        probe_open(path)
         return path
 
     def _progress_fn(self, job: Job):
