@@ -88,12 +88,15 @@ class Engine:
         self.model, self.tokenizer, self.info = load_model(model, device=device, dtype=parse_dtype(dtype), seed=seed)
         self.name = model
         self.cache = FeatureCache(int(mb * 2**20), device=self.info["device"]) if mb > 0 else None
+        #: a readers.pool.ReaderPool (`serve`): every raster of a question is opened and read in a
+        #: confined reader process; None (`ask`): GDAL in this process, on the user's own files
+        self.readers: Any = None
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
                  self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.name,
             "device": self.info["device"],
             "dtype": self.info["dtype"],
@@ -101,6 +104,9 @@ class Engine:
             "family": self.model.config.family,
             "n_max": self.model.config.n_max,
         }
+        if self.readers is not None:
+            out["confinement"] = self.readers.describe()
+        return out
 
     def ask(
         self,

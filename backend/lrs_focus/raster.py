@@ -20,6 +20,7 @@ import numpy as np
 from osgeo import gdal
 
 from .gather import STRIP_BYTES, HandlePool, default_workers, gather_source
+from .raster_checks import MAX_BLOCK_BYTES, check_blocks, dataset_files, file_entry, refuse_special_file  # noqa: F401
 from .raster_window import RasterWindow  # noqa: F401  (imported from here by callers)
 from .errors import (BadFileName, BadGeoreference, BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge,
                      RasterUnreadable)
@@ -158,6 +159,7 @@ class RasterSource:
         self.resampling = resampling
         first = dataset.GetRasterBand(self.bands[0])
         self.data_type = gdal.GetDataTypeName(first.DataType)
+        self.driver = dataset.GetDriver().ShortName
         self.block_size = tuple(first.GetBlockSize())
         self.overview_sizes = [
             (first.GetOverview(i).YSize, first.GetOverview(i).XSize) for i in range(first.GetOverviewCount())
@@ -193,22 +195,11 @@ class RasterSource:
         self._stretch = list(value)
 
     def identity(self) -> tuple:
-        """What changes when the pixels may have changed: (name, size, mtime) of every file GDAL reads
-        for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources); the path alone when GDAL
-        lists none (in-memory or virtual datasets)."""
-        files = []
+        """What changes when the pixels may have changed: (name, size, mtime, ctime, inode) of every
+        file GDAL reads for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources and, through
+        nested VRTs, their leaves); the path alone when GDAL lists none (in-memory datasets)."""
         # a name that is not UTF-8 comes back as bytes: GDAL and os.stat take it as is
-        for raw in sorted(set(self._ds.GetFileList() or []), key=os.fsdecode):
-            name = os.fsdecode(raw)
-            stat = _vsi_stat(raw)
-            if stat is not None:
-                files.append((name, int(stat.size), int(stat.mtime)))
-                try:
-                    st = os.stat(raw)
-                    files[-1] = (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
-                except OSError:
-                    pass
-        return (self.path, tuple(files))
+        return (self.path, tuple(file_entry(raw) for raw in dataset_files(self._ds)))
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -237,6 +228,7 @@ class RasterSource:
             raise RasterNotFound(f"{path}: no such file")
         if stat is not None and stat.IsDirectory():
             raise NotARaster(f"{path}: is a directory, not a raster file")
+        refuse_special_file(path)
         try:
             ds = _open_settled(path, list(open_options or []))
         except RuntimeError as exc:
@@ -257,7 +249,8 @@ class RasterSource:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
             raise EmptyRaster(f"{path}: raster has no bands{hint}")
-        georef = georeference(path, ds)
+        georef = georeference(path, ds)  # first: GDAL reports a bad .aux.xml on the first metadata call
+        check_blocks(path, ds)
         chosen, palette = cls._choose_bands(path, ds, bands)
         if stretch is not None and palette is None and len(stretch) != len(chosen):
             raise BandError(f"{path}: {len(stretch)} stretch pair(s) for {len(chosen)} band(s) {chosen}")
@@ -416,7 +409,7 @@ class RasterSource:
             "georeferenced": self.georeferenced,
             "geotransform": list(self.geotransform),
             "crs_wkt": self.crs_wkt,
-            "driver": self._ds.GetDriver().ShortName,
+            "driver": self.driver,
         }
 
     def close(self) -> None:
