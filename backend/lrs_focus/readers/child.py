@@ -27,28 +27,9 @@ gdal.UseExceptions()
 MEMORY_WORDS = ("out of memory", "cannot allocate", "memory allocation")
 
 
-def gather_strips(src: RasterSource, rows: np.ndarray, cols: np.ndarray, pad_rgb, out: np.ndarray,
-                  strip_bytes: int = 32 << 20) -> int:
-    """Source pixels at sorted rows/cols into `out`, read in strips of <= strip_bytes; returns the
-    pixels decoded. Stand-in for RasterSource.gather (issue 20, part B) until it lands."""
-    gather = getattr(src, "gather", None)
-    if gather is not None:
-        out[...] = gather(rows, cols, pad_rgb)
-        return int(rows.size) * (int(cols[-1]) - int(cols[0]) + 1)
-    c0, c1 = int(cols[0]), int(cols[-1]) + 1
-    max_rows = max(1, strip_bytes // (3 * (c1 - c0)))
-    decoded, i = 0, 0
-    while i < rows.size:
-        y0 = int(rows[i])
-        j = i
-        while j + 1 < rows.size and rows[j + 1] - y0 < max_rows and rows[j + 1] - rows[j] <= 8:
-            j += 1
-        y1 = int(rows[j]) + 1
-        strip = src.read_rgb((c0, y0, c1, y1), (y1 - y0, c1 - c0), pad_rgb=pad_rgb)
-        out[i:j + 1] = strip[rows[i:j + 1] - y0][:, cols - c0]
-        decoded += (y1 - y0) * (c1 - c0)
-        i = j + 1
-    return decoded
+#: GDAL threads of one reader's gather: the parallelism of `serve` is its reader processes
+#: (ConfinedSource splits a large gather over them), so each reads with one handle.
+READER_THREADS = 1
 
 
 class ReaderLoop:
@@ -98,7 +79,8 @@ class ReaderLoop:
     def gather(self, rows, cols, pad_rgb):
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         out = self._out((rows.size, cols.size, 3))
-        return out.shape, gather_strips(self.src, rows, cols, pad_rgb, out)
+        out[...] = self.src.gather(rows, cols, pad_rgb, workers=READER_THREADS)
+        return out.shape, int(rows.size) * (int(cols[-1]) - int(cols[0]) + 1)
 
     def close(self):
         if self.src is not None:

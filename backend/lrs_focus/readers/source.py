@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import errors
+from ..gather import split_rows
 from ..raster import BandStretch, RasterSource
 
 #: A gather at least this large (rows x column span) also uses the readers free at that moment.
@@ -108,9 +109,13 @@ class ConfinedSource:
             self._give_back(helpers)
 
     def _gather_into(self, out, rows, cols, pad_rgb, both) -> np.ndarray:
-        per_chunk = max(1, min(self.pool.shm_bytes // (3 * cols.size),
-                               -(-rows.size // len(self._readers))))
-        chunks = [(i, min(i + per_chunk, rows.size)) for i in range(0, rows.size, per_chunk)]
+        # one group of whole block rows per reader (no block decoded by two), cut again where a
+        # group would not fit a reader's shared memory
+        shm_rows = max(1, self.pool.shm_bytes // (3 * cols.size))
+        chunks, start = [], 0
+        for group in split_rows(rows, self.block_size[1], len(self._readers)):
+            chunks += [(i, min(i + shm_rows, start + group.size)) for i in range(start, start + group.size, shm_rows)]
+            start += group.size
 
         def part(span) -> None:
             a, b = span
