@@ -1,5 +1,10 @@
 """Which raster paths a served engine may open: the policy `serve` applies to every `ask`.
 
+Since issue 20 this is the first layer only, kept for clear error messages: it predicts what GDAL
+will open by re-reading GDAL's formats, and a prediction lags GDAL. The boundary that holds is
+the kernel's: `serve` opens and reads every raster in reader processes confined by Landlock and
+seccomp to the allowed roots with no network (`readers/`); tests attack with this policy off.
+
 Why it exists: GDAL opens far more than files. A client-chosen path can make the server fetch
 URLs (/vsicurl/...), block forever on a FIFO or /vsistdin/, or, through a VRT, chain to URLs and
 turn /etc/passwd into pixels that reach the model. So, by default, a served raster is:

@@ -66,13 +66,27 @@ def view_key(engine: Any, src: Any, pixels: str, window: tuple | None) -> ViewKe
     )
 
 
-def open_view(engine: Any, raster: str, options: AskOptions, pixels: str):
-    """Open the raster, restore cached stretch statistics, apply the window. -> (src, view, key)."""
-    from .raster import RasterSource, RasterWindow
+def open_source(engine: Any, raster: str, options: AskOptions, should_stop: StopFn | None = None) -> Any:
+    """The engine's reader pool when it has one (`serve`: confined reader processes, reads cancelled
+    by `should_stop`), else GDAL in this process (`ask`: the user's own files)."""
+    readers = getattr(engine, "readers", None)
+    if readers is not None:
+        return readers.open(raster, bands=options.bands, stretch=options.stretch, check=cancel_check(should_stop))
+    from .raster import RasterSource
 
-    src = RasterSource.open(raster, bands=options.bands, stretch=options.stretch)
+    return RasterSource.open(raster, bands=options.bands, stretch=options.stretch)
+
+
+def open_view(engine: Any, raster: str, options: AskOptions, pixels: str, should_stop: StopFn | None = None):
+    """Open the raster, restore cached stretch statistics, apply the window. -> (src, view, key)."""
+    from .raster import RasterWindow
+
+    src = open_source(engine, raster, options, should_stop)
     try:
         view = RasterWindow(src, options.window) if options.window is not None else src
+        expect = getattr(src, "expect_full_read", None)  # confined readers: the pixel budget, before reading
+        if expect is not None and (pixels == "exact" or not src.overview_sizes):
+            expect(view.height, view.width)
         cache: FeatureCache | None = getattr(engine, "cache", None)
         key = view_key(engine, src, pixels, getattr(view, "window", None))
         if cache is not None:
@@ -128,7 +142,7 @@ def answer_question(
         sequence_budget(model, prompt, options)
     check("open", None, 0.0, f"opening {raster}")
     t0 = time.perf_counter()
-    src, view, key = open_view(engine, raster, options, pixels)
+    src, view, key = open_view(engine, raster, options, pixels, should_stop)
     open_seconds = time.perf_counter() - t0
     try:
         check("pyramid", None, 0.0, f"pyramid of a {view.width} x {view.height} px raster")

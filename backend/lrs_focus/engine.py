@@ -95,12 +95,15 @@ class Engine:
             raise BadOptions(f"--answer-endpoint: {model} is a LLaVA + RFM checkpoint, whose answer reads the kept "
                              "pooled CLIP tokens, which no inference server takes; answer servers serve the "
                              "Qwen2.5-VL / Qwen3-VL families (docs/scale.md)")
+        #: a readers.pool.ReaderPool (`serve`): every raster of a question is opened and read in a
+        #: confined reader process; None (`ask`): GDAL in this process, on the user's own files
+        self.readers: Any = None
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
                  self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": self.name,
             "device": self.info["device"],
             "dtype": self.info["dtype"],
@@ -109,6 +112,9 @@ class Engine:
             "n_max": self.model.config.n_max,
             **({"answer_server": self.answer_server.describe()} if self.answer_server is not None else {}),
         }
+        if self.readers is not None:
+            out["confinement"] = self.readers.describe()
+        return out
 
     def ask(
         self,

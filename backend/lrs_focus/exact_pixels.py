@@ -10,8 +10,9 @@ whose top-k margins are a fraction of a percent.
 Each output pixel of such a resize reads only the 2x2 source pixels around
 src = scale * (dst + 0.5) - 0.5 (clamped at 0; scale = in / out in float32, as ATen computes it),
 so any tile, a whole base level or the thumbnail needs only a few source rows and columns. This
-module reads just those rows (native resolution, in strips of bounded size), normalises them and
-interpolates: the official tensors to float32 rounding, in memory independent of the raster size.
+module reads just those (native resolution; `src.gather`: block-aligned strips on parallel
+threads), interpolates the 8-bit values as float32 and normalises the result (normalisation is
+affine): the official tensors to float32 rounding, in memory independent of the raster size.
 numpy does the arithmetic because the index rule must be ATen's float32 one (a float64 index is
 off by up to 0.003 px at 27k pixels, which moves values by 1e-2); `F.interpolate` itself needs the
 whole image in memory.
@@ -20,63 +21,21 @@ whole image in memory.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
+from .gather import MERGE_GAP, STRIP_BYTES, run_bounded, take_columns
 from .pyramid import LazyTiles, Level, PyramidConfig
 
-STRIP_BYTES = 32 << 20  # at most this many bytes of source pixels per read
-MERGE_GAP = 8  # needed rows closer than this are read in one strip
+RESIZE_ROWS = 128  # output rows blended at a time
+BASE_PASS_BYTES = 16 << 20  # source rows x columns the base pass gathers at a time (then scatters)
 _MEAN = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
 _STD = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
 _PAD_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)  # nodata pixels inside the image
-
-
-@functools.lru_cache(maxsize=1)
-def torch_fuses_index() -> bool:
-    """Whether this torch build computes scale * (dst + 0.5) - 0.5 with one rounding (FMA).
-
-    ATen's CPU kernels built for AVX2/AVX512 contract it into a fused multiply-add; a build
-    without FMA rounds twice. One index in 20,000 -> 13,664 tells them apart; asking torch once
-    keeps the lazy path equal to `F.interpolate` on whatever machine runs it.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n_in, n_out = 20000, 13664
-    values = (np.arange(n_in) % 2).astype(np.float32)  # output = lambda or 1 - lambda: an index error shows
-    probe = torch.from_numpy(values).view(1, 1, n_in, 1)
-    ref = F.interpolate(probe, size=(n_out, 1), mode="bilinear")[0, 0, :, 0].numpy()
-    i0, i1, lam = source_index(n_in, n_out, 0, n_out, fused=True)
-    fused = values[i0] * (np.float32(1.0) - lam) + values[i1] * lam
-    return bool(np.abs(fused - ref).max() < 1e-5)
-
-
-def source_index(in_size: int, out_size: int, start: int, stop: int,
-                 fused: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(i0, i1, lambda1) of output pixels [start, stop) along one axis, ATen's float32 rule.
-
-    Same size: a plain copy (ATen's special case). Otherwise src = scale * (dst + 0.5) - 0.5 in
-    float32 (fused or not, as this torch build does it), clamped at 0; i0 = floor(src) (at most
-    in_size - 1), i1 = i0 + 1 unless at the edge.
-    """
-    dst = np.arange(start, stop, dtype=np.int64)
-    if in_size == out_size:
-        return dst, dst, np.zeros(dst.size, dtype=np.float32)
-    scale = np.float32(in_size) / np.float32(out_size)
-    half = dst.astype(np.float32) + np.float32(0.5)
-    if torch_fuses_index() if fused is None else fused:
-        # exact product and difference in float64 (24-bit operands), one rounding to float32
-        src = (np.float64(scale) * half.astype(np.float64) - 0.5).astype(np.float32)
-    else:
-        src = scale * half - np.float32(0.5)
-    src = np.maximum(src, np.float32(0.0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam = np.clip(src - i0.astype(np.float32), np.float32(0.0), np.float32(1.0)).astype(np.float32)
-    i1 = i0 + (i0 < in_size - 1)
-    return i0, i1, lam
 
 
 def _runs(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
@@ -111,14 +70,27 @@ class SampleGrid:
         if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
                 and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
             raise ValueError("sample grid lacks rows or columns this resize needs")
-        px = lambda r, c: normalise(self.pixels[r][:, c])  # noqa: E731
+        out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
         wx1 = lx[None, :, None]
         wx0 = np.float32(1.0) - wx1
-        wy1 = ly[:, None, None]
-        wy0 = np.float32(1.0) - wy1
-        top = px(ry0, cx0) * wx0 + px(ry0, cx1) * wx1
-        bottom = px(ry1, cx0) * wx0 + px(ry1, cx1) * wx1
-        return (top * wy0 + bottom * wy1).astype(np.float32)
+        for a in range(0, ly.size, RESIZE_ROWS):  # output rows in bands: float32 temporaries stay small
+            b = min(ly.size, a + RESIZE_ROWS)
+            # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
+            # normalisation is affine, so this is F.interpolate of the normalised image up to float32
+            # rounding (the equivalence tests bound the difference), at a quarter of the normalising
+            y0, y1 = ry0[a:b], ry1[a:b]
+            used_r = np.unique(np.concatenate([y0, y1]))
+            rows = self.pixels[used_r]
+            along_x = (take_columns(rows, cx0).astype(np.float32) * wx0
+                       + take_columns(rows, cx1).astype(np.float32) * wx1)
+            del rows
+            wy1 = ly[a:b, None, None]
+            wy0 = np.float32(1.0) - wy1
+            top, bottom = along_x[np.searchsorted(used_r, y0)], along_x[np.searchsorted(used_r, y1)]
+            out[a:b] = (top * wy0 + bottom * wy1) / np.float32(255.0)
+        out -= _MEAN
+        out /= _STD
+        return out
 
     def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
         return SampleGrid(rows, cols, self.pixels[np.ix_(np.searchsorted(self.rows, rows),
@@ -139,14 +111,15 @@ class ExactPyramid(LazyTiles):
     """Lazy tiles of a raster with the released code's pixels: float32, CLIP-normalised, zero padded.
 
     `src` is anything with `height`, `width` and `read_rgb(window, out_size, pad_rgb=...)` (a
-    `raster.RasterSource`, its stretch and band choice included). Tiles come back as float32
+    `raster.RasterSource`, its stretch and band choice included); when it also has
+    `gather(rows, cols, pad_rgb, check=...)` (RasterSource, RasterWindow) reads go through it. Tiles come back as float32
     (B, B, 3) already normalised, which `LrsFocusModel.pixels` takes as they are.
 
     Coarse levels sample sparse rows spread over the whole raster, so a tile of theirs would
     decode a large window for a few rows. The base level's pass decodes every block row anyway;
-    it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES
-    (`grids`, reusable across questions: the engine keeps them in its cache), and tiles of those
-    levels then cost no reading at all.
+    it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES with
+    the base level's (`grids`, reusable across questions: the engine keeps them in its cache),
+    band by band, and tiles of those levels then cost no reading at all.
     """
 
     GRID_BYTES = 64 << 20  # bound of the base pass's gathered samples (all grids together)
@@ -156,11 +129,21 @@ class ExactPyramid(LazyTiles):
         super().__init__(src, cfg, cache_tiles)
         self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
         self.check = check  # called between strip reads: lets a cancel interrupt a long read
-        self.source_pixels = 0  # source pixels read, for the benchmark
+        self.source_pixels = 0  # source pixels read (windows spanned, with `src.gather`), for the benchmark
+        self._count = threading.Lock()
 
     # -- reading --------------------------------------------------------------------------------
-    def _gather(self, rows: np.ndarray, cols: np.ndarray) -> SampleGrid:
-        """uint8 source pixels at the given sorted rows/cols, read in strips of <= STRIP_BYTES."""
+    def _gather(self, rows: np.ndarray, cols: np.ndarray, **kw) -> SampleGrid:
+        """uint8 source pixels at the given sorted rows/cols: `src.gather` (parallel block-aligned
+        strips) when the source has one, else strips of <= STRIP_BYTES read here one by one."""
+        gather = getattr(self.src, "gather", None)
+        if gather is not None:
+            kw.setdefault("check", self.check)
+            pixels = gather(rows, cols, _PAD_RGB, **kw)
+            with self._count:
+                self.reads += 1
+                self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
+            return SampleGrid(rows, cols, pixels)
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         max_rows = max(1, STRIP_BYTES // (3 * (c1 - c0)))
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
@@ -182,8 +165,9 @@ class ExactPyramid(LazyTiles):
 
     def _plan_base_pass(self, rows: np.ndarray, cols: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Coarse levels whose whole-level samples the base pass can gather too, coarsest first, while
-        the gathered rows x columns stay within GRID_BYTES: index -> (rows, cols)."""
+        all their grids and the base level's samples stay within GRID_BYTES: index -> (rows, cols)."""
         out = {}
+        total = rows.size * cols.size * 3
         for lv in self.geometry.levels[1:]:
             if lv.index in self.grids:
                 continue
@@ -191,12 +175,37 @@ class ExactPyramid(LazyTiles):
             r, c = _needed(iy), _needed(ix)
             if r.size >= self.geometry.height:  # dense sampling: tiles read their own windows cheaply
                 break
-            ur, uc = np.union1d(rows, r), np.union1d(cols, c)
-            if ur.size * uc.size * 3 > self.GRID_BYTES:
+            if total + r.size * c.size * 3 > self.GRID_BYTES:
                 break
-            rows, cols = ur, uc
+            total += r.size * c.size * 3
             out[lv.index] = (r, c)
         return out
+
+    def _gather_many(self, targets: dict) -> dict:
+        """SampleGrids of several (rows, cols) sets from one pass over their union: the union's rows are
+        read in bands of about BASE_PASS_BYTES (cut on block rows), each scattered into the targets,
+        so memory holds the targets and one band, never the union's rows x columns."""
+        rows = functools.reduce(np.union1d, [r for r, _ in targets.values()])
+        cols = functools.reduce(np.union1d, [c for _, c in targets.values()])
+        out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
+        where = {k: np.searchsorted(cols, c) for k, (_, c) in targets.items()}
+        bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
+        oy = int(getattr(self.src, "origin", (0, 0))[1])  # a RasterWindow's rows are shifted
+        per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
+        i = 0
+        while i < rows.size:
+            j = min(rows.size, i + per_band)
+            if j < rows.size:  # end the band on a block boundary so no block row is decoded twice
+                edge = ((int(rows[j]) + oy) // bh) * bh - oy
+                k = int(np.searchsorted(rows, edge))
+                j = k if k > i else j
+            band = self._gather(rows[i:j], cols)
+            for key, (r, _) in targets.items():
+                lo, hi = np.searchsorted(r, [rows[i], int(rows[j - 1]) + 1])
+                if hi > lo:
+                    out[key][lo:hi] = take_columns(band.pixels[np.searchsorted(band.rows, r[lo:hi])], where[key])
+            i = j
+        return {k: SampleGrid(targets[k][0], targets[k][1], px) for k, px in out.items()}
 
     # -- the pyramid interface ------------------------------------------------------------------
     def _blank(self) -> np.ndarray:
@@ -212,11 +221,10 @@ class ExactPyramid(LazyTiles):
         rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
         cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
         wanted = self._plan_base_pass(rows, cols)
-        for r, c in wanted.values():
-            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
-        union = self._gather(rows, cols)
-        for level, (r, c) in wanted.items():
-            self.grids[level] = union.subset(r, c)
+        grids = self._gather_many({-1: (rows, cols), **wanted})
+        union = grids.pop(-1)
+        for level, grid in grids.items():  # `grids` may be the engine's cache (get / in / setitem only)
+            self.grids[level] = grid
         level = union.resize(*i_base)
         thumb = self._blank()
         thumb[:th, :tw] = union.resize(*i_thumb)
@@ -235,9 +243,45 @@ class ExactPyramid(LazyTiles):
             self._base_and_thumbnail()
         return self._thumbnail
 
-    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int]) -> np.ndarray:
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int], **kw) -> np.ndarray:
         b = self.cfg.tile_size
         iy, ix = self._index(lv.resized, (row * b, row * b + content[0], col * b, col * b + content[1]))
         grid = self.grids.get(lv.index)
-        source = grid if grid is not None else self._gather(_needed(iy), _needed(ix))
+        source = grid if grid is not None else self._gather(_needed(iy), _needed(ix), **kw)
         return source.resize(iy, ix)
+
+    def tiles(self, level, positions) -> list[np.ndarray]:
+        """Like `tile` for each position. Tiles of a level without a sample grid are read a tile row at
+        a time: the row's tiles need the same source rows, so one gather over the union of their
+        columns decodes a block they share once (a tile's own window would decode its edge blocks
+        again for its neighbour), in parallel strips; their blends then run on `src.workers` threads."""
+        lv = self.geometry.level(level)
+        positions = [(int(r), int(c)) for r, c in positions]
+        todo = [p for p in dict.fromkeys(positions) if (lv.index, *p) not in self._cache]
+        made: dict[tuple[int, int], np.ndarray] = {}
+        if lv.index > 0 and len(todo) > 1 and lv.index not in self.grids and hasattr(self.src, "gather"):
+            b = self.cfg.tile_size
+            for row in sorted({r for r, _ in todo}):
+                cols_here = sorted(c for r, c in todo if r == row)
+                content = {c: self.geometry.tile_content(lv, row, c) for c in cols_here}
+                index = {c: self._index(lv.resized, (row * b, row * b + content[c][0], c * b, c * b + content[c][1]))
+                         for c in cols_here}
+                rows = _needed(index[cols_here[0]][0])  # the same for every tile of the row
+                grid = self._gather(rows, functools.reduce(np.union1d, [_needed(ix) for _, ix in index.values()]))
+
+                def blend(c: int) -> None:
+                    out = self._blank()
+                    out[:content[c][0], :content[c][1]] = grid.resize(*index[c])
+                    out.setflags(write=False)
+                    made[(row, c)] = out
+
+                run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
+        result = []
+        for r, c in positions:
+            tile = made.get((r, c))
+            if tile is None:
+                tile = self.tile(lv, r, c)
+            else:
+                self._remember((lv.index, r, c), tile)
+            result.append(tile)
+        return result

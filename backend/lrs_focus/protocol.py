@@ -70,9 +70,10 @@ OUT_OF_MEMORY = "out_of_memory"
 INTERNAL = "internal"
 TIMEOUT = "timeout"  # client side only: no reply within the timeout
 SHUTTING_DOWN = "shutting_down"  # the server stopped before the job could finish
+JOB_TIMEOUT = "job_timeout"  # the job ran past the server's --job-timeout (its raster reader was killed)
 ERROR_CODES = (
     BAD_JSON, BAD_FRAMES, BAD_REQUEST, UNSUPPORTED_VERSION, UNKNOWN_TYPE, BUSY, UNKNOWN_JOB,
-    FORBIDDEN, CANCELLED, OUT_OF_MEMORY, INTERNAL, TIMEOUT, SHUTTING_DOWN,
+    FORBIDDEN, CANCELLED, OUT_OF_MEMORY, INTERNAL, TIMEOUT, SHUTTING_DOWN, JOB_TIMEOUT,
 )
 
 #: Options an `ask` may carry, with the JSON types each accepts (None = JSON null).

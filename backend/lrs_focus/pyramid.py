@@ -316,11 +316,15 @@ class LazyTiles:
         else:
             out[:ch, :cw] = self._read_tile(lv, int(row), int(col), (ch, cw))
         out.setflags(write=False)
+        self._remember(key, out)
+        return out
+
+    def _remember(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
         if self.cache_tiles:
-            self._cache[key] = out
+            self._cache[key] = tile
+            self._cache.move_to_end(key)
             while len(self._cache) > self.cache_tiles:
                 self._cache.popitem(last=False)
-        return out
 
     def tiles(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> list[np.ndarray]:
         return [self.tile(level, r, c) for r, c in positions]

@@ -19,6 +19,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
+from .gather import STRIP_BYTES, HandlePool, default_workers, gather_source
+from .raster_checks import MAX_BLOCK_BYTES, check_blocks, dataset_files, file_entry, refuse_special_file  # noqa: F401
+from .raster_window import RasterWindow  # noqa: F401  (imported from here by callers)
 from .errors import (BadFileName, BadGeoreference, BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge,
                      RasterUnreadable)
 
@@ -156,6 +159,7 @@ class RasterSource:
         self.resampling = resampling
         first = dataset.GetRasterBand(self.bands[0])
         self.data_type = gdal.GetDataTypeName(first.DataType)
+        self.driver = dataset.GetDriver().ShortName
         self.block_size = tuple(first.GetBlockSize())
         self.overview_sizes = [
             (first.GetOverview(i).YSize, first.GetOverview(i).XSize) for i in range(first.GetOverviewCount())
@@ -168,6 +172,9 @@ class RasterSource:
         self.georeferenced = gt is not None
         # Ungeoreferenced: QGIS draws pixel (col, row) at map (col, -row), y negative downward.
         self.geotransform: tuple[float, ...] = tuple(gt) if gt is not None else (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+        # gather's threads (each on its own handle, opened with the same GDAL open options)
+        self.open_options, self.workers = [], default_workers()
+        self._handles = HandlePool(lambda: gdal.OpenEx(path, gdal.OF_RASTER, open_options=self.open_options))
         # An explicit stretch (the display's min/max) also applies to 8-bit data; without one,
         # 8-bit data is taken as is and other types get the 2-98 % percentiles, estimated lazily.
         self.explicit_stretch = stretch is not None and self.palette is None
@@ -188,22 +195,11 @@ class RasterSource:
         self._stretch = list(value)
 
     def identity(self) -> tuple:
-        """What changes when the pixels may have changed: (name, size, mtime) of every file GDAL reads
-        for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources); the path alone when GDAL
-        lists none (in-memory or virtual datasets)."""
-        files = []
+        """What changes when the pixels may have changed: (name, size, mtime, ctime, inode) of every
+        file GDAL reads for this dataset (the raster, its .ovr/.aux.xml, a VRT's sources and, through
+        nested VRTs, their leaves); the path alone when GDAL lists none (in-memory datasets)."""
         # a name that is not UTF-8 comes back as bytes: GDAL and os.stat take it as is
-        for raw in sorted(set(self._ds.GetFileList() or []), key=os.fsdecode):
-            name = os.fsdecode(raw)
-            stat = _vsi_stat(raw)
-            if stat is not None:
-                files.append((name, int(stat.size), int(stat.mtime)))
-                try:
-                    st = os.stat(raw)
-                    files[-1] = (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ino))
-                except OSError:
-                    pass
-        return (self.path, tuple(files))
+        return (self.path, tuple(file_entry(raw) for raw in dataset_files(self._ds)))
 
     # -- opening ----------------------------------------------------------------------------
     @classmethod
@@ -232,6 +228,7 @@ class RasterSource:
             raise RasterNotFound(f"{path}: no such file")
         if stat is not None and stat.IsDirectory():
             raise NotARaster(f"{path}: is a directory, not a raster file")
+        refuse_special_file(path)
         try:
             ds = _open_settled(path, list(open_options or []))
         except RuntimeError as exc:
@@ -252,11 +249,13 @@ class RasterSource:
             subs = ds.GetSubDatasets()
             hint = f"; it has subdatasets, open one of them, e.g. {subs[0][0]}" if subs else ""
             raise EmptyRaster(f"{path}: raster has no bands{hint}")
-        georef = georeference(path, ds)
+        georef = georeference(path, ds)  # first: GDAL reports a bad .aux.xml on the first metadata call
+        check_blocks(path, ds)
         chosen, palette = cls._choose_bands(path, ds, bands)
         if stretch is not None and palette is None and len(stretch) != len(chosen):
             raise BandError(f"{path}: {len(stretch)} stretch pair(s) for {len(chosen)} band(s) {chosen}")
         src = cls(path, ds, chosen, palette, percentiles, resampling, stretch, georef)
+        src.open_options = list(open_options or [])
         src._probe()
         return src
 
@@ -295,8 +294,10 @@ class RasterSource:
         self._read_raw((x0, y0, self.width, self.height), (self.height - y0, self.width - x0), "nearest")
 
     # -- low-level reads ----------------------------------------------------------------------
-    def _read_raw(self, window: Window, out_size: tuple[int, int], resampling: Optional[str] = None):
-        """(values (n_bands, h, w) native-or-float32, valid mask (h, w) bool or None)."""
+    def _read_raw(self, window: Window, out_size: tuple[int, int], resampling: Optional[str] = None, ds=None):
+        """(values (n_bands, h, w) native-or-float32, valid mask (h, w) bool or None); `ds`: a gather
+        thread's own handle."""
+        ds = self._ds if ds is None else ds
         x0, y0, x1, y1 = window
         h, w = int(out_size[0]), int(out_size[1])
         x0, xs = _gdal_span(float(x0), float(x1) - float(x0), self.width)
@@ -308,14 +309,13 @@ class RasterSource:
             buf_type = gdal.GDT_UInt16
         dtype = {gdal.GDT_Byte: np.uint8, gdal.GDT_UInt16: np.uint16, gdal.GDT_Float32: np.float32}[buf_type]
         try:
-            raw = self._ds.ReadRaster(x0, y0, xs, ys, w, h, buf_type=buf_type,
-                                      band_list=list(self.bands), resample_alg=alg)
+            raw = ds.ReadRaster(x0, y0, xs, ys, w, h, buf_type=buf_type, band_list=list(self.bands), resample_alg=alg)
             values = np.frombuffer(raw, dtype=dtype).reshape(len(self.bands), h, w)
             valid = None
             if self._mask_needed:
                 valid = np.ones((h, w), dtype=bool)
                 for b in self.bands:
-                    mask = self._ds.GetRasterBand(b).GetMaskBand()
+                    mask = ds.GetRasterBand(b).GetMaskBand()
                     m = mask.ReadRaster(x0, y0, xs, ys, w, h, buf_type=gdal.GDT_Byte,
                                         resample_alg=gdal.GRIORA_NearestNeighbour)
                     valid &= np.frombuffer(m, dtype=np.uint8).reshape(h, w) > 0
@@ -349,7 +349,7 @@ class RasterSource:
         return out
 
     # -- public reads ---------------------------------------------------------------------------
-    def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0)) -> np.ndarray:
+    def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0), _ds=None) -> np.ndarray:
         """uint8 (h, w, 3) of the original-pixel window (x0, y0, x1, y1), resampled by GDAL.
 
         Nodata / masked / non-finite pixels are painted `pad_rgb`.
@@ -360,7 +360,7 @@ class RasterSource:
         h, w = int(out_size[0]), int(out_size[1])
         if x1 <= x0 or y1 <= y0 or h < 1 or w < 1:
             raise ValueError(f"empty read: window {window} -> {out_size} on {self.width}x{self.height}")
-        values, valid = self._read_raw((x0, y0, x1, y1), (h, w))
+        values, valid = self._read_raw((x0, y0, x1, y1), (h, w), **({"ds": _ds} if _ds is not None else {}))
         if self.palette is not None:
             idx = values[0]
             inside = idx < len(self.palette)
@@ -376,6 +376,11 @@ class RasterSource:
             rgb = np.array(rgb, copy=True)
             rgb[~valid] = np.asarray(pad_rgb, dtype=np.uint8)
         return np.ascontiguousarray(rgb)
+
+    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, workers: Optional[int] = None,
+               max_bytes: int = STRIP_BYTES) -> np.ndarray:
+        """uint8 (len(rows), len(cols), 3) at sorted unique full-resolution rows x cols (gather.gather_source)."""
+        return gather_source(self, rows, cols, pad_rgb, check, self.workers if workers is None else workers, max_bytes)
 
     def overview_for(self, factor: float) -> Optional[int]:
         """Index of the overview GDAL would pick when reading `factor` source px per output px.
@@ -404,40 +409,14 @@ class RasterSource:
             "georeferenced": self.georeferenced,
             "geotransform": list(self.geotransform),
             "crs_wkt": self.crs_wkt,
-            "driver": self._ds.GetDriver().ShortName,
+            "driver": self.driver,
         }
 
     def close(self) -> None:
-        self._ds = None
+        self._ds, _ = None, self._handles.close()
 
     def __enter__(self) -> "RasterSource":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-class RasterWindow:
-    """A pixel window of an open raster, seen as a raster of its own (the `window` option).
-
-    The pyramid, the thumbnail and every tile are built on the window only; `origin` shifts the
-    trace's windows back to pixels of the whole raster. Reads are delegated, shifted.
-    """
-
-    def __init__(self, src: RasterSource, window: Sequence[float]):
-        x0, y0, x1, y1 = (float(v) for v in window)
-        ix0, iy0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-        ix1, iy1 = min(src.width, int(np.ceil(x1))), min(src.height, int(np.ceil(y1)))
-        if ix1 <= ix0 or iy1 <= iy0:
-            from .errors import BadOptions
-
-            raise BadOptions(f"window {list(window)} does not overlap the raster ({src.width} x {src.height} pixels)")
-        self.src = src
-        self.origin = (ix0, iy0)
-        self.window = (ix0, iy0, ix1, iy1)
-        self.width, self.height = ix1 - ix0, iy1 - iy0
-
-    def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0)) -> np.ndarray:
-        x0, y0, x1, y1 = (float(v) for v in window)
-        ox, oy = self.origin
-        return self.src.read_rgb((x0 + ox, y0 + oy, x1 + ox, y1 + oy), out_size, pad_rgb=pad_rgb)

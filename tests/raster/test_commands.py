@@ -58,6 +58,18 @@ def test_bench_pyramid_quick(tmp_path):
     assert all(c["pixels"] == "exact" for c in doc["cases"][2:4])
 
 
+def test_bench_pyramid_reports_the_floor_and_the_ratio(tmp_path):
+    """The exact path against one full-resolution read of every block with the same workers."""
+    doc = json.loads(_cli("bench", "pyramid", "--quick", "--json", "--sizes", "900x700", "--paths", "exact",
+                          "--no-baseline", "--workers", "2", "--cache-dir", tmp_path).stdout)
+    assert [c["name"] for c in doc["cases"]] == ["900x700 exact overviews", "900x700 exact no-overviews"]
+    for case in doc["cases"]:
+        floor, ours = case["floor"], case["ours"]
+        assert floor["seconds"] > 0 and floor["peak_mb"] > 0 and floor["workers"] == 2 and ours["workers"] == 2
+        assert case["floor_ratio"] == round(ours["seconds"] / floor["seconds"], 2)
+        assert ours["tiles_per_level"][0] == 9 and len(ours["seconds_per_level"]) == len(ours["tiles_per_level"]) - 1
+
+
 SIDES = "width and height must be 1..200,000"
 SYNTHETIC = ["sample", "synthetic", "--out", "{tmp}/x.tif", "--size"]
 

@@ -140,3 +140,23 @@ def test_window_view_reads_only_its_window(tmp_path):
     with pytest.raises(BadOptions, match="does not overlap"):
         RasterWindow(src, [700, 0, 800, 10])
     src.close()
+
+
+def test_a_process_without_torch_gets_torchs_index_rule_from_a_probe_then_its_cache(tmp_path):
+    """The pixel path learns ATen's rule without importing torch (~220 MB): a child probes torch once,
+    the answer is cached per torch build and CPU (key: torch version, CPU flags, ATEN_CPU_CAPABILITY)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from lrs_focus.index_rule import torch_fuses_index; "
+            "print(int(torch_fuses_index()), int('torch' in sys.modules))")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,  # noqa: E731
+                                 check=True, timeout=120).stdout.split()
+    assert run() == [str(int(torch_fuses_index())), "0"]  # torch's answer, torch never loaded here
+    cache = tmp_path / "lrs-focus" / "index_rule.json"
+    doc = json.loads(cache.read_text())
+    cache.write_text(json.dumps({"key": doc["key"], "fused": not doc["fused"]}))
+    assert run()[0] == str(int(not doc["fused"]))  # the cache is what answered

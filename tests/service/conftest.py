@@ -109,13 +109,22 @@ def until():
     return wait_until
 
 
+def unconfined_if_needed() -> list[str]:
+    """`--unconfined` on a kernel without Landlock (where `serve` refuses to start otherwise), so
+    that the service tests run there too; test_confinement.py and test_readers.py skip there."""
+    from lrs_focus.readers.confine import landlock_abi
+
+    return [] if landlock_abi() >= 1 else ["--unconfined"]
+
+
 class ServeCli:
     """`lrs-focus serve --model tiny ...` as the user runs it; `endpoint` once it listens."""
 
     def __init__(self, *args: str, port: int | None = None, env: dict | None = None):
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "lrs_focus.cli", "serve", "--model", "tiny", "--endpoint", self.endpoint, *args]
+        cmd = [sys.executable, "-m", "lrs_focus.cli", "serve", "--model", "tiny", "--endpoint", self.endpoint,
+               *unconfined_if_needed(), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {})))
         self.stderr: list[str] = []

@@ -206,6 +206,8 @@ def test_refused_configurations_exit_before_loading_the_model(tmp_path):
         (["--endpoint", public, "--keys-dir", str(keys)], "--allow-root"),
         (["--allow-root", str(tmp_path / "nope")], "not a directory"),
         (["--max-new-tokens-limit", "0"], "max_new_tokens"),
+        (["--job-timeout", "0"], "job_timeout_s"),
+        (["--max-source-megapixels", "nan"], "max_source_megapixels"),
     ]
     for args, said in cases:
         t0 = time.monotonic()
@@ -283,5 +285,6 @@ def test_serve_help_defaults_are_the_service_limits():
 
     d = ServiceLimits()
     assert (serve.DEFAULT_MAX_NEW_TOKENS, serve.DEFAULT_MAX_QUESTION_TOKENS, serve.DEFAULT_OPEN_TIMEOUT_S,
-            serve.DEFAULT_STALLED_PEER_TIMEOUT_S) == \
-        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s, d.stalled_peer_timeout_s)
+            serve.DEFAULT_STALLED_PEER_TIMEOUT_S, serve.DEFAULT_JOB_TIMEOUT_S, serve.DEFAULT_MAX_SOURCE_MEGAPIXELS) == \
+        (d.max_new_tokens, d.max_question_tokens, d.open_timeout_s, d.stalled_peer_timeout_s, d.job_timeout_s,
+         d.max_source_megapixels)

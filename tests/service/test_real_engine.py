@@ -65,7 +65,9 @@ def _start_serve(model: str, *extra: str):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
-    serve = subprocess.Popen([*CLI, "serve", "--model", model, "--endpoint", endpoint, *extra],
+    from .conftest import unconfined_if_needed
+
+    serve = subprocess.Popen([*CLI, "serve", "--model", model, "--endpoint", endpoint, *unconfined_if_needed(), *extra],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     deadline = time.monotonic() + 180
     while True:

@@ -1,7 +1,12 @@
-"""`lrs-focus bench pyramid`: lazy DIP reads vs loading the whole raster as float32.
+"""`lrs-focus bench pyramid`: lazy DIP reads vs loading the whole raster as float32, and vs the floor.
 
-Workload per raster size (the first steps of an `ask`): open, the thumbnail, every base-level
-tile, and N random finest-level tiles (default 80, the Qwen2 N_max).
+Workload per raster size: every pixel a paper-mode question reads: open, the thumbnail, every
+base-level tile, then level by level the tiles a zoom with peaked scores (attention around one
+point, `bench memory`'s scorer) selects down to the finest level, N_max = --tiles (default 80, the
+Qwen2 N_max), read in the engine's chunks of 16 tiles.
+
+- floor: one full-resolution read of every block of the raster (GDAL, block-aligned strips) with
+  the same number of worker threads: what exact pixels, which sample full resolution, cannot beat;
 
 - ours, `gdal` path: `RasterSource` + `ImagePyramid` (GDAL windowed resampled reads), with the
   raster's overviews and with them ignored (GDAL open option OVERVIEW_LEVEL=NONE);
@@ -49,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the whole-image baseline")
     parser.add_argument("--paths", default="gdal,exact", help="pixel paths measured (default gdal,exact)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="reader threads of ours and of the floor (default: the CPU count, at most 8)")
 
 
 def _log(msg: str) -> None:
@@ -75,10 +82,11 @@ def ensure_raster(cache_dir: Path, width: int, height: int) -> Path:
     return path
 
 
-def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixels: str = "gdal") -> dict:
+def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixels: str = "gdal",
+           workers: int = 1) -> dict:
     """Run one measurement in a fresh interpreter; return its JSON report."""
     cmd = [sys.executable, "-m", "lrs_focus.bench.pyramid", kind, raster, str(tiles),
-           "1" if overviews else "0", str(seed), pixels]
+           "1" if overviews else "0", str(seed), pixels, str(workers)]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -88,14 +96,20 @@ def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixel
 
 
 def run(args) -> dict:
+    from ..gather import default_workers
     from ..samples import parse_sizes
 
+    workers = args.workers if args.workers is not None else default_workers()
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
     tiles = args.tiles if args.tiles is not None else (20 if args.quick else 80)
     if tiles < 1:
         from ..errors import BadOptions
 
         raise BadOptions(f"--tiles must be >= 1, not {tiles}")
+    if workers < 1:
+        from ..errors import BadOptions
+
+        raise BadOptions(f"--workers must be >= 1, not {workers}")
     cache = Path(args.cache_dir)
     cases = []
     for w, h in sizes:
@@ -104,19 +118,30 @@ def run(args) -> dict:
         if not args.no_baseline:
             _log(f"{w}x{h}: baseline (whole image as float32)")
             baseline = _child("baseline", str(path), tiles, True, args.seed)
+        floors = {}
+        for overviews in (True, False):
+            _log(f"{w}x{h}: floor, every block at full resolution, {workers} worker(s)")
+            floors[overviews] = _child("floor", str(path), tiles, overviews, args.seed, "gdal", workers)
         for pixels in [p.strip() for p in args.paths.split(",") if p.strip()]:
             for overviews in (True, False):
                 _log(f"{w}x{h}: ours, {pixels} pixels ({'with' if overviews else 'without'} overviews)")
-                ours = _child("ours", str(path), tiles, overviews, args.seed, pixels)
+                ours = _child("ours", str(path), tiles, overviews, args.seed, pixels, workers)
+                floor = floors[overviews]
                 case = {
                     "name": f"{w}x{h} {pixels} {'overviews' if overviews else 'no-overviews'}",
                     "pixels": pixels,
                     "size": [h, w],
                     "overviews": overviews,
                     "tiles": tiles,
+                    "workers": workers,
                     "ours": ours,
+                    "floor": floor,
                     "baseline": baseline,
                     "ratio": None,
+                    "floor_ratio": (round(ours["seconds"] / floor["seconds"], 2)
+                                    if "seconds" in ours and floor.get("seconds") else None),
+                    "floor_cpu_ratio": (round(ours["cpu_s"] / floor["cpu_s"], 2)
+                                        if "cpu_s" in ours and floor.get("cpu_s") else None),
                 }
                 if baseline and "peak_mb" in baseline and "peak_mb" in ours:
                     case["ratio"] = round(baseline["peak_mb"] / ours["peak_mb"], 2)  # x less memory
@@ -124,28 +149,35 @@ def run(args) -> dict:
                 cases.append(case)
     return {
         "benchmark": "pyramid",
-        "workload": f"open + thumbnail + all base-level tiles + {tiles} random finest-level tiles",
-        "ratio_means": "baseline peak_mb / ours peak_mb (time_ratio: baseline seconds / ours seconds)",
+        "workload": f"open + thumbnail + all base-level tiles + every level's tiles of a peaked zoom, N_max {tiles}",
+        "ratio_means": "baseline peak_mb / ours peak_mb (time_ratio: baseline seconds / ours seconds; "
+                       "floor_ratio: ours seconds / floor seconds)",
+        "workers": workers,
         "cases": cases,
     }
 
 
 def format_table(doc: dict) -> str:
     lines = [doc.get("workload", ""),
-             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'base MB':>9} {'base s':>8} {'mem x':>7} {'time x':>7}"]
+             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'floor s':>8} {'/floor':>7} {'cpu/fl':>7} {'base MB':>9} "
+             f"{'base s':>8} {'mem x':>7} {'time x':>7}"]
+
+    def cell(d, key, fmt):
+        width = int(fmt.split(".")[0])
+        value = d.get(key) if isinstance(d, dict) else None
+        if value is None:
+            return f"{'err' if isinstance(d, dict) and 'error' in d else '-':>{width}}"
+        return format(value, fmt)
+
     for c in doc["cases"]:
-        o, b = c["ours"], c["baseline"] or {}
-
-        def cell(d, key, fmt):
-            return format(d[key], fmt) if key in d else ("err" if "error" in d else "-")
-
+        o, b, f = c["ours"], c["baseline"] or {}, c.get("floor") or {}
         lines.append(
-            f"{c['name']:<34} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} "
+            f"{c['name']:<34} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} {cell(f, 'seconds', '8.2f')} "
+            f"{cell(c, 'floor_ratio', '7.2f')} {cell(c, 'floor_cpu_ratio', '7.2f')} "
             f"{cell(b, 'peak_mb', '9.0f')} {cell(b, 'seconds', '8.2f')} "
-            f"{(format(c['ratio'], '7.1f') if c['ratio'] else '-'):>7} "
-            f"{(format(c.get('time_ratio'), '7.1f') if c.get('time_ratio') else '-'):>7}"
+            f"{cell(c, 'ratio', '7.1f')} {cell(c, 'time_ratio', '7.1f')}"
         )
-        for d in (o, b):
+        for d in (o, f, b):
             if "error" in d:
                 lines.append(f"  error: {d['error']}")
     return "\n".join(lines)
@@ -176,34 +208,99 @@ def _random_tiles(grid: tuple[int, int], n: int, seed: int) -> list[tuple[int, i
     return [(i // grid[1], i % grid[1]) for i in picks]
 
 
-def _measure_ours(raster: str, n_tiles: int, overviews: bool, seed: int, pixels: str = "gdal") -> dict:
+def zoom_plan(geo, n_max: int, seed: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(level, tiles) a paper-mode zoom reads below the base level, with scores peaked at one seeded
+    point (`bench memory`'s scorer), as `focus.run_focus` selects them."""
+    from ..focus import run_focus
+    from .memory import _peaked_scorer
+
+    rng = random.Random(seed)
+    target = ((0.2 + 0.6 * rng.random()) * geo.width, (0.2 + 0.6 * rng.random()) * geo.height)
+    plan = run_focus(geo, "paper", lambda level, tiles: None, _peaked_scorer(geo, target), n_max=n_max)
+    return [(r.level, list(r.encoded)) for r in plan.records if r.level > 0]
+
+
+def _measure_ours(raster: str, n_max: int, overviews: bool, seed: int, pixels: str = "gdal",
+                  workers: int = 1) -> dict:
+    import numpy as np
+
     from ..exact_pixels import ExactPyramid
     from ..pyramid import ImagePyramid
     from ..raster import RasterSource
 
+    if pixels == "exact":  # the index rule: from its cache file (torch probed once, in a child)
+        from ..exact_pixels import torch_fuses_index
+
+        torch_fuses_index()
     import_mb = _peak_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     src = RasterSource.open(raster, open_options=None if overviews else ["OVERVIEW_LEVEL=NONE"])
+    src.workers = workers
     pyr = ExactPyramid(src) if pixels == "exact" else ImagePyramid(src)
     geo = pyr.geometry
     pyr.thumbnail()
     t_thumb = time.perf_counter()
+    peaks = [round(_peak_mb(), 1)]
     base = geo.levels[0]
     pyr.tiles(base, [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])])
     t_base = time.perf_counter()
-    fine = geo.levels[-1]
-    pyr.tiles(fine, _random_tiles(fine.grid, n_tiles, seed))
+    plan = zoom_plan(geo, n_max, seed)
+    level_s = []
+    for level, tiles in plan:
+        t = time.perf_counter()
+        for i in range(0, len(tiles), 16):  # the engine's chunks (encode_batch)
+            np.stack(pyr.tiles(level, tiles[i:i + 16]))
+        level_s.append(round(time.perf_counter() - t, 3))
+        peaks.append(round(_peak_mb(), 1))
     t_end = time.perf_counter()
     return {
         "peak_mb": round(_peak_mb(), 1),
         "seconds": round(t_end - t0, 3),
         "import_mb": round(import_mb, 1),
+        "work_mb": round(_peak_mb() - import_mb, 1),  # what the reading added to the imports' peak
         "open_and_thumbnail_s": round(t_thumb - t0, 3),
         "base_level_s": round(t_base - t_thumb, 3),
-        "finest_tiles_s": round(t_end - t_base, 3),
+        "zoom_levels_s": round(t_end - t_base, 3),
+        "finest_tiles_s": level_s[-1] if level_s else 0.0,
+        "tiles_per_level": [base.grid[0] * base.grid[1]] + [len(t) for _, t in plan],
+        "seconds_per_level": level_s,
+        "peak_mb_after": peaks,  # after the base pass, then after each zoom level
+        "cpu_s": round(time.process_time() - c0, 2),  # CPU seconds of all threads: steadier on a shared machine
         "overviews_seen": len(src.overview_sizes),
         "gdal_reads": pyr.reads,
+        "workers": workers,
     }
+
+
+def _measure_floor(raster: str, overviews: bool, workers: int) -> dict:
+    """Every block of the raster read once at full resolution (raw bytes, no conversion), in the
+    block-aligned strips `gather` plans, `workers` threads with a dataset handle each."""
+    import numpy as np
+    from osgeo import gdal
+
+    from ..gather import plan_strips, run_bounded
+    from ..raster import RasterSource
+
+    import_mb = _peak_mb()
+    t0, c0 = time.perf_counter(), time.process_time()
+    src = RasterSource.open(raster, open_options=None if overviews else ["OVERVIEW_LEVEL=NONE"])
+    strips = plan_strips(np.arange(src.height), np.arange(src.width), src.block_size, workers)
+    handles = [gdal.OpenEx(raster, gdal.OF_RASTER, open_options=src.open_options) for _ in range(workers)]
+    idle = list(handles)
+
+    def read(strip):
+        y0, y1, x0, x1 = strip
+        ds = idle.pop()
+        try:
+            ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands))
+        finally:
+            idle.append(ds)
+
+    run_bounded(read, strips, workers)
+    t_end = time.perf_counter()
+    return {"peak_mb": round(_peak_mb(), 1), "seconds": round(t_end - t0, 3), "import_mb": round(import_mb, 1),
+            "cpu_s": round(time.process_time() - c0, 2), "strips": len(strips), "block_size": list(src.block_size),
+            "source_mpx": round(src.width * src.height / 1e6, 1), "workers": workers}
 
 
 def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
@@ -251,9 +348,11 @@ def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
 
 
 def _child_main(argv: list[str]) -> int:
-    kind, raster, n_tiles, overviews, seed, pixels = argv
+    kind, raster, n_tiles, overviews, seed, pixels, workers = argv
     if kind == "ours":
-        doc = _measure_ours(raster, int(n_tiles), overviews == "1", int(seed), pixels)
+        doc = _measure_ours(raster, int(n_tiles), overviews == "1", int(seed), pixels, int(workers))
+    elif kind == "floor":
+        doc = _measure_floor(raster, overviews == "1", int(workers))
     elif kind == "baseline":
         doc = _measure_baseline(raster, int(n_tiles), int(seed))
     else:

@@ -215,11 +215,16 @@ def run(args) -> int:
 def _local_ground(raster: str):
     """The raster's geotransform and CRS as GDAL reads it here, or None if it does not open here
     (with --endpoint the path may be one only the server sees)."""
+    import os
+    import stat
+
     from ..result_files import raster_ground
 
     try:
+        if not raster.startswith("/vsi") and not stat.S_ISREG(os.stat(raster).st_mode):
+            return None  # a FIFO would block GDAL for ever; the engine's open names the problem
         return raster_ground(raster)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return None
 
 

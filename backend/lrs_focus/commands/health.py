@@ -28,7 +28,18 @@ def _text(doc: dict) -> str:
     return (f"lrs-focus {doc['version']} (protocol {doc.get('protocol')}) at {doc['endpoint']}{worker}\n"
             f"model   {doc['model']}{weights} on {doc['device']} ({doc.get('dtype', '')})\n"
             f"queue   {doc['queue_length']}/{doc['queue_size']} waiting, {'busy' if doc.get('running') else 'idle'}\n"
-            f"uptime  {doc['uptime_s']:.1f} s, round trip {doc['round_trip_ms']:.2f} ms")
+            f"uptime  {doc['uptime_s']:.1f} s, round trip {doc['round_trip_ms']:.2f} ms"
+            + _confinement(doc.get("confinement")))
+
+
+def _confinement(conf) -> str:
+    """The readers line: how the kernel confines them (servers before issue 20 send nothing)."""
+    if not isinstance(conf, dict):
+        return ""
+    if not conf.get("confined"):
+        return f"\nreaders {conf.get('readers')} NOT confined (--unconfined)"
+    return (f"\nreaders {conf.get('readers')} confined: Landlock ABI {conf.get('landlock_abi')}, read-only "
+            f"{', '.join(conf.get('read_roots') or [])}, TCP {conf.get('tcp')}; seccomp {conf.get('seccomp')}")
 
 
 def run(args) -> int:

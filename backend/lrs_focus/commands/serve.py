@@ -4,6 +4,8 @@ Binds 127.0.0.1 by default. Any other interface needs `--keys-dir` (CURVE keys w
 allow-list of client keys, made by `lrs-focus keys DIR`) and at least one `--allow-root`.
 Rasters are local regular files of the allowed formats (inside the allowed roots when given);
 network rasters only with `--allow-remote` (see docs/service.md, "Which rasters a server reads").
+Every raster is opened and read in reader processes confined by the kernel (Landlock, seccomp;
+`--unconfined` where the kernel lacks Landlock), killed when a job passes `--job-timeout`.
 With `--workers N` several engines (e.g. one per GPU, `--device cuda:0,cuda:1`) serve one
 endpoint through zmq's proxy device. Stops on Ctrl-C, SIGTERM or a `shutdown` request from
 loopback; exits 1 if a worker's loop ever died.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -28,7 +31,13 @@ DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_QUESTION_TOKENS = 512
 DEFAULT_OPEN_TIMEOUT_S = 30.0
 DEFAULT_STALLED_PEER_TIMEOUT_S = 20.0
+DEFAULT_JOB_TIMEOUT_S = 600.0
+DEFAULT_READERS = 2
+DEFAULT_MAX_SOURCE_MEGAPIXELS = 4096.0
 MAX_WORKERS = 64
+#: Test-only switch: "1" turns the in-process access policy and GDAL's driver/network settings
+#: off, so that tests attack the kernel confinement alone. Never set it on a real server.
+NO_POLICY_ENV = "LRS_FOCUS_TEST_NO_ACCESS_POLICY"
 
 
 def register(subparsers) -> None:
@@ -62,10 +71,22 @@ def register(subparsers) -> None:
     p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS,
                    help=f"longest question in tokens of the model's tokenizer (default {DEFAULT_MAX_QUESTION_TOKENS})")
     p.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S,
-                   help=f"seconds for the access check and first open of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
+                   help=f"seconds for the access check of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
     p.add_argument("--stalled-peer-timeout", type=float, default=DEFAULT_STALLED_PEER_TIMEOUT_S,
                    help="seconds a client may leave replies unread before it is disconnected and its jobs "
                         f"cancelled (default {DEFAULT_STALLED_PEER_TIMEOUT_S:g})")
+    p.add_argument("--job-timeout", type=float, default=DEFAULT_JOB_TIMEOUT_S,
+                   help=f"seconds a job may run before it ends with job_timeout and its raster reader is killed "
+                        f"(default {DEFAULT_JOB_TIMEOUT_S:g})")
+    p.add_argument("--readers", type=int, default=DEFAULT_READERS,
+                   help=f"raster reader processes (confined by the kernel) shared by the workers (default "
+                        f"{DEFAULT_READERS}); a question reads in parallel with the free ones")
+    p.add_argument("--max-source-megapixels", type=float, default=DEFAULT_MAX_SOURCE_MEGAPIXELS,
+                   help="source pixels one question may decode, in millions, before raster_too_large (default "
+                        f"{DEFAULT_MAX_SOURCE_MEGAPIXELS:g})")
+    p.add_argument("--unconfined", action="store_true",
+                   help="run raster readers without kernel confinement (Landlock) where the kernel lacks it; "
+                        "without this option such a kernel is a start-up error")
     add_answer_server_args(p)
     p.set_defaults(func=run)
 
@@ -99,10 +120,31 @@ def _policy_and_limits(args):
     try:
         policy = AccessPolicy(roots=tuple(args.allow_root), allow_remote=args.allow_remote)
         limits = ServiceLimits(max_new_tokens=args.max_new_tokens_limit, max_question_tokens=args.max_question_tokens,
-                               open_timeout_s=args.open_timeout, stalled_peer_timeout_s=args.stalled_peer_timeout)
+                               open_timeout_s=args.open_timeout, stalled_peer_timeout_s=args.stalled_peer_timeout,
+                               job_timeout_s=args.job_timeout, max_source_megapixels=args.max_source_megapixels)
     except ValueError as exc:
         raise ServiceConfigError(str(exc)) from None
+    if not 1 <= args.readers <= MAX_WORKERS:
+        raise BadOptions(f"--readers must be in 1..{MAX_WORKERS}, not {args.readers}")
     return policy, limits
+
+
+def _readers(args, policy, limits, no_policy: bool):
+    """The reader pool every question of this server reads through; a kernel that cannot confine
+    it is a start-up error unless --unconfined says so."""
+    from ..readers.confine import landlock_abi
+    from ..readers.pool import ReaderPool
+    from ..service import ServiceConfigError
+
+    abi = landlock_abi()
+    if abi < 1 and not args.unconfined:
+        raise ServiceConfigError("this kernel has no Landlock (Linux >= 5.13 with landlock in the LSM list), so "
+                                 "raster readers cannot be confined to the allowed roots; run on such a kernel, or "
+                                 "start with --unconfined to serve without that protection")
+    return ReaderPool(size=args.readers, roots=policy.roots, allow_remote=policy.allow_remote,
+                      confine=not args.unconfined, no_policy=no_policy, timeout_s=limits.job_timeout_s,
+                      cpu_s=limits.job_timeout_s, parallel=min(args.readers, 4),
+                      max_source_pixels=int(limits.max_source_megapixels * 1e6)).start()
 
 
 def run(args) -> int:
@@ -114,12 +156,21 @@ def run(args) -> int:
     # every refusal before loading a 7B model, not after
     check_security(args.endpoint, args.keys_dir, args.curve, policy.roots, check_roots=True)
     check_endpoint_free(args.endpoint)
+    no_policy = os.environ.get(NO_POLICY_ENV) == "1"
     answer_server = answer_server_from_args(args)  # the key file is read once, before any model loads
-    removed = harden_gdal(policy)
-    log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
+    if no_policy:
+        print(f"lrs-focus serve: {NO_POLICY_ENV}=1: the access policy is OFF (tests only)", file=sys.stderr)
+    else:
+        removed = harden_gdal(policy)
+        log.debug("GDAL drivers unregistered: %s", ", ".join(removed))
+    readers = _readers(args, policy, limits, no_policy)
+    confinement = readers.describe()
+    if not confinement["confined"]:
+        print("lrs-focus serve: --unconfined: raster readers are NOT confined by the kernel", file=sys.stderr)
     engines = []
     for device in _devices(args.device, args.workers):
         engine = Engine(args.model, device=device, dtype=args.dtype, cache_mb=args.cache_mb, answer_server=answer_server)
+        engine.readers = readers
         info = engine.describe()
         if info.get("random_weights"):
             print(f"lrs-focus serve: model {info.get('model')!r} has RANDOM weights: answers are meaningless "
@@ -129,8 +180,8 @@ def run(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    options = dict(queue_size=args.queue_size, keys_dir=args.keys_dir, force_curve=args.curve, access=policy,
-                   limits=limits)
+    options = dict(queue_size=args.queue_size, keys_dir=args.keys_dir, force_curve=args.curve,
+                   access=None if no_policy else policy, limits=limits)
     if args.workers == 1:
         server = Server(engines[0], args.endpoint, **options).start()
         servers, proxy, endpoint = [server], None, server.endpoint
@@ -138,14 +189,17 @@ def run(args) -> int:
         proxy, servers = serve_workers(engines, args.endpoint, **options)
         endpoint = proxy.endpoint
     where = ", ".join(policy.describe()["roots"]) or "any local folder"
+    how = (f"readers confined by Landlock ABI {confinement['landlock_abi']}" if confinement["confined"]
+           else "readers NOT confined")
     print(f"lrs-focus serve: listening on {endpoint} with {len(servers)} worker(s); rasters from {where}"
-          f"{' and the network' if policy.allow_remote else ''}", file=sys.stderr, flush=True)
+          f"{' and the network' if policy.allow_remote else ''}; {how}", file=sys.stderr, flush=True)
     while not stop.is_set() and not any(s.stopped for s in servers):
         stop.wait(0.2)
     for server in servers:
         server.stop()
     if proxy is not None:
         proxy.stop()
+    readers.close()
     crashed = [s.crashed for s in servers if s.crashed]
     if crashed:
         print(f"lrs-focus serve: a worker loop died ({crashed[0]})", file=sys.stderr)

@@ -117,7 +117,8 @@ class Handlers:
             dtype=str(d.get("dtype", "")), random_weights=bool(d.get("random_weights", False)),
             queue_length=queued, queue_size=self.book.queue_size, running=running,
             uptime_s=round(time.monotonic() - ctx.started, 3), worker=ctx.worker_name,
-            dropped_replies=ctx.dropped_replies(), **ctx.extra_health,
+            dropped_replies=ctx.dropped_replies(),
+            **({"confinement": d["confinement"]} if "confinement" in d else {}), **ctx.extra_health,
             **({"answer_server": d["answer_server"]} if d.get("answer_server") else {}))
 
     def status(self, msg: dict[str, Any], owner: bytes, identity: bytes, peer: str) -> Reply:

@@ -65,6 +65,8 @@ class ServiceLimits:
     send_hwm: int = 256  # replies queued per peer before it counts as not reading (>= one read burst)
     stalled_peer_timeout_s: float = 20.0  # a peer that acknowledges nothing this long is disconnected
     max_stuck_opens: int = 4  # abandoned (timed-out) opens still running before asks are refused
+    job_timeout_s: float = 600.0  # a running job past this ends with job_timeout (its reader killed)
+    max_source_megapixels: float = 4096.0  # source pixels one question may decode (readers' budget)
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "max_question_tokens", "send_hwm", "max_stuck_opens"):
@@ -73,4 +75,8 @@ class ServiceLimits:
                 raise ServiceConfigError(f"{name} must be an integer in 1..{1 << 30}, not {value!r}")
         _seconds("open_timeout_s", self.open_timeout_s, MAX_TIMEOUT_S)
         _seconds("shutdown_timeout_s", self.shutdown_timeout_s, MAX_TIMEOUT_S)
+        _seconds("job_timeout_s", self.job_timeout_s, MAX_TIMEOUT_S)
+        mpx = self.max_source_megapixels
+        if isinstance(mpx, bool) or not isinstance(mpx, (int, float)) or not (math.isfinite(mpx) and 0 < mpx <= 1e9):
+            raise ServiceConfigError(f"max_source_megapixels must be a finite number in (0, 1e9], not {mpx!r}")
         _seconds("stalled_peer_timeout_s", self.stalled_peer_timeout_s, MAX_STALLED_PEER_TIMEOUT_S)

@@ -157,7 +157,11 @@ class JobRunner:
         return len(tokenizer(question)["input_ids"])
 
     def _admit(self, raster: str) -> str:
-        """The access policy, then a first open: runs in a helper thread (see BoundedOpens)."""
+        """The access policy, then a first open: runs in a helper thread (see BoundedOpens). An engine
+        with reader processes does neither here: its reader checks the policy and opens, confined
+        and killable (readers/child.py), so no attacker's file is ever opened in this process."""
+        if getattr(self.engine, "readers", None) is not None:
+            return raster
         path = self.access.check(raster)
         probe_open(path)
         return path
@@ -178,8 +182,13 @@ class JobRunner:
         return progress
 
     def _run(self, job: Job) -> None:
+        deadline = time.monotonic() + self.limits.job_timeout_s
+        late = threading.Event()
+
         def should_stop() -> bool:
-            return self.book.should_stop(job)
+            if time.monotonic() > deadline:
+                late.set()  # every check from here on stops the job (and kills its raster reader)
+            return late.is_set() or self.book.should_stop(job)
 
         try:
             if should_stop():
@@ -195,7 +204,10 @@ class JobRunner:
                                        should_stop=should_stop, job_id=job.job_id)
             reply = protocol.result(job.request_id, job.job_id, public_result(document))
         except Cancelled as exc:
-            if self.book.stopping.is_set() and not job.cancel.is_set():
+            if late.is_set() and not job.cancel.is_set():
+                reply = protocol.error(job.request_id, protocol.JOB_TIMEOUT, f"the job ran longer than this server's "
+                                       f"--job-timeout of {self.limits.job_timeout_s:g} s and was stopped", job.job_id)
+            elif self.book.stopping.is_set() and not job.cancel.is_set():
                 reply = shutting_down(job)
             else:
                 reply = protocol.error(job.request_id, protocol.CANCELLED, str(exc) or "cancelled", job.job_id)

@@ -1,0 +1,234 @@
+"""Source pixels at chosen full-resolution rows and columns, read in block-aligned strips, in parallel.
+
+The exact pixel path samples sorted rows/columns of the raster (two per output pixel and axis).
+A compressed tiled raster is decoded block by block whatever part of a block is asked for, so
+strips are cut on block boundaries: no block is decoded by two strips, and a strip never relies
+on GDAL's block cache keeping a block between two reads. Strips are independent, so several
+threads read them at once, each with its own GDAL dataset handle (a handle is not thread-safe;
+GDAL releases the GIL while it decodes).
+
+This module needs only numpy and the standard library: reader processes import it without
+torch or GDAL (the caller passes the function that reads one strip).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Optional
+
+import numpy as np
+
+STRIP_BYTES = 16 << 20  # source pixels (3 bytes each) in flight, all workers together
+MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
+MAX_WORKERS = 8
+
+Strip = tuple[int, int, int, int]  # (y0, y1, x0, x1), end exclusive
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on, at most MAX_WORKERS (decode scales with cores, memory with workers)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, n))
+
+
+def take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[:, idx] of an (h, w, c) array, C-contiguous. numpy's fancy indexing copies one value at a
+    time and, on axis 1, returns a column-major result that slows every later operation; `np.take`
+    of one c-value item per pixel (a void view) is several times faster and row-major."""
+    a = np.ascontiguousarray(a)
+    h, _, c = a.shape
+    pixels = a.view(np.dtype((np.void, c * a.itemsize)))[..., 0]
+    return np.take(pixels, idx, axis=1)[..., None].view(a.dtype).reshape(h, len(idx), c)
+
+
+def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:
+    """[start, stop) spans covering sorted unique `idx`: consecutive blocks (or gaps <= MERGE_GAP)
+    join one span, a span holds at most `limit` indices' range and is cut only on a block boundary
+    unless one block alone exceeds `limit`."""
+    block = max(1, int(block))
+    limit = max(1, int(limit))
+    spans: list[tuple[int, int]] = []
+    start = prev = int(idx[0])
+    for v in idx[1:]:
+        v = int(v)
+        joined = v // block <= prev // block + 1 or v - prev <= MERGE_GAP
+        if joined and v + 1 - start > limit:
+            cut = (v // block) * block  # the start of v's block
+            if start < cut <= prev:  # the span ends before v's block, whose earlier indices go on with v
+                k = int(np.searchsorted(idx, cut))
+                spans.append((start, int(idx[k - 1]) + 1))
+                start = int(idx[k])
+                if v + 1 - start > limit:  # a block taller than the limit: cut inside it
+                    spans.append((start, prev + 1))
+                    start = v
+            else:
+                spans.append((start, prev + 1))
+                start = v
+        elif not joined:
+            spans.append((start, prev + 1))
+            start = v
+        prev = v
+    spans.append((start, prev + 1))
+    return spans
+
+
+def plan_strips(rows: np.ndarray, cols: np.ndarray, block_size: tuple[int, int] = (1, 1),
+                workers: int = 1, max_bytes: int = STRIP_BYTES, bytes_per_px: int = 3) -> list[Strip]:
+    """Block-aligned strips (y0, y1, x0, x1) that together cover every (row, col) pair asked for.
+
+    Each strip holds at most max_bytes / workers bytes (all workers' strips fit max_bytes), and
+    there are at least `workers` strips where the rows span that many blocks. `block_size` is
+    GDAL's (width, height). Reader processes can plan on a subset of the rows.
+    """
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    if rows.size == 0 or cols.size == 0:
+        return []
+    bw, bh = (max(1, int(v)) for v in block_size)
+    workers = max(1, int(workers))
+    budget = max(1, max_bytes // (workers * bytes_per_px))  # pixels per strip
+    width = int(cols[-1]) + 1 - int(cols[0])
+    # columns: split where a whole block holds no asked column (tiles of one row with a gap between
+    # them) and where a block row of the span would exceed the budget
+    col_limit = max(bw, budget // bh) if width * bh > budget else width
+    col_spans = _spans(cols, bw, col_limit)
+    widest = max(x1 - x0 for x0, x1 in col_spans)
+    height = int(rows[-1]) + 1 - int(rows[0])
+    row_limit = max(1, budget // widest)
+    if workers > 1 and len(col_spans) < workers:  # enough strips to keep every worker busy
+        per_worker = -(-height // (workers // len(col_spans) or 1))
+        row_limit = min(row_limit, max(bh, -(-per_worker // bh) * bh))
+    return [(y0, y1, x0, x1) for y0, y1 in _spans(rows, bh, row_limit) for x0, x1 in col_spans]
+
+
+def split_rows(rows: np.ndarray, block_height: int, parts: int) -> list[np.ndarray]:
+    """Sorted `rows` cut into at most `parts` consecutive groups of about equal size, each cut on a
+    block boundary (no block row in two groups): what several reader processes gather, one group each."""
+    rows = np.asarray(rows, dtype=np.int64)
+    bh, parts = max(1, int(block_height)), max(1, int(parts))
+    if rows.size == 0:
+        return []
+    blocks = rows // bh
+    starts = np.flatnonzero(np.diff(blocks, prepend=blocks[0] - 1))  # first row of each block row
+    cuts = sorted({int(starts[np.searchsorted(starts, rows.size * k / parts)]) for k in range(1, parts)
+                   if np.searchsorted(starts, rows.size * k / parts) < starts.size})
+    return [g for g in np.split(rows, cuts) if g.size]
+
+
+def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: np.ndarray,
+                  strips: list[Strip], workers: int = 1,
+                  check: Optional[Callable[[], None]] = None) -> np.ndarray:
+    """uint8 (len(rows), len(cols), 3): `read(strip, strip_rows)` -> (len(strip_rows), x1 - x0, 3),
+    the asked rows of each strip, its asked columns copied into place; up to `workers` at once.
+
+    `check()` runs in the calling thread before each strip is started; when it raises, no new
+    strip starts, the strips being read finish (each is bounded), every thread has ended, and the
+    exception propagates."""
+    rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
+
+    def one(strip: Strip) -> None:
+        y0, y1, x0, x1 = strip
+        r0, r1 = np.searchsorted(rows, [y0, y1])
+        c0, c1 = np.searchsorted(cols, [x0, x1])
+        if r1 > r0 and c1 > c0:
+            out[r0:r1, c0:c1] = take_columns(read(strip, rows[r0:r1]), cols[c0:c1] - x0)
+
+    run_bounded(one, strips, workers, check)
+    return out
+
+
+def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callable[[], None]] = None) -> None:
+    """fn(item) for every item, at most `workers` at once on threads that end before this returns.
+
+    `check()` runs in the calling thread before each item starts; when it (or an fn) raises, no
+    new item starts, the running ones finish, and the exception propagates."""
+    workers = max(1, min(int(workers), len(items)))
+    if workers == 1:
+        for item in items:
+            if check is not None:
+                check()
+            fn(item)
+        return
+    pending: set[Future] = set()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gather") as pool:
+        try:
+            for item in items:
+                while len(pending) >= workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                if check is not None:
+                    check()
+                pending.add(pool.submit(fn, item))
+            for f in pending:
+                f.result()
+        finally:
+            for f in pending:
+                f.cancel()  # `with` then waits for the ones already running
+
+
+class HandlePool:
+    """Idle dataset handles shared by the threads of any gather: a strip borrows one and returns it."""
+
+    def __init__(self, opener: Callable[[], object]):
+        self._opener = opener
+        self._idle: list[object] = []
+        self._lock = threading.Lock()
+
+    def borrow(self) -> object:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._opener()
+
+    def give_back(self, handle: object) -> None:
+        with self._lock:
+            self._idle.append(handle)
+
+    def close(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
+def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]], workers: int,
+                  max_bytes: int = STRIP_BYTES) -> np.ndarray:
+    """`RasterSource.gather`: its strips read with `src.read_rgb` on handles borrowed from `src._handles`
+    (never the source's own handle: gathers may run on several threads at once)."""
+    workers = max(1, int(workers))
+    raw_bytes = (src.data_type == "Byte" and not src.explicit_stretch) or src.palette is not None
+    strips = plan_strips(rows, cols, src.block_size, workers, max_bytes, 3 if raw_bytes else 12)
+    _ = src.stretch  # estimated once, on the caller's handle, before any thread reads
+    # plain 8-bit RGB, nothing to stretch or paint: GDAL writes pixel-interleaved rows straight into
+    # the strip's array (no band planes to restack); anything else goes through `read_rgb`
+    direct = (src.data_type == "Byte" and len(src.bands) == 3 and src.palette is None and not src.explicit_stretch
+              and not src._mask_needed and not src._is_float)
+
+    def read(strip: Strip, want: np.ndarray) -> np.ndarray:
+        """The strip's asked rows, one GDAL read per run of consecutive rows: every block of the strip
+        is decoded once (it stays in GDAL's cache between the runs: a strip is far smaller than the
+        cache), and only asked rows are copied out."""
+        _, _, x0, x1 = strip
+        out = np.empty((want.size, x1 - x0, 3), dtype=np.uint8)
+        ds = src._handles.borrow()
+        try:
+            starts = np.flatnonzero(np.diff(want, prepend=want[0] - 2) != 1)
+            for a, b in zip(starts, list(starts[1:]) + [want.size]):
+                y0, y1 = int(want[a]), int(want[b - 1]) + 1
+                if direct:
+                    ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands), buf_pixel_space=3,
+                                  buf_line_space=3 * (x1 - x0), buf_band_space=1, buf_obj=out[a:b])
+                else:
+                    out[a:b] = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
+            return out
+        finally:
+            # strips are block-aligned, so no later strip wants these blocks: dropping them keeps
+            # GDAL's block cache (64 MB, filled by every handle) from adding its size to the peak
+            ds.FlushCache()
+            src._handles.give_back(ds)
+
+    return gather_strips(read, rows, cols, strips, workers, check)

@@ -1,0 +1,156 @@
+"""`RasterSource.gather`: block-aligned strips read on parallel threads give the same pixels as one
+serial read (windows, nodata, a 16-bit stretch), a cancel stops it promptly with no thread left,
+and ExactPyramid's parallel tile reads equal its one-by-one reads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from lrs_focus.exact_pixels import ExactPyramid
+from lrs_focus.gather import plan_strips, split_rows
+from lrs_focus.pyramid import PyramidConfig
+from lrs_focus.raster import RasterSource, RasterWindow
+
+TINY = PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4)
+
+
+def _write(path, bands: np.ndarray, gdal_type=gdal.GDT_Byte, nodata=None, block=64):
+    n, h, w = bands.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), w, h, n, gdal_type, options=[
+        "TILED=YES", f"BLOCKXSIZE={block}", f"BLOCKYSIZE={block}", "COMPRESS=DEFLATE"])
+    for b in range(n):
+        band = ds.GetRasterBand(b + 1)
+        band.WriteArray(bands[b])
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+    ds = None
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rasters(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gather")
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(1, 256, (3, 700, 900), dtype=np.uint8)
+    rgb[:, 100:180, 300:420] = 0  # nodata hole
+    u16 = rng.integers(0, 4000, (3, 650, 500), dtype=np.uint16)
+    return {"rgb": _write(d / "rgb.tif", rgb, nodata=0),
+            "plain": _write(d / "plain.tif", rgb[:, :500]),  # no nodata: GDAL writes into the strip directly
+            "u16": _write(d / "u16.tif", u16, gdal.GDT_UInt16, block=128)}
+
+
+def _serial(src, rows, cols, pad):
+    """The reference: one read of the rows x cols bounding window, then the asked rows and columns."""
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    whole = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb=pad)
+    return whole[rows - y0][:, cols - x0]
+
+
+def _samples(rng, n, size, dense=False):
+    if dense:
+        start = int(rng.integers(0, size // 3))
+        return np.arange(start, min(size, start + n))
+    return np.unique(rng.integers(0, size, n))
+
+
+@pytest.mark.parametrize("name", ["rgb", "u16", "plain"])
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_parallel_gather_equals_one_serial_read(rasters, name, workers):
+    src = RasterSource.open(rasters[name])
+    rng = np.random.default_rng(workers)
+    pad = (7, 8, 9)
+    for dense in (False, True):
+        rows, cols = _samples(rng, 300, src.height, dense), _samples(rng, 250, src.width, dense)
+        # a small budget forces many strips, columns split too
+        got = src.gather(rows, cols, pad, workers=workers, max_bytes=120_000)
+        np.testing.assert_array_equal(got, _serial(src, rows, cols, pad))
+    if name == "rgb":
+        rows, cols = np.arange(90, 200), np.arange(280, 450)
+        got = src.gather(rows, cols, pad, workers=workers)
+        assert (got[20:80, 30:130] == pad).all()  # nodata painted
+        view = RasterWindow(src, [150, 60, 800, 640])
+        r, c = _samples(rng, 100, view.height), _samples(rng, 100, view.width)
+        np.testing.assert_array_equal(view.gather(r, c, pad, workers=workers),
+                                      _serial(src, r + 60, c + 150, pad))
+    src.close()
+
+
+def test_strips_are_block_aligned_and_bounded():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = int(rng.integers(1, 3000)), int(rng.integers(1, 3000))
+        block = (int(rng.choice([1, 16, 256])), int(rng.choice([1, 8, 64, 256])))
+        rows = np.unique(rng.integers(0, h, int(rng.integers(1, 400))))
+        cols = np.unique(rng.integers(0, w, int(rng.integers(1, 400))))
+        workers, budget = int(rng.integers(1, 6)), int(rng.integers(50_000, 2_000_000))
+        strips = plan_strips(rows, cols, block, workers, budget)
+        covered = np.zeros((rows.size, cols.size), dtype=np.int64)
+        for y0, y1, x0, x1 in strips:
+            covered[np.ix_((rows >= y0) & (rows < y1), (cols >= x0) & (cols < x1))] += 1
+        assert (covered == 1).all()  # every pair read exactly once
+        parts = split_rows(rows, block[1], workers)  # rows shared among reader processes
+        assert 1 <= len(parts) <= workers and np.array_equal(np.concatenate(parts), rows)
+        assert all(int(a[-1]) // block[1] < int(b[0]) // block[1] for a, b in zip(parts, parts[1:]))
+        row_spans = sorted({(y0, y1) for y0, y1, _, _ in strips})
+        widest = max(x1 - x0 for _, _, x0, x1 in strips)
+        per_strip = budget // (workers * 3)  # pixels
+        for (a0, a1), (b0, _) in zip(row_spans, row_spans[1:]):
+            assert a1 <= b0
+            assert (a1 - 1) // block[1] < b0 // block[1] or block[1] * widest > per_strip  # no block read twice
+        for y0, y1, x0, x1 in strips:
+            # memory bound (one row at least), unless one block is larger than a strip's share
+            assert (y1 - y0) * (x1 - x0) <= max(per_strip, x1 - x0) or block[1] * widest > per_strip
+
+
+def test_a_cancel_stops_a_parallel_gather_promptly_and_leaves_no_thread(rasters):
+    src = RasterSource.open(rasters["rgb"])
+    rows, cols = np.arange(src.height), np.arange(src.width)
+    strips = plan_strips(rows, cols, src.block_size, 3, 30_000)
+    assert len(strips) > 40
+    calls = []
+
+    class Cancelled(Exception):
+        pass
+
+    def check():
+        calls.append(time.perf_counter())
+        if len(calls) > 5:
+            raise Cancelled
+
+    read = src.read_rgb
+    started = []
+
+    def counting_read(*a, **kw):
+        started.append(1)
+        time.sleep(0.01)
+        return read(*a, **kw)
+
+    src.read_rgb = counting_read
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        src.gather(rows, cols, (0, 0, 0), check=check, workers=3, max_bytes=30_000)
+    assert time.perf_counter() - t0 < 1.0
+    assert len(started) <= 5  # nothing starts after the check raised
+    assert not [t for t in threading.enumerate() if t.name.startswith("gather")]
+    src.close()
+
+
+def test_exact_tiles_read_several_at_once_equal_one_by_one(rasters):
+    tiles = {}
+    for workers in (1, 3):
+        src = RasterSource.open(rasters["rgb"])
+        src.workers = workers
+        callers = set()
+        pyr = ExactPyramid(src, TINY, cache_tiles=4, check=lambda: callers.add(threading.current_thread().name))
+        finest = pyr.geometry.levels[-1]
+        positions = [(r, c) for r in range(finest.grid[0]) for c in range(finest.grid[1])][::3]
+        tiles[workers] = np.stack(pyr.tiles(finest.index, positions + positions[:2]))
+        assert len(pyr._cache) <= 4
+        assert callers == {threading.current_thread().name}  # the hook runs on the caller's thread only
+        src.close()
+    np.testing.assert_array_equal(tiles[1], tiles[3])

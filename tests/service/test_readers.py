@@ -1,0 +1,260 @@
+"""The reader pool and its confinement, without a server: what the kernel denies, what a killed
+reader costs, what comes back through shared memory, and what a reader imports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrs_focus.errors import Cancelled, NotARaster, RasterTooLarge, RasterUnreadable
+from lrs_focus.raster import RasterSource
+from lrs_focus.readers.confine import landlock_abi
+from lrs_focus.readers.pool import ReaderPool
+
+from .conftest import small_geotiff
+
+pytestmark = pytest.mark.skipif(landlock_abi() < 4, reason="needs a kernel with Landlock ABI >= 4")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("readers")
+    root, outside = base / "root", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    small_geotiff(root / "ok.tif", size=200)
+    small_geotiff(outside / "secret.tif")
+    os.mkfifo(root / "pipe_metadata.txt")
+    small_geotiff(root / "pipe.tif")
+    return root, outside
+
+
+@pytest.fixture(scope="module")
+def pool(files):
+    pool = ReaderPool(size=2, roots=[str(files[0])], no_policy=True, timeout_s=20).start()
+    yield pool
+    pool.close()
+
+
+def _run_confined(code: str, root: Path) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter after confine.landlock (roots = root) only, or seccomp only."""
+    prelude = ("import sys, socket; from lrs_focus.readers import confine, child\n")
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, ROOT=str(root)))
+
+
+def test_landlock_alone_denies_files_outside_and_tcp(files, tmp_path):
+    root, outside = files
+    server = __import__("socket").socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    done = _run_confined(
+        "import os\n"
+        "confine.landlock([os.environ['ROOT']], child.system_paths())\n"
+        f"open(os.environ['ROOT'] + '/ok.tif', 'rb').read(4)\n"
+        "for path in [" + repr(str(outside / "secret.tif")) + ", '/etc/passwd', '/dev/zero']:\n"
+        "    try: open(path, 'rb'); print('READ', path)\n"
+        "    except PermissionError: print('denied')\n"
+        "try: open(os.environ['ROOT'] + '/new', 'w'); print('WROTE')\n"
+        "except PermissionError: print('denied')\n"
+        f"try: socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\n"
+        "except PermissionError: print('denied')\n", root)
+    server.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["denied"] * 5
+
+
+def test_seccomp_alone_denies_sockets_but_unix_ones(files):
+    done = _run_confined(
+        "print(confine.seccomp_no_sockets())\n"
+        "for family, kind in [(socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET6, socket.SOCK_DGRAM),"
+        " (socket.AF_INET, socket.SOCK_DGRAM)]:\n"
+        "    try: socket.socket(family, kind); print('OPENED')\n"
+        "    except PermissionError: print('denied')\n"
+        "socket.socket(socket.AF_UNIX); socket.socketpair(); print('unix')\n", files[0])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4:] == ["denied", "denied", "denied", "unix"]
+
+
+def test_a_reader_cannot_open_what_the_policy_never_saw(pool, files):
+    """No policy runs here: the path goes straight to a reader, and the kernel refuses it."""
+    root, outside = files
+    with pytest.raises((NotARaster, RasterUnreadable)) as info:
+        pool.open(str(outside / "secret.tif"))
+    assert "Permission denied" in str(info.value)
+    assert RasterSource.open(str(outside / "secret.tif")).width == 64  # readable without confinement
+
+
+def test_pixels_through_shared_memory_equal_gdal_in_process(pool, files):
+    path = str(files[0] / "ok.tif")
+    ref = RasterSource.open(path)
+    full = ref.read_rgb((0, 0, 200, 200), (200, 200))
+    with pool.open(path) as src:
+        assert src.identity() == ref.identity()
+        assert np.array_equal(src.read_rgb((10.5, 3, 150, 190), (40, 33)), ref.read_rgb((10.5, 3, 150, 190), (40, 33)))
+        rows, cols = np.array([0, 1, 7, 50, 51, 199]), np.arange(0, 200, 7)
+        assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
+        results = {}
+
+        def read(i):  # several threads at once on one source
+            results[i] = src.read_rgb((0, 0, 200, 200), (20 + i, 30))
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(6):
+            assert np.array_equal(results[i], ref.read_rgb((0, 0, 200, 200), (20 + i, 30)))
+
+
+def test_a_cancelled_read_kills_the_reader_and_the_pool_replaces_it(pool, files):
+    """A FIFO beside a GeoTIFF (<stem>_metadata.txt) blocks GDAL's metadata reader for good."""
+    stop = threading.Event()
+
+    def check():
+        if stop.is_set():
+            raise Cancelled("cancelled while reading pixels")
+
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        pool.open(str(files[0] / "pipe.tif"), check=check)
+    assert time.monotonic() - t0 < 5
+    replaced = pool.replaced
+    assert replaced >= 1
+    with pool.open(str(files[0] / "ok.tif")) as src:  # a fresh reader serves the next question
+        assert src.read_rgb((0, 0, 200, 200), (8, 8)).shape == (8, 8, 3)
+
+
+def test_silence_past_the_timeout_kills_the_reader(files):
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, timeout_s=1.5).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RasterUnreadable, match="no answer"):
+            pool.open(str(files[0] / "pipe.tif"))
+        assert time.monotonic() - t0 < 5
+    finally:
+        pool.close()
+
+
+def test_the_pixel_budget_refuses_with_the_figures(files):
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, max_source_pixels=30000).start()
+    try:
+        with pool.open(str(files[0] / "ok.tif")) as src:
+            src.read_rgb((0, 0, 100, 100), (10, 10))  # 10,000 px
+            with pytest.raises(RasterTooLarge, match="0 Mpx a question"):
+                src.read_rgb((0, 0, 200, 200), (10, 10))  # 40,000 more
+            with pytest.raises(RasterTooLarge, match="200 x 200 px"):
+                src.expect_full_read(200, 200)
+    finally:
+        pool.close()
+
+
+def test_a_reader_imports_neither_torch_nor_transformers():
+    code = ("import sys; import lrs_focus.readers.child, lrs_focus.readers.pool, lrs_focus.readers.source; "
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_serve_refuses_a_kernel_without_landlock_unless_unconfined(monkeypatch):
+    from lrs_focus.commands import serve
+    from lrs_focus.readers import confine
+    from lrs_focus.service import ServiceConfigError
+
+    monkeypatch.setattr(confine, "landlock_abi", lambda: 0)
+    args = serve_args(serve, unconfined=False)
+    with pytest.raises(ServiceConfigError, match="--unconfined"):
+        serve._readers(args, *serve._policy_and_limits(args), False)
+    pool = serve._readers(serve_args(serve, unconfined=True), *serve._policy_and_limits(args), False)
+    try:
+        assert pool.describe()["confined"] is False
+    finally:
+        pool.close()
+
+
+def serve_args(serve, **over):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--readers", "1"])
+    vars(args).update(over)
+    return args
+
+
+def test_a_read_past_the_address_space_limit_is_raster_too_large(pool, files):
+    """A 200 x 200 window asked as 40000 x 40000 px (4.8 GB): the reader's RLIMIT_AS refuses the buffer."""
+    with pool.open(str(files[0] / "ok.tif")) as src:
+        with pytest.raises(RasterTooLarge):
+            src.read_rgb((0, 0, 200, 200), (40000, 40000))
+        assert src.read_rgb((0, 0, 200, 200), (4, 4)).shape == (4, 4, 3)  # the same reader reads on
+
+
+def test_a_reader_past_its_cpu_seconds_is_raster_too_large(files, tmp_path):
+    """A DAG of VRTs (20^6 source reads) spins until RLIMIT_CPU's SIGXCPU ends the reader."""
+    from .attack_rasters import vrt_dag
+
+    (files[0] / "cpu").mkdir()
+    top = vrt_dag(files[0] / "cpu", levels=6)
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, cpu_s=1.0, timeout_s=30).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RasterTooLarge, match="CPU seconds"):
+            with pool.open(top) as src:
+                src.read_rgb((0, 0, 16, 16), (16, 16))
+        assert time.monotonic() - t0 < 15
+    finally:
+        pool.close()
+
+
+def test_a_large_gather_splits_rows_over_the_free_readers(pool, files, monkeypatch):
+    from lrs_focus.readers import source as source_module
+
+    monkeypatch.setattr(source_module, "PARALLEL_MIN_PIXELS", 0)
+    path = str(files[0] / "ok.tif")
+    full = RasterSource.open(path).read_rgb((0, 0, 200, 200), (200, 200))
+    deadline = time.monotonic() + 20
+    while len(pool._idle) < 2 and time.monotonic() < deadline:  # replacements of killed readers
+        time.sleep(0.1)
+    with pool.open(path) as src:
+        used = []
+        real = src._gather_into
+
+        def spy(out, rows, cols, pad_rgb, both):
+            used.append(len(src._readers))
+            return real(out, rows, cols, pad_rgb, both)
+
+        monkeypatch.setattr(src, "_gather_into", spy)
+        rows, cols = np.arange(0, 200, 2), np.arange(3, 190)
+        assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
+        assert used == [2] and len(src._readers) == 1  # the helper went back to the pool
+
+
+def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):
+    """--allow-remote: Landlock lets TCP connect reach ports 80 and 443 only (hosts are the policy's)."""
+    server = __import__("socket").socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    done = _run_confined(
+        "import os\n"
+        "confine.landlock([os.environ['ROOT']], child.system_paths(True), tcp_ports=[80, 443])\n"
+        f"try: socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\n"
+        "except PermissionError: print('denied')\n"
+        "try: socket.create_connection(('127.0.0.1', 443), timeout=5); print('CONNECTED')\n"
+        "except PermissionError: print('denied')\n"
+        "except OSError: print('allowed')\n", files[0])
+    server.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["denied", "allowed"]  # 443: refused by no listener, not by the kernel
