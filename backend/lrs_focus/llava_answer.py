@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from .model.modeling import LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, encode_prompt, refuse_bad_question
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
+from .stage_clock import clock_of
 
 
 class RfmScorer:
@@ -23,9 +23,10 @@ class RfmScorer:
     def __init__(self, model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor):
         self.model, self.prompt, self.thumbnail = model, prompt, thumbnail
         self.seconds = 0.0
+        self.clock = clock_of(model)
 
     def __call__(self, canvas: Canvas) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0 = self.clock.now()
         tiles = canvas.gather(self.model.image_newline)
         if canvas.keep_gaps:  # released stage B: the whole canvas, absent tiles as zero placeholders
             offsets = torch.as_tensor(canvas.offsets)
@@ -40,8 +41,9 @@ class RfmScorer:
             seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles)
             del tiles
             scores = self.model.rfm_scores(seq)
-        self.seconds += time.perf_counter() - t0
-        return scores.float().cpu().numpy().astype(np.float64)
+        scores = scores.float().cpu().numpy().astype(np.float64)
+        self.seconds += self.clock.now() - t0
+        return scores
 
 
 def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor,
@@ -98,13 +100,14 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
     released_numerics = options.mode == "released" and model.dtype == torch.float32
+    clock = clock_of(model)  # synchronised stage edges on CUDA
     with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop):
         check("encode", None, 0.0, "encoding the thumbnail")
-        t0 = time.perf_counter()
+        t0 = clock.now()
         thumbnail = encoder.thumbnail()
-        timings["thumbnail"] = time.perf_counter() - t0
+        timings["thumbnail"] = clock.now() - t0
         scorer = RfmScorer(model, prompt, thumbnail)
-        t0 = time.perf_counter()
+        t0 = clock.now()
         result = run_focus(
             pyramid.geometry,
             options.mode,
@@ -120,17 +123,17 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
         )
         timings["encode"] = encoder.seconds
         timings["focus"] = scorer.seconds
-        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
+        timings["select"] = clock.now() - t0 - encoder.seconds - scorer.seconds
         seq = final_sequence(model, prompt, thumbnail, result)
         if result.canvas is not None:
             result.canvas.feats = None  # generation needs only the sequence
         if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
             raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
         check("generate", None, 0.0, f"answering from {seq.length} tokens")
-        t0 = time.perf_counter()
+        t0 = clock.now()
         answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop,
                                    config_eos_only=options.mode == "released")
-        timings["generate"] = time.perf_counter() - t0
+        timings["generate"] = clock.now() - t0
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled during generation")
     return Run(result, answer, seq.length, budget, encoder, timings, n_max)

@@ -121,3 +121,22 @@ def test_rfm_score_keeps_no_per_layer_states(tiny_models):
         h, states, _ = model.rfm.hidden_states(seq.embeds, seq.position_ids)
         h2, kept, _ = model.rfm.hidden_states(seq.embeds, seq.position_ids, keep_states=True)
     assert states == [] and len(kept) == len(model.rfm.layers) and torch.equal(h, h2)
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_stage_timings_wait_for_the_device_at_every_stage_edge_on_cuda(tiny_engine, sentinel2_vrt, monkeypatch, cuda):
+    """With a CUDA device every timed stage edge (thumbnail, selection, each encode and RFM pass, generation)
+    waits for the device before reading the clock; on the CPU nothing is synchronised."""
+    from lrs_focus import stage_clock
+    from lrs_focus.engine import AskOptions
+
+    synced: list[str] = []
+    monkeypatch.setattr(stage_clock, "synchronize", lambda device: synced.append(device))
+    if cuda:
+        monkeypatch.setattr(stage_clock, "is_cuda", lambda device: True)
+    res = tiny_engine.ask(str(sentinel2_vrt), "How many ships are docked at the northern pier?",
+                          AskOptions(mode="paper", max_new_tokens=2))
+    levels = [lv for lv in res["trace"]["levels"] if lv["reached"]]
+    edges = 2 * (3 + len(levels) + res["counts"]["rfm_passes"])  # start and end of each timed stage
+    assert len(synced) == (edges if cuda else 0)
+    assert {"thumbnail", "encode", "focus", "select", "generate"} <= set(res["timings"])
