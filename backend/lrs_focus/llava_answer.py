@@ -15,6 +15,7 @@ from .model.prompts import PromptIds, encode_prompt, refuse_bad_question
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
 from .stage_clock import clock_of
+from .work_meter import Metered, base_pass_pixels, meter_of
 
 
 class RfmScorer:
@@ -101,8 +102,17 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
     released_numerics = options.mode == "released" and model.dtype == torch.float32
     clock = clock_of(model)  # synchronised stage edges on CUDA
-    with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop):
+    meter = meter_of(check)
+    if meter is not None:  # `overall`: the work priced once the pyramid is known
+        meter.plan(pyramid.geometry, options.mode, n_max, float(options.alpha), budget["text_tokens"],
+                   cfg.thumbnail_tokens, (len(model.rfm.layers), len(model.llm.model.layers)),
+                   int(options.max_new_tokens), budget["max_length"], base_pass_pixels(pyramid), options.max_levels)
+    beat = meter.beat if meter is not None else None
+    with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")
+        if meter is not None:
+            meter.reading(pyramid)
+            meter.start("thumbnail")
         t0 = clock.now()
         thumbnail = encoder.thumbnail()
         timings["thumbnail"] = clock.now() - t0
@@ -111,8 +121,8 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
         result = run_focus(
             pyramid.geometry,
             options.mode,
-            encoder,
-            scorer,
+            Metered(meter, "tiles", encoder),
+            Metered(meter, "score", scorer),
             alpha=float(options.alpha),
             n_max=n_max,
             max_levels=options.max_levels,
@@ -130,6 +140,8 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
         if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
             raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
         check("generate", None, 0.0, f"answering from {seq.length} tokens")
+        if meter is not None:
+            meter.start("llm")
         t0 = clock.now()
         answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop,
                                    config_eos_only=options.mode == "released")
