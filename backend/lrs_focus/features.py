@@ -243,7 +243,7 @@ class TileEncoder:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-reader") as reader:
                 pending: Future = reader.submit(self._read, level, chunks[0])
                 for i, chunk in enumerate(chunks):
-                    images = pending.result()
+                    images = self._wait(pending)
                     if i + 1 < len(chunks):
                         pending = reader.submit(self._read, level, chunks[i + 1])
                     if i:
@@ -258,6 +258,20 @@ class TileEncoder:
         out = torch.stack([found[t] for t in tiles])
         self.seconds += self.clock.now() - t0
         return out
+
+    def _wait(self, pending: Future) -> np.ndarray:
+        """The read-ahead's pixels; a slow read (a remote or many-source raster) keeps the work meter's
+        heartbeat going, and a cancel does not wait for it."""
+        from concurrent.futures import TimeoutError as Pending
+
+        from .work_meter import meter_of
+
+        meter = meter_of(self.check)
+        while True:
+            try:
+                return pending.result(timeout=0.25 if meter is not None else None)
+            except Pending:
+                meter.beat()
 
     def _read(self, level: int, chunk: list[tuple[int, int]]) -> np.ndarray:
         return np.stack(self.pyramid.tiles(level, chunk))

@@ -24,6 +24,7 @@ class RfmScorer:
     def __init__(self, model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor):
         self.model, self.prompt, self.thumbnail = model, prompt, thumbnail
         self.seconds = 0.0
+        self.token_layers = 0  # tokens x RFM layers scored (the work meter's rate)
         self.clock = clock_of(model)
 
     def __call__(self, canvas: Canvas) -> np.ndarray:
@@ -44,6 +45,7 @@ class RfmScorer:
             scores = self.model.rfm_scores(seq)
         scores = scores.float().cpu().numpy().astype(np.float64)
         self.seconds += self.clock.now() - t0
+        self.token_layers += seq.length * len(self.model.rfm.layers)
         return scores
 
 
@@ -106,7 +108,8 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
     if meter is not None:  # `overall`: the work priced once the pyramid is known
         meter.plan(pyramid.geometry, options.mode, n_max, float(options.alpha), budget["text_tokens"],
                    cfg.thumbnail_tokens, (len(model.rfm.layers), len(model.llm.model.layers)),
-                   int(options.max_new_tokens), budget["max_length"], base_pass_pixels(pyramid), options.max_levels)
+                   int(options.max_new_tokens), budget["max_length"], base_pass_pixels(pyramid), options.max_levels,
+                   exact=hasattr(pyramid, "source_pixels"))
     beat = meter.beat if meter is not None else None
     with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")
@@ -117,6 +120,8 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
         thumbnail = encoder.thumbnail()
         timings["thumbnail"] = clock.now() - t0
         scorer = RfmScorer(model, prompt, thumbnail)
+        if meter is not None:
+            meter.encoder, meter.scorer = encoder, scorer
         t0 = clock.now()
         result = run_focus(
             pyramid.geometry,

@@ -43,6 +43,8 @@ def cancel_between_layers(model: Any, should_stop: StopFn | None, beat: Any = No
             beat()
 
     handles = [block.register_forward_pre_hook(poll) for block in transformer_blocks(model)]
+    if beat is not None:  # and after each block: the last one of a pass is followed by its score
+        handles += [block.register_forward_hook(lambda m, a, out: beat()) for block in transformer_blocks(model)]
     try:
         yield
     finally:
@@ -52,7 +54,7 @@ def cancel_between_layers(model: Any, should_stop: StopFn | None, beat: Any = No
 
 def cancel_check(should_stop: StopFn | None, beat: Any = None):
     """The check between strip reads: cancel, and the work meter's heartbeat (a message when the
-    last one is a second old, not one per strip)."""
+    last one is `work_meter.HEARTBEAT_S` old, not one per strip)."""
 
     def check() -> None:
         if should_stop is not None and should_stop():

@@ -15,6 +15,7 @@ of the base pass, between tile batches, before every transformer block of a pass
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,11 @@ from typing import Any, Callable, Optional
 
 from .errors import Cancelled
 
-HEARTBEAT_S = 1.0  # the issue asks for a message at least every 2 s
+#: decoding steps priced, as a share of max_new_tokens: an answer usually ends at its end token well
+#: before the cap, and how long it will be is not known in advance (the generate stage's messages
+#: still come every HEARTBEAT_S; `overall` jumps to 1 when the answer ends early)
+ANSWER_SHARE = 0.25
+HEARTBEAT_S = 0.5  # the issue asks for a message at least every 2 s (a busy CPU stretches a block)
 
 
 @dataclass
@@ -35,32 +40,36 @@ class Rates:
     step_layer: float = 2e-4  # one decoding step through one decoder layer
 
 
-def calibrate(model: Any) -> Rates:
-    """Time one tile and a short prefill on the model (milliseconds with the tiny model; a fraction of
-    a second for 7B on a GPU). Models without the LLaVA parts keep the default rates."""
+def calibrate(model: Any, repeats: int = 3) -> Rates:
+    """Time a tile batch, a short prefill and a decoding-sized step on the model, the best of `repeats`
+    (a busy CPU stretches single timings several times): milliseconds with the tiny model, a fraction
+    of a second for 7B on a GPU. Models without the LLaVA parts keep the default rates."""
     import numpy as np
     import torch
 
-    rates = Rates()
-    try:
-        from .stage_clock import clock_of
+    from .stage_clock import clock_of
 
-        clock = clock_of(model)
-        b = int(model.config.tile_size)
+    rates = Rates()
+    clock = clock_of(model)
+
+    def best(fn: Callable[[], Any]) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = clock.now()
+            fn()
+            times.append(clock.now() - t0)
+        return min(times)
+
+    try:
+        b, n = int(model.config.tile_size), max(1, min(4, int(model.config.encode_batch)))
+        tiles = np.zeros((n, b, b, 3), dtype=np.uint8)
+        layers = len(model.llm.model.layers)
+        embeds = torch.zeros(1, 256, model.config.hidden_size, dtype=model.dtype, device=model.device)
         with torch.inference_mode():
-            model.encode_tiles(np.zeros((1, b, b, 3), dtype=np.uint8))  # warm-up
-            t0 = clock.now()
-            model.encode_tiles(np.zeros((2, b, b, 3), dtype=np.uint8))
-            rates.tile = (clock.now() - t0) / 2
-            layers = len(model.llm.model.layers)
-            embeds = torch.zeros(1, 256, model.config.hidden_size, dtype=model.dtype, device=model.device)
-            model.llm.model(inputs_embeds=embeds[:, :16])  # warm-up
-            t0 = clock.now()
-            model.llm.model(inputs_embeds=embeds)
-            rates.token_layer = (clock.now() - t0) / (256 * layers)
-            t0 = clock.now()
-            model.llm.model(inputs_embeds=embeds[:, :1])
-            rates.step_layer = (clock.now() - t0) / layers
+            rates.tile = best(lambda: model.encode_tiles(tiles)) / n
+            rates.token_layer = best(lambda: model.llm.model(inputs_embeds=embeds)) / (256 * layers)
+            rates.step_layer = best(lambda: model.llm.model(inputs_embeds=embeds[:, :1])) / layers
     except (AttributeError, TypeError, RuntimeError):
         pass
     return rates
@@ -72,36 +81,39 @@ class WorkMeter:
     def __init__(self, progress: Optional[Callable[..., None]], should_stop: Optional[Callable[[], bool]],
                  rates: Rates | None = None, clock: Callable[[], float] = time.monotonic):
         self.progress, self.should_stop = progress, should_stop
-        self.rates = rates or Rates()
+        self.rates = dataclasses.replace(rates) if rates is not None else Rates()  # refined on this job only
         self.clock = clock
         self.t0 = clock()
         self.overall = 0.0
-        self.last = (None, None, 0.0, "")  # the last stage message (stage, level, fraction, message)
+        self.last: tuple = (None, None, 0.0, "")  # the last stage message (stage, level, fraction, message)
         self.last_sent = self.t0
         self.planned = False
-        self.left = {"pixels": 0.0, "tiles": 0.0, "llm": 0.0}  # seconds of work not started
-        self.levels: list[dict[str, float]] = []  # per level still to come: {"tiles", "score"} seconds
-        self.stage_work = 0.0  # seconds the current lump of work (a pass, a batch) was priced at
-        self.stage_start = self.t0
+        # work not started, in units priced by `self.rates`: tiles, token-layers, decoding step-layers
+        self.left = {"tile": 0.0, "token_layer": 0.0, "step_layer": 0.0}
+        self.levels: list[dict[str, float]] = []  # per level to come: {"tile": tiles, "token_layer": RFM}
+        self.lump: dict[str, float] = {}  # the units of the work running now (a level's tiles, a pass)
+        self.lump_start = self.t0
         self.pixel_source: Any = None  # the exact pyramid being read (its `source_pixels` grows)
         self.pixels_total = 0
         self.pixel_t0: float | None = None
+        self.encoder: Any = None  # TileEncoder: its `seconds` / tiles of the first level give the tile rate
+        self.tile_rate_fixed = False
+        self.scorer: Any = None  # RfmScorer: its `seconds` / `token_layers` refine the token rate
 
     # -- the plan --------------------------------------------------------------------------------
     def plan(self, geo: Any, mode: str, n_max: int, alpha: float, text_tokens: int, thumb_tokens: int,
              layers: tuple[int, int], max_new_tokens: int, max_length: int, pixels: int = 0,
-             max_levels: int | None = None) -> None:
-        """Price the run once the pyramid is known. `layers`: (RFM layers, LLM layers)."""
-        r = self.rates
+             max_levels: int | None = None, exact: bool = False) -> None:
+        """Plan the run's work once the pyramid is known. `layers`: (RFM layers, LLM layers); `pixels`:
+        the exact base pass's source pixels; `exact`: finer tiles read their own source windows."""
         rfm_layers, llm_layers = layers
         t = geo.cfg.tokens_per_tile
         levels = geo.levels[: max_levels or len(geo.levels)]
         counts = [lv.grid[0] * lv.grid[1] for lv in levels]
         if mode == "thumbnail":
-            tiles = []
+            tiles: list[int] = []
         elif mode == "all-tiles":
-            fits = [c for c in counts if c <= 4 * n_max] or counts[:1]
-            tiles = [fits[-1]]
+            tiles = [([c for c in counts if c <= 4 * n_max] or counts[:1])[-1]]
         else:
             tiles = [counts[0]]
             for c in counts[1:]:  # a zoom keeps about alpha of the tokens: ~ twice the tiles, capped
@@ -112,37 +124,48 @@ class WorkMeter:
                 if mode == "released":
                     break
         fixed = text_tokens + thumb_tokens + 1
-        self.levels = [{"tiles": n * r.tile,
-                        "score": (fixed + n * t * (t + 1)) * rfm_layers * r.token_layer if mode != "all-tiles" else 0.0}
-                       for n in tiles]
+        first = 0 if mode != "all-tiles" else len([c for c in counts if c <= 4 * n_max] or counts[:1]) - 1
+        self.levels = [{"tile": float(n), "token_layer": float((fixed + n * t * (t + 1)) * rfm_layers)
+                        if mode != "all-tiles" else 0.0,
+                        "pixel": float(n * tile_pixels(geo, levels[first + i])) if exact and first + i else 0.0}
+                       for i, n in enumerate(tiles)]
         kept = tiles[-1] * t * (t + 1) * (alpha if mode in ("paper", "released") else 1.0) if tiles else 0
-        prefill = min(max_length, fixed + kept)
-        self.left["tiles"] = r.tile  # the thumbnail
-        self.left["llm"] = prefill * llm_layers * r.token_layer + max_new_tokens * llm_layers * r.step_layer
+        self.left = {"tile": 1.0, "token_layer": float(min(max_length, fixed + kept) * llm_layers),
+                     "step_layer": float(ANSWER_SHARE * max_new_tokens * llm_layers)}
         self.pixels_total = int(pixels)
-        self.left["pixels"] = pixels * r.pixel
         self.planned = True
 
     def level_tiles(self, index: int, n: int) -> None:
-        """The run knows how many tiles the next level needs: re-price it (later levels scale with it)."""
-        if index < len(self.levels):
-            old = self.levels[index]["tiles"] / max(self.rates.tile, 1e-12)
-            scale = n / old if old else 1.0
+        """The run knows how many tiles a level needs: re-plan it (later levels scale with it)."""
+        if index < len(self.levels) and self.levels[index]["tile"]:
+            scale = n / self.levels[index]["tile"]
             for lv in self.levels[index:]:
-                lv["tiles"] *= scale
-                lv["score"] *= scale
+                for k in lv:
+                    lv[k] *= scale
 
     # -- measured work ---------------------------------------------------------------------------
+    def _measure(self, now: float) -> None:
+        """Rates from the run itself, once it has done some of each kind of work."""
+        enc, sc = self.encoder, self.scorer
+        done = (getattr(enc, "encoded", 0) + getattr(enc, "cached", 0)) if enc is not None else 0
+        if done and not self.tile_rate_fixed:  # the first level's pixels are in memory: encoding alone
+            self.rates.tile = enc.seconds / done
+        if sc is not None and getattr(sc, "token_layers", 0):
+            self.rates.token_layer = sc.seconds / sc.token_layers
+        if self.pixel_source is not None and self.pixel_t0 is not None:
+            read = int(getattr(self.pixel_source, "source_pixels", 0))
+            if read > 0 and read < self.pixels_total and now > self.pixel_t0:
+                self.rates.pixel = (now - self.pixel_t0) / read
+
+    def _price(self, units: dict[str, float]) -> float:
+        return sum(v * getattr(self.rates, k) for k, v in units.items())
+
     def _remaining(self, now: float) -> float:
-        left = self.left["tiles"] + self.left["llm"] + sum(v for lv in self.levels for v in lv.values())
-        if self.pixel_source is not None and self.pixels_total:
-            done = int(getattr(self.pixel_source, "source_pixels", 0))
-            if self.pixel_t0 is not None and done > 0 and now > self.pixel_t0:
-                self.rates.pixel = (now - self.pixel_t0) / done  # measured on the pass itself
-            left += max(0, self.pixels_total - done) * self.rates.pixel
-        else:
-            left += self.left["pixels"]
-        return left + max(0.0, self.stage_work - (now - self.stage_start))
+        self._measure(now)
+        left = self._price(self.left) + sum(self._price(lv) for lv in self.levels)
+        read = int(getattr(self.pixel_source, "source_pixels", 0)) if self.pixel_source is not None else 0
+        left += max(0, self.pixels_total - read) * self.rates.pixel
+        return left + max(0.0, self._price(self.lump) - (now - self.lump_start))
 
     def _share(self, now: float) -> float:
         if not self.planned:
@@ -154,23 +177,28 @@ class WorkMeter:
         return self.overall
 
     def start(self, work: str, index: int | None = None) -> None:
-        """A lump of planned work begins: 'thumbnail', 'tiles' or 'score' of level `index`, 'llm'."""
-        now = self.clock()
+        """A planned lump of work begins: 'thumbnail', 'tiles' or 'score' of level `index`, 'llm'."""
         if work == "thumbnail":
-            seconds, self.left["tiles"] = self.left["tiles"], 0.0
+            lump = {"tile": self.left["tile"]}
+            self.left["tile"] = 0.0
         elif work == "llm":  # levels the run did not reach are no longer work to do
-            seconds, self.left["llm"], self.levels = self.left["llm"], 0.0, []
-        elif index is not None and self.levels:
-            lv = self.levels[min(index, len(self.levels) - 1)]
-            seconds, lv[work] = lv[work], 0.0
+            lump = {k: self.left[k] for k in ("token_layer", "step_layer")}
+            self.left["token_layer"] = self.left["step_layer"] = 0.0
+            self.levels = []
+        elif index is not None and index < len(self.levels):
+            keys = ("tile", "pixel") if work == "tiles" else ("token_layer",)
+            lump = {k: self.levels[index][k] for k in keys}
+            for k in keys:
+                self.levels[index][k] = 0.0
+            if work == "tiles" and index:
+                self.tile_rate_fixed = True
         else:
-            seconds = 0.0
-        self.stage_work, self.stage_start = seconds, now
+            lump = {}
+        self.lump, self.lump_start = lump, self.clock()
 
     def reading(self, pyramid: Any) -> None:
-        """The exact base pass starts on `pyramid` (its `source_pixels` counts what was read)."""
+        """The exact base pass may start on `pyramid` (its `source_pixels` counts what was read)."""
         self.pixel_source, self.pixel_t0 = pyramid, self.clock()
-        self.left["pixels"] = 0.0
 
     # -- messages ----------------------------------------------------------------------------------
     def _send(self, stage: str, level: Optional[int], fraction: float, message: str, now: float) -> None:
@@ -194,6 +222,15 @@ class WorkMeter:
         now = self.clock()
         if now - self.last_sent >= HEARTBEAT_S and self.last[0] is not None:
             self._send(*self.last, now)
+
+
+def tile_pixels(geo: Any, level: Any) -> int:
+    """Source pixels the exact path decodes for one tile of `level` read from the raster: strips over
+    the tile's source window, two source rows per output row at most (bilinear), every column."""
+    b = geo.cfg.tile_size
+    side_y = b * geo.height / max(1, level.resized[0])
+    side_x = b * geo.width / max(1, level.resized[1])
+    return int(min(side_y, 2 * b) * side_x)
 
 
 def meter_of(check: Any) -> WorkMeter | None:

@@ -214,3 +214,37 @@ def test_cli_serve_a_qwen_vl_preset(sentinel2_vrt, tmp_path):
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait(10)
+
+
+def test_cancel_during_a_long_prefill_is_answered_within_two_seconds(tiny_engine, make_server, tmp_path):
+    """A slow card emulated: every LLM block takes 1 s, so the prefill alone takes 4 s. A cancel sent
+    through the service half a second into the prefill is answered within 2 s: the engine polls it
+    before every block, not only between generated tokens or stages."""
+    from .conftest import small_geotiff
+
+    raster = small_geotiff(tmp_path / "small.tif")
+    server = make_server(engine=tiny_engine)
+    slow = [layer.register_forward_pre_hook(lambda m, a: time.sleep(1.0)) for layer in tiny_engine.model.llm.model.layers]
+    try:
+        with Client(server.endpoint, timeout_s=60) as c:
+            acc = c.submit(str(raster), QUESTION, {"max_new_tokens": 8})
+            generating, cancel_at = [], []
+
+            def progress(stage, *a):
+                if stage == "generate" and not generating:
+                    generating.append(time.monotonic())
+
+            def should_cancel() -> bool:
+                if generating and not cancel_at and time.monotonic() - generating[0] > 0.5:
+                    cancel_at.append(time.monotonic())
+                return bool(cancel_at)
+
+            with pytest.raises(ServiceError) as info:
+                c.wait(acc, progress=progress, should_cancel=should_cancel)
+            took = time.monotonic() - cancel_at[0]
+    finally:
+        for h in slow:
+            h.remove()
+    assert info.value.code == P.CANCELLED
+    print(f"cancel during the prefill answered in {took:.2f} s")
+    assert took < 2.0, f"cancel during the prefill took {took:.1f} s"
