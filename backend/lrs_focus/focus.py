@@ -312,7 +312,7 @@ def run_focus(
         if pass_limit is not None and entries > pass_limit:
             notes["zoom_stopped"] = {"level": nxt.index, "tiles": len(next_tiles), "pass_entries": entries,
                                      "pass_limit": int(pass_limit), "reason": "the scoring pass would exceed the "
-                                     "model's positions"}
+                                     "model's positions or the memory budget (trace.budget)"}
             break
         check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
         canvas = None  # the coarser level's features are no longer needed

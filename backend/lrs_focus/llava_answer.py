@@ -16,6 +16,8 @@ from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
 from .stage_clock import clock_of
 from .work_meter import Metered, base_pass_pixels, meter_of
+from . import pass_memory
+from .pass_memory import memory_limits
 
 
 class RfmScorer:
@@ -77,6 +79,23 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
             "positions": limit}
 
 
+def within_memory(model: LrsFocusModel, budget: dict[str, int]) -> dict[str, int]:
+    """The sequence budget bounded by memory too (pass_memory.py): the RFM's passes by
+    `rfm_pass_tokens` (the run stops zooming or caps all-tiles before), the LLM's sequence by
+    `llm_pass_tokens` (vision tokens drop first; refused with the figures when text and thumbnail
+    alone do not fit)."""
+    mem = memory_limits(model)
+    budget = {**budget, **mem}
+    fixed = budget["max_length"] - budget["vision_budget"]
+    if mem["llm_pass_tokens"] < fixed:
+        raise BadOptions(f"the answer pass needs {fixed} tokens for the text and thumbnail, but "
+                         f"{mem['memory_budget_bytes'] / 2**20:.0f} MB of memory hold {mem['llm_pass_tokens']} tokens "
+                         f"of this model ({pass_memory.ENV} or a free device raise it)")
+    if mem["llm_pass_tokens"] < budget["max_length"]:
+        budget["vision_budget"] = mem["llm_pass_tokens"] - fixed
+    return budget
+
+
 def refuse_vl_options(options: AskOptions) -> None:
     """The attention-focus options of the Qwen-VL families, refused for the LLaVA + RFM family."""
     if options.focus not in (None, "rfm") or options.focus_layer is not None or options.focus_heads is not None:
@@ -99,7 +118,7 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
     timings: dict[str, float] = {}
     refuse_vl_options(options)
     prompt = prompt or checked_prompt(engine.tokenizer, cfg.template, question)
-    budget = sequence_budget(model, prompt, options)
+    budget = within_memory(model, sequence_budget(model, prompt, options))
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
     released_numerics = options.mode == "released" and model.dtype == torch.float32
@@ -134,7 +153,7 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
             check=check,
             thumbnail_tokens=cfg.thumbnail_tokens,
             vision_budget=budget["vision_budget"],
-            pass_limit=budget["positions"] - budget["text_tokens"] - cfg.thumbnail_tokens - 1,
+            pass_limit=min(budget["positions"], budget["rfm_pass_tokens"]) - budget["text_tokens"] - cfg.thumbnail_tokens - 1,
         )
         timings["encode"] = encoder.seconds
         timings["focus"] = scorer.seconds

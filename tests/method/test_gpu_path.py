@@ -140,3 +140,25 @@ def test_stage_timings_wait_for_the_device_at_every_stage_edge_on_cuda(tiny_engi
     edges = 2 * (3 + len(levels) + res["counts"]["rfm_passes"])  # start and end of each timed stage
     assert len(synced) == (edges if cuda else 0)
     assert {"thumbnail", "encode", "focus", "select", "generate"} <= set(res["timings"])
+
+
+def test_passes_are_bounded_by_a_memory_budget(tiny_engine, sentinel2_vrt, monkeypatch):
+    """With 2 MB for a pass (LRS_FOCUS_PASS_MEMORY_MB), paper mode stops zooming before an RFM pass that
+    would not fit, the LLM's sequence drops vision tokens to fit, and the trace gives the figures; with
+    almost nothing the question is refused with them."""
+    from lrs_focus import errors, pass_memory
+    from lrs_focus.engine import AskOptions
+
+    question = "How many ships are docked at the northern pier?"
+    free = tiny_engine.ask(str(sentinel2_vrt), question, AskOptions(mode="paper", max_new_tokens=2))
+    monkeypatch.setenv(pass_memory.ENV, "2")
+    doc = tiny_engine.ask(str(sentinel2_vrt), question, AskOptions(mode="paper", max_new_tokens=2))
+    budget, counts = doc["trace"]["budget"], doc["counts"]
+    assert budget["memory_budget_bytes"] == 2 << 20
+    assert 0 < budget["rfm_pass_tokens"] < free["counts"]["rfm_max_pass_tokens"]
+    assert counts["rfm_max_pass_tokens"] <= budget["rfm_pass_tokens"]
+    assert "zoom_stopped" in doc["trace"] and doc["trace"]["stopped_at"] < free["trace"]["stopped_at"]
+    assert counts["llm_sequence_tokens"] <= budget["llm_pass_tokens"] < budget["max_length"]
+    monkeypatch.setenv(pass_memory.ENV, "0.05")
+    with pytest.raises(errors.BadOptions, match="tokens of this model"):
+        tiny_engine.ask(str(sentinel2_vrt), question, AskOptions(mode="paper", max_new_tokens=2))
