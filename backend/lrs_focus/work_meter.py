@@ -204,7 +204,8 @@ class WorkMeter:
     def _send(self, stage: str, level: Optional[int], fraction: float, message: str, now: float) -> None:
         self.last, self.last_sent = (stage, level, fraction, message), now
         if self.progress is not None:
-            self.progress(stage, level, float(fraction), message, overall=self._share(now) if stage != "done" else 1.0)
+            overall = 1.0 if stage == "done" else (self._share(now) if self.planned else None)
+            self.progress(stage, level, float(fraction), message, overall=overall)  # None: not planned yet
 
     def check(self, stage: str, level: Optional[int], fraction: float, message: str) -> None:
         """The `stage_checker` of a metered run: cancel, then a message with `overall`."""

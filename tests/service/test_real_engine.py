@@ -248,3 +248,22 @@ def test_cancel_during_a_long_prefill_is_answered_within_two_seconds(tiny_engine
     assert info.value.code == P.CANCELLED
     print(f"cancel during the prefill answered in {took:.2f} s")
     assert took < 2.0, f"cancel during the prefill took {took:.1f} s"
+
+
+def test_progress_over_zeromq_carries_a_monotone_overall(tiny_engine, make_server, tmp_path):
+    """`overall` travels server -> protocol -> client to callbacks that take it; four-argument callbacks
+    keep working (the client passes it only by keyword to those that name it)."""
+    from .conftest import small_geotiff
+
+    sentinel2_vrt = small_geotiff(tmp_path / "small.tif", size=400)
+    server = make_server(engine=tiny_engine)
+    seen, four = [], []
+    with Client(server.endpoint, timeout_s=60) as c:
+        c.ask(str(sentinel2_vrt), QUESTION, {"max_new_tokens": 2},
+              progress=lambda stage, level, fraction, message, overall=None: seen.append((stage, overall)))
+        c.ask(str(sentinel2_vrt), QUESTION, {"max_new_tokens": 2},
+              progress=lambda stage, level, fraction, message: four.append(stage))
+    shares = [o for _, o in seen if o is not None]
+    assert seen[-1] == ("done", 1.0) and shares == sorted(shares) and len(shares) >= 4
+    assert all(o is None for s, o in seen if s in ("open", "pyramid"))
+    assert four[-1] == "done"
