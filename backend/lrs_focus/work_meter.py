@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -81,6 +82,7 @@ class WorkMeter:
     def __init__(self, progress: Optional[Callable[..., None]], should_stop: Optional[Callable[[], bool]],
                  rates: Rates | None = None, clock: Callable[[], float] = time.monotonic):
         self.progress, self.should_stop = progress, should_stop
+        self._lock = threading.Lock()
         self.rates = dataclasses.replace(rates) if rates is not None else Rates()  # refined on this job only
         self.clock = clock
         self.t0 = clock()
@@ -202,6 +204,10 @@ class WorkMeter:
 
     # -- messages ----------------------------------------------------------------------------------
     def _send(self, stage: str, level: Optional[int], fraction: float, message: str, now: float) -> None:
+        with self._lock:  # the tile reader's thread beats too: messages leave in `overall` order
+            self._send_locked(stage, level, fraction, message, now)
+
+    def _send_locked(self, stage: str, level: Optional[int], fraction: float, message: str, now: float) -> None:
         self.last, self.last_sent = (stage, level, fraction, message), now
         if self.progress is not None:
             overall = 1.0 if stage == "done" else (self._share(now) if self.planned else None)
