@@ -11,9 +11,10 @@ decoder layer at a time (inference keeps no per-layer states, see `RegionFocusMo
 
 times the dtype's size, plus the RFM's 4-D key mask of released stage B (n x n booleans, what
 sdpa gets for a mask with placeholders). The budget is what the device has free when the question
-starts (80 % of CUDA's free memory; half the host's available memory on the CPU), or
-LRS_FOCUS_PASS_MEMORY_MB. `pass_tokens` is the longest pass that fits; the run stops zooming or
-caps all-tiles before a longer RFM pass, and drops vision tokens before a longer LLM sequence
+starts (80 % of CUDA's free memory; half the host's available memory on the CPU; taken at the
+model's first question and kept, so follow-ups get the same limits), or LRS_FOCUS_PASS_MEMORY_MB.
+`pass_tokens` is the longest pass that fits; the run stops zooming or caps all-tiles before a
+longer RFM pass, and drops vision tokens before a longer LLM sequence
 (`trace.budget` gives the figures).
 """
 
@@ -66,7 +67,9 @@ def memory_limits(model: Any) -> dict[str, int]:
     """{"memory_budget_bytes", "rfm_pass_tokens", "llm_pass_tokens"} for a LLaVA + RFM model now."""
     cfg = model.config.text_config
     size = model.dtype.itemsize if hasattr(model.dtype, "itemsize") else 4
-    budget = budget_bytes(model.device)
+    budget = int(float(os.environ[ENV]) * 2**20) if os.environ.get(ENV) else getattr(model, "pass_memory_budget", None)
+    if budget is None:  # taken once per loaded model: a follow-up question gets the same limits and trace
+        budget = model.pass_memory_budget = budget_bytes(model.device)
     return {"memory_budget_bytes": budget,
             "rfm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=False), square_mask=True),
             "llm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=True))}
