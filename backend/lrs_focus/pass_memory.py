@@ -10,9 +10,9 @@ decoder layer at a time (inference keeps no per-layer states, see `RegionFocusMo
     KV cache of the answer's prefill      2 layers kv_heads head_dim   (LLM only)
 
 times the dtype's size, plus the RFM's 4-D key mask of released stage B (n x n booleans, what
-sdpa gets for a mask with placeholders). The budget is what the device has free when the question
-starts (80 % of CUDA's free memory; half the host's available memory on the CPU; taken at the
-model's first question and kept, so follow-ups get the same limits), or LRS_FOCUS_PASS_MEMORY_MB.
+sdpa gets for a mask with placeholders). The budget is 80 % of the CUDA device's memory (half the
+host's on the CPU) less the model's weights, or LRS_FOCUS_PASS_MEMORY_MB: fixed per machine and
+model, so the same question gets the same limits and trace.
 `pass_tokens` is the longest pass that fits; the run stops zooming or caps all-tiles before a
 longer RFM pass, and drops vision tokens before a longer LLM sequence
 (`trace.budget` gives the figures).
@@ -27,19 +27,22 @@ from typing import Any
 ENV = "LRS_FOCUS_PASS_MEMORY_MB"
 
 
-def budget_bytes(device: Any) -> int:
-    """Bytes one pass may use on `device` now (the env override first)."""
+def budget_bytes(device: Any, weights: int = 0) -> int:
+    """Bytes one pass may use on `device` (the env override first): 80 % of the CUDA device's memory,
+    or half the host's, less the model's weights. Fixed per machine and model (not what happens to
+    be free this second), so two runs of one question get the same limits and trace."""
     if os.environ.get(ENV):
         return int(float(os.environ[ENV]) * 2**20)
     import torch
 
     dev = torch.device(device)
     if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(0.8 * free)
-    import psutil
+        total = 0.8 * torch.cuda.get_device_properties(dev).total_memory
+    else:
+        import psutil
 
-    return int(0.5 * psutil.virtual_memory().available)
+        total = 0.5 * psutil.virtual_memory().total
+    return max(0, int(total) - int(weights))
 
 
 def token_bytes(text_config: Any, dtype_bytes: int, kv_cache: bool) -> int:
@@ -67,9 +70,8 @@ def memory_limits(model: Any) -> dict[str, int]:
     """{"memory_budget_bytes", "rfm_pass_tokens", "llm_pass_tokens"} for a LLaVA + RFM model now."""
     cfg = model.config.text_config
     size = model.dtype.itemsize if hasattr(model.dtype, "itemsize") else 4
-    budget = int(float(os.environ[ENV]) * 2**20) if os.environ.get(ENV) else getattr(model, "pass_memory_budget", None)
-    if budget is None:  # taken once per loaded model: a follow-up question gets the same limits and trace
-        budget = model.pass_memory_budget = budget_bytes(model.device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = budget_bytes(model.device, weights)
     return {"memory_budget_bytes": budget,
             "rfm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=False), square_mask=True),
             "llm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=True))}
