@@ -40,11 +40,11 @@ def cancel_between_layers(model: Any, should_stop: StopFn | None, beat: Any = No
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled during a forward pass")
         if beat is not None:
-            beat()
+            beat(cancel=False)
 
     handles = [block.register_forward_pre_hook(poll) for block in transformer_blocks(model)]
     if beat is not None:  # and after each block: the last one of a pass is followed by its score
-        handles += [block.register_forward_hook(lambda m, a, out: beat()) for block in transformer_blocks(model)]
+        handles += [block.register_forward_hook(lambda m, a, out: beat(cancel=False)) for block in transformer_blocks(model)]
     try:
         yield
     finally:

@@ -41,8 +41,9 @@ class Rates:
     step_layer: float = 2e-4  # one decoding step through one decoder layer
 
 
-def calibrate(model: Any, repeats: int = 3) -> Rates:
+def calibrate(model: Any, repeats: int = 2) -> Rates:
     """Time a tile batch, a short prefill and a decoding-sized step on the model, the best of `repeats`
+    (done when the engine loads, before any hook of a question is on its blocks)
     (a busy CPU stretches single timings several times): milliseconds with the tiny model, a fraction
     of a second for 7B on a GPU. Models without the LLaVA parts keep the default rates."""
     import numpy as np
@@ -66,10 +67,10 @@ def calibrate(model: Any, repeats: int = 3) -> Rates:
         b, n = int(model.config.tile_size), max(1, min(4, int(model.config.encode_batch)))
         tiles = np.zeros((n, b, b, 3), dtype=np.uint8)
         layers = len(model.llm.model.layers)
-        embeds = torch.zeros(1, 256, model.config.hidden_size, dtype=model.dtype, device=model.device)
+        embeds = torch.zeros(1, 128, model.config.hidden_size, dtype=model.dtype, device=model.device)
         with torch.inference_mode():
             rates.tile = best(lambda: model.encode_tiles(tiles)) / n
-            rates.token_layer = best(lambda: model.llm.model(inputs_embeds=embeds)) / (256 * layers)
+            rates.token_layer = best(lambda: model.llm.model(inputs_embeds=embeds)) / (128 * layers)
             rates.step_layer = best(lambda: model.llm.model(inputs_embeds=embeds[:, :1])) / layers
     except (AttributeError, TypeError, RuntimeError):
         pass
@@ -221,10 +222,11 @@ class WorkMeter:
             self.overall = 1.0
         self._send(stage, level, fraction, message, self.clock())
 
-    def beat(self) -> None:
-        """Between strip reads, tile batches and transformer blocks: cancel, and a message when the last
-        one is `HEARTBEAT_S` old (the stage's own message again, with the new `overall`)."""
-        if self.should_stop is not None and self.should_stop():
+    def beat(self, cancel: bool = True) -> None:
+        """Between strip reads, tile batches and transformer blocks: cancel (unless the caller polls it
+        itself), and a message when the last one is `HEARTBEAT_S` old (the stage's own message again,
+        with the new `overall`)."""
+        if cancel and self.should_stop is not None and self.should_stop():
             raise Cancelled("cancelled during " + (self.last[0] or "the run"))
         now = self.clock()
         if now - self.last_sent >= HEARTBEAT_S and self.last[0] is not None:
