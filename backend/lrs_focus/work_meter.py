@@ -9,7 +9,8 @@ itself, tiles per second measured from the encoder once it ran, and per-layer to
 once per engine on the model (`calibrate`). `overall` = elapsed / (elapsed + the priced work left),
 never going back; the plan is corrected as the run learns how many tiles a level really needs.
 
-Messages: every stage edge, and at most `HEARTBEAT_S` apart during long stages (between strip reads
+Messages: every stage edge, and at most `HEARTBEAT_S` (and a tenth of the job's estimated length)
+apart during long stages (between strip reads
 of the base pass, between tile batches, before every transformer block of a pass).
 """
 
@@ -229,7 +230,10 @@ class WorkMeter:
         if cancel and self.should_stop is not None and self.should_stop():
             raise Cancelled("cancelled during " + (self.last[0] or "the run"))
         now = self.clock()
-        if now - self.last_sent >= HEARTBEAT_S and self.last[0] is not None:
+        interval = HEARTBEAT_S
+        if self.planned:  # a short job gets more frequent messages: no silence of a large share of it
+            interval = min(HEARTBEAT_S, max(0.02, 0.1 * (now - self.t0 + self._remaining(now))))
+        if now - self.last_sent >= interval and self.last[0] is not None:
             self._send(*self.last, now)
 
 
