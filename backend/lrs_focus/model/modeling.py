@@ -52,9 +52,8 @@ CLIP_MEAN_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)
 
 
 def rfm_text_config(text_config: Any, num_layers: int) -> Any:
-    """The LLM config for the RFM's layers: the LLM's own heads, KV heads and head size, as released
-    (the public pruner builds `LlamaDecoderLayer(config, i)` / `Qwen2DecoderLayer` from a copy of the
-    LLM config; only its score scale uses hidden // (hidden // 128), see `rfm_score_dim`)."""
+    """The LLM config for the RFM's layers: the LLM's own heads, KV heads and head size, as the public
+    pruner builds its layers from a copy of the LLM config (only its score scale differs)."""
     cfg = copy.deepcopy(text_config)
     cfg.num_hidden_layers = num_layers
     if getattr(cfg, "layer_types", None) is not None:
@@ -64,8 +63,7 @@ def rfm_text_config(text_config: Any, num_layers: int) -> Any:
 
 
 def rfm_score_dim(hidden_size: int, rfm_head_dim: int) -> int:
-    """The released score's scale dimension: `PyramidPruneModule.head_dim = hidden // num_heads` with
-    `num_heads = hidden // 128`; logits are divided by its square root (128 for the 7B shapes)."""
+    """The released score's scale: sqrt of hidden // (hidden // 128), the public pruner's head_dim."""
     return hidden_size // max(1, hidden_size // rfm_head_dim)
 
 
@@ -77,13 +75,11 @@ def qk_logits(
     key_index: torch.Tensor,
     scale_dim: int | None = None,
 ) -> torch.Tensor:
-    """Scaled attention logits of decoder `layer` for chosen queries and keys, without computing the rest.
-
+    """Scaled attention logits of decoder `layer` for chosen queries and keys, without computing the rest:
     hidden_states: (1, n, d), the layer's *input* (before its input norm). position_embeddings:
     (cos, sin) of the whole sequence, shape (1, n, head_dim). Returns (heads, n_q, n_k) in float32:
     q.k / sqrt(scale_dim or head_dim) with RoPE at the tokens' true positions and KV heads repeated
-    (GQA); no mask, no softmax. Used for the RFM score and for the teacher/student signals of distillation.
-    """
+    (GQA); no mask, no softmax. Used for the RFM score and for the teacher/student signals of distillation."""
     attn = layer.self_attn
     head_dim = attn.head_dim
     x = layer.input_layernorm(hidden_states)
@@ -117,14 +113,11 @@ class RegionFocusModule(nn.Module):
         self, embeds: torch.Tensor, position_ids: torch.Tensor, upto: int | None = None,
         key_mask: torch.Tensor | None = None, keep_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Run layers [0, upto) causally (default: all but the last).
-
-        Returns (last hidden, states, (cos, sin)); `states` is [input of layer 0, output of layer 0,
-        ...] when `keep_states` (training reads them), else empty: the score needs only the last
-        layer's input, and every layer's states of a 45k-token pass at 7B are ~1.3 GB. The 2-D mask
-        (all ones unless `key_mask` (1, n) marks keys no query may attend to) also makes
-        transformers treat gapped position ids as one sequence, not as packed sequences.
-        """
+        """Run layers [0, upto) causally (default: all but the last). Returns (last hidden, states,
+        (cos, sin)); `states` = [input of layer 0, output of layer 0, ...] only when `keep_states`
+        (training): the score needs the last layer's input alone (all states of a 45k-token pass at
+        7B: ~1.3 GB). The 2-D mask (ones unless `key_mask` (1, n) masks keys) also makes transformers
+        treat gapped position ids as one sequence, not as packed sequences."""
         upto = len(self.layers) - 1 if upto is None else upto
         pos_emb = self.rotary_emb(embeds, position_ids=position_ids)
         keys = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if key_mask is None \
@@ -152,14 +145,11 @@ class RegionFocusModule(nn.Module):
 
     def score_with_placeholders(self, embeds: torch.Tensor, position_ids: torch.Tensor, query_index: int,
                                 key_index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """The released stage-B score over a whole canvas whose absent tiles are placeholders.
-
-        The public code feeds the level's full canvas with zero embeddings for unselected tiles,
-        masks those keys in RFM layers 0..R-2, and then, in `get_text_image_attn`, turns the 4-D
-        float mask into booleans before adding it to the score logits: placeholder keys stay in
-        the softmax with their logit raised by 1 instead of being excluded. Released mode
-        reproduces that; `present` (n,) bool marks real tokens. Returns (len(key_index),) float32.
-        """
+        """The released stage-B score over a canvas whose absent tiles are placeholders: the public code
+        feeds the level's full canvas with zero embeddings for unselected tiles, masks those keys in
+        RFM layers 0..R-2, then (`get_text_image_attn`) turns the 4-D float mask into booleans before
+        adding it to the score logits: placeholder keys stay in the softmax, logit raised by 1. Released
+        mode reproduces that; `present` (n,) bool marks real tokens. Returns (len(key_index),) float32."""
         h, _, pos_emb = self.hidden_states(embeds, position_ids, key_mask=present[None])
         q_idx = torch.tensor([query_index], device=embeds.device)
         key_index = key_index.to(embeds.device)
@@ -268,12 +258,9 @@ class LrsFocusModel(nn.Module):
         return self.projector(feats).view(n, p, p, -1)
 
     def vision_features(self, px: torch.Tensor) -> torch.Tensor:
-        """CLIP hidden state `vision_select_layer` (CLS included), running only the layers it needs.
-
-        What `vision_tower(px, output_hidden_states=True).hidden_states[select]` returns, bit for bit
-        (the stock forward is embeddings -> pre_layrnorm -> encoder layers without a mask), without
-        computing the layers after it (the released -2 drops the last one) or keeping every layer's
-        states."""
+        """CLIP hidden state `vision_select_layer` (CLS included), bit for bit the stock
+        `output_hidden_states` pick (embeddings -> pre_layrnorm -> unmasked layers), without running
+        the layers after it (the released -2 skips the last) or keeping every layer's states."""
         tower = self.vision_tower
         layers = tower.encoder.layers
         upto = range(len(layers) + 1)[self.config.vision_select_layer]  # hidden_states[k]: after k layers
