@@ -111,8 +111,9 @@ class AskTask(QgsTask):
             return None
         return f"the backend command exited with code {code}; its log ({self.launcher.log_path}) ends with:\n{self.launcher.log_tail()}"
 
-    def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str) -> None:
-        self.setProgress(self._overall.update(stage, level, fraction))
+    def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str,
+                     overall: Optional[float] = None) -> None:
+        self.setProgress(self._overall.update(stage, level, fraction, overall))
         where = f" (level {level})" if level is not None else ""
         self.stageChanged.emit(stage, f"{stage}{where}: {message}" if message else f"{stage}{where}")
 

@@ -1,4 +1,8 @@
-"""One monotone fraction for the whole job, from the backend's (stage, level, fraction) events.
+"""One monotone fraction for the whole job, from the backend's (stage, level, fraction[, overall]) events.
+
+A backend that sends `overall` (the job's share done, measured from its work: pixels to decode,
+tiles to encode, tokens to prefill and generate) drives the bar after the queue: JOB_SPAN maps it.
+The fixed stage spans below are the fallback for an older backend without `overall`.
 
 The backend reports each stage's own fraction (0..1 within "encode level 2", then 0 again in
 "focus level 2"...), so showing it as is makes the bar jump back and forth. Stages get fixed
@@ -23,6 +27,7 @@ SPANS = {
     "generate": (85.0, 99.0),
     "done": (100.0, 100.0),
 }
+JOB_SPAN = (2.0, 99.0)  # where `overall` 0..1 lands on the bar (connect and queue come before)
 ENCODE_SHARE = 0.8  # of a level's slot: encoding its tiles; the rest: scoring them
 
 
@@ -53,8 +58,14 @@ class OverallProgress:
     def __init__(self) -> None:
         self.percent = 0.0
 
-    def update(self, stage: str, level: Optional[int], fraction: float) -> float:
-        where = position(stage, level, fraction)
+    def update(self, stage: str, level: Optional[int], fraction: float, overall: Optional[float] = None) -> float:
+        if stage == "done":
+            where: Optional[float] = 100.0
+        elif overall is not None:
+            lo, hi = JOB_SPAN
+            where = lo + (hi - lo) * min(max(float(overall), 0.0), 1.0)
+        else:
+            where = position(stage, level, fraction)
         if where is not None:
             self.percent = max(self.percent, where)
         return self.percent

@@ -109,10 +109,11 @@ def build_vl(preset: str, device: str, dtype: torch.dtype):
             torch.set_default_dtype(previous)
         model = QwenVLFocusModel(hf, tokenizer, processor, focus_config(family, hf, processor, template))
     return SimpleNamespace(model=model, tokenizer=model.tokenizer, cache=None, name=f"{preset}-random",
-                           info={"device": device, "dtype": str(dtype).replace("torch.", ""), "random_weights": True})
+                           info={"device": device, "dtype": str(dtype).replace("torch.", ""), "random_weights": True,
+                                 "attention": "sdpa"})
 
 
-def build_model(preset: str, device: str, dtype: torch.dtype):
+def build_model(preset: str, device: str, dtype: torch.dtype, attention: str = "auto"):
     if preset in VL_PRESETS or preset.startswith("tiny-qwen"):
         return build_vl(preset, device, dtype)
     from transformers import CLIPVisionConfig, Qwen2Config
@@ -145,10 +146,16 @@ def build_model(preset: str, device: str, dtype: torch.dtype):
         torch.set_default_dtype(previous)
     model.separator_token_id = separator_id(tokenizer)
     model.eval()
+    if attention == "auto":  # what `load_model` picks: flash-attn only in fp16/bf16 on CUDA, when installed
+        from lrs_focus.model.loading import choose_attention
+
+        attention = choose_attention(device, dtype)
+    model.set_attention(attention)  # the RFM stays on sdpa whatever is asked (released scoring)
     assert model.llm.model.rotary_emb.inv_freq.dtype == torch.float32, "rotary tables must stay float32"
     assert model._pixel_mean.dtype == torch.float32
     engine = SimpleNamespace(model=model, tokenizer=tokenizer, cache=None, name=f"qwen2-{preset}-random",
-                             info={"device": device, "dtype": str(dtype).replace("torch.", ""), "random_weights": True})
+                             info={"device": device, "dtype": str(dtype).replace("torch.", ""), "random_weights": True,
+                                   "attention": attention})
     return engine
 
 
@@ -283,6 +290,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="27328x20000", help="WIDTHxHEIGHT of the synthetic raster")
     parser.add_argument("--modes", default="paper,all-tiles")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--attention", choices=["auto", "sdpa", "flash_attention_2"], default="auto",
+                        help="LLM and vision tower kernel (auto: flash-attn in bf16 on CUDA when installed); "
+                             "the RFM always runs sdpa")
     parser.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.json"))
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -293,8 +303,12 @@ def main(argv=None) -> int:
     doc = {"device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
            "torch": torch.__version__, "preset": args.preset, "dtype": str(dtype), "raster": [h, w]}
     t0 = time.perf_counter()
-    engine = build_model(args.preset, args.device, dtype)
+    engine = build_model(args.preset, args.device, dtype, args.attention)
     _sync(args.device)
+    from lrs_focus.stage_clock import StageClock
+
+    doc["attention"] = engine.info.get("attention", "sdpa")
+    doc["timings_synchronised"] = StageClock(args.device).cuda  # stage edges wait for the device
     doc["build_seconds"] = round(time.perf_counter() - t0, 1)
     raster = SyntheticRaster(h, w)
     doc["runs"] = [ask(engine, raster, m.strip(), args.device, args.max_new_tokens) for m in args.modes.split(",")]
@@ -306,8 +320,9 @@ def main(argv=None) -> int:
         doc["rfm_bf16_vs_float32"] = rfm_agreement(engine, raster)
     print(json.dumps(doc, indent=1))
     for run in doc["runs"]:
-        print(f"{run['mode']:>10}: {run['seconds']['total']:.1f} s {run['seconds']} tokens {run['tokens']} "
-              f"GPU {run.get('gpu_gb')}", file=sys.stderr)
+        print(f"{run['mode']:>10}: {run['seconds']['total']:.1f} s, per stage ({doc['attention']}, "
+              f"{'synchronised' if doc['timings_synchronised'] else 'host clock'}) {run['seconds']} "
+              f"tokens {run['tokens']} GPU {run.get('gpu_gb')}", file=sys.stderr)
     for key in ("rfm_bf16_vs_float32", "focus_bf16_vs_float32"):
         if key in doc:
             print(f"{key}: {doc[key]}", file=sys.stderr)

@@ -23,6 +23,7 @@ from .pyramid import ImagePyramid, PyramidConfig
 from .question_run import Run, cancel_check, is_vl
 from .score_map import heatmap_document
 from .vl_answer import check_options, run_question_vl, vl_budget
+from .work_meter import calibrate
 
 #: The pixel path of modes that do not force one. "exact" = the released preprocessing (bilinear
 #: from full resolution, no antialiasing: what the checkpoints were trained on); "gdal" = GDAL's
@@ -126,7 +127,8 @@ def answer_question(
 
     model = engine.model
     cfg = model.config
-    check = stage_checker(progress, should_stop)
+    check = stage_checker(progress, should_stop, work_rates(engine))
+    meter = check.__self__  # the run plans its work on it (`overall`)
     t_start = time.perf_counter()
     pixels = pixel_path(options, model)
 
@@ -148,7 +150,8 @@ def answer_question(
         check("pyramid", None, 0.0, f"pyramid of a {view.width} x {view.height} px raster")
         cache: FeatureCache | None = getattr(engine, "cache", None)
         grids = CachedGrids(cache, key) if cache is not None else None
-        pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop), grids=grids)
+        pyramid = make_pyramid(view, pyramid_config(model), pixels, check=cancel_check(should_stop, meter.beat),
+                               grids=grids)
         geo = pyramid.geometry
         run = run_question(engine, pyramid, question, options, check, should_stop, key, prompt)
         result = run.result
@@ -201,6 +204,18 @@ def check_answer_server(engine: Any, options: AskOptions) -> None:
         raise BadOptions("--answer-input tokens feeds the model only the kept tokens of each tile, which an "
                          "answer server cannot take (it reads whole images): use --answer-input tiles or no "
                          "--answer-endpoint")
+
+
+def work_rates(engine: Any):
+    """The engine's work rates for `overall` (work_meter.py), timed on its model at the first question."""
+    rates = getattr(engine, "work_rates", None)
+    if rates is None:
+        rates = calibrate(engine.model)
+        try:
+            engine.work_rates = rates
+        except AttributeError:
+            pass
+    return rates
 
 
 def result_counts(cfg: Any, run: Run) -> dict[str, Any]:

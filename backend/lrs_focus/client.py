@@ -34,7 +34,8 @@ import zmq.auth
 
 from . import protocol
 
-ProgressFn = Callable[[str, Optional[int], float, str], None]
+#: progress(stage, level, fraction, message) or, for callbacks that take it, also overall= (0..1 or None)
+ProgressFn = Callable[..., None]
 CancelFn = Callable[[], bool]
 #: The longest wait a client accepts: a larger one is a typo, and poll() cannot take it in ms.
 MAX_TIMEOUT_S = 1e6
@@ -312,7 +313,7 @@ class Client:
             kind = reply["type"]
             if kind == "progress":
                 if progress is not None:
-                    progress(reply["stage"], reply.get("level"), float(reply["fraction"]), reply.get("message", ""))
+                    _report(progress, reply)
             elif kind == "result":
                 document = dict(reply["result"])
                 document.setdefault("job_id", job_id)
@@ -336,3 +337,21 @@ def ask_remote(endpoint: str, raster: str, question: str, options: Optional[dict
     with Client(endpoint, timeout_s=timeout_s, server_public_key=server_public_key,
                 client_key_file=client_key_file) as client:
         return client.ask(raster, question, options, progress=progress, should_cancel=should_cancel)
+
+
+def _report(progress: ProgressFn, reply: dict[str, Any]) -> None:
+    """(stage, level, fraction, message) to any callback; `overall=` (the job's share done, None from a
+    server that does not send it) to callbacks that take it."""
+    import inspect
+
+    args = (reply["stage"], reply.get("level"), float(reply["fraction"]), reply.get("message", ""))
+    overall = reply.get("overall")
+    try:
+        params = inspect.signature(progress).parameters.values()
+        takes = any(p.name == "overall" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        progress(*args, overall=None if overall is None else float(overall))
+    else:
+        progress(*args)

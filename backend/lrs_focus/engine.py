@@ -99,6 +99,9 @@ class Engine:
         #: confined reader process; None (`ask`): GDAL in this process, on the user's own files
         self.readers: Any = None
         self.load_seconds = time.perf_counter() - t0
+        from .work_meter import calibrate
+
+        self.work_rates = calibrate(self.model)  # the work meter's rates (progress `overall`), timed once
         log.info("model %s loaded in %.1f s on %s (%s)%s", model, self.load_seconds, self.info["device"],
                  self.info["dtype"], ", RANDOM WEIGHTS" if self.info["random_weights"] else "")
 

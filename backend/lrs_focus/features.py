@@ -201,7 +201,10 @@ class TileEncoder:
 
     def __init__(self, model: Any, pyramid: Any, view: ViewKey | None, cache: FeatureCache | None,
                  check: Callable[[str, Optional[int], float, str], None]):
+        from .stage_clock import clock_of
+
         self.model, self.pyramid, self.view, self.cache, self.check = model, pyramid, view, cache, check
+        self.clock = clock_of(model)  # synchronised on CUDA: the tower's kernels are billed here
         self.seconds = 0.0
         self.encoded = 0  # tiles run through the vision tower (cache misses)
         self.cached = 0  # tiles served from the cache
@@ -225,9 +228,7 @@ class TileEncoder:
         return feats
 
     def __call__(self, level: int, tiles: list[tuple[int, int]]) -> torch.Tensor:
-        import time
-
-        t0 = time.perf_counter()
+        t0 = self.clock.now()
         found: dict[tuple[int, int], torch.Tensor] = {}
         if self.cache is not None and self.view is not None:
             for tile in tiles:
@@ -242,7 +243,7 @@ class TileEncoder:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-reader") as reader:
                 pending: Future = reader.submit(self._read, level, chunks[0])
                 for i, chunk in enumerate(chunks):
-                    images = pending.result()
+                    images = self._wait(pending)
                     if i + 1 < len(chunks):
                         pending = reader.submit(self._read, level, chunks[i + 1])
                     if i:
@@ -254,8 +255,23 @@ class TileEncoder:
                         if self.cache is not None and self.view is not None:
                             self.cache.put(self._key(level, *tile), f.clone())  # not a view of the batch
         self.encoded += len(missing)
-        self.seconds += time.perf_counter() - t0
-        return torch.stack([found[t] for t in tiles])
+        out = torch.stack([found[t] for t in tiles])
+        self.seconds += self.clock.now() - t0
+        return out
+
+    def _wait(self, pending: Future) -> np.ndarray:
+        """The read-ahead's pixels; a slow read (a remote or many-source raster) keeps the work meter's
+        heartbeat going, and a cancel does not wait for it."""
+        from concurrent.futures import TimeoutError as Pending
+
+        from .work_meter import meter_of
+
+        meter = meter_of(self.check)
+        while True:
+            try:
+                return pending.result(timeout=0.25 if meter is not None else None)
+            except Pending:
+                meter.beat()
 
     def _read(self, level: int, chunk: list[tuple[int, int]]) -> np.ndarray:
         return np.stack(self.pyramid.tiles(level, chunk))

@@ -312,7 +312,7 @@ def run_focus(
         if pass_limit is not None and entries > pass_limit:
             notes["zoom_stopped"] = {"level": nxt.index, "tiles": len(next_tiles), "pass_entries": entries,
                                      "pass_limit": int(pass_limit), "reason": "the scoring pass would exceed the "
-                                     "model's positions"}
+                                     "model's positions or the memory budget (trace.budget)"}
             break
         check("encode", nxt.index, 0.0, f"encoding {len(next_tiles)} tiles of level {nxt.index}")
         canvas = None  # the coarser level's features are no longer needed
@@ -362,11 +362,18 @@ def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_til
     return FocusResult("all-tiles", canvas, final, [rec], lv.index, len(tiles), rfm_tokens, dropped, notes)
 
 
-def _released_keep(canvas: Canvas, score, alpha: float, n_vis0: int, rfm_tokens: list[int]):
-    """One released RFM pass: top floor(alpha * present) entries, plus every newline entry."""
+def _released_keep(canvas: Canvas, score, alpha: float, n_vis0: int, rfm_tokens: list[int], notes: dict):
+    """One released RFM pass: top floor(alpha * present) entries, plus every newline entry. When
+    floor(alpha * present) is 0 the public code keeps newlines only; `notes["released_empty_keep"]`
+    says so for that level."""
     scores = np.asarray(score(canvas), dtype=np.float64)
     rfm_tokens.append(n_vis0 + canvas.size)
-    sel = top_k(scores, np.ones(canvas.size, dtype=bool), int(math.floor(alpha * canvas.size)))
+    k = int(math.floor(alpha * canvas.size))
+    if k == 0:
+        notes.setdefault("released_empty_keep", []).append(
+            {"level": canvas.level, "entries": canvas.size, "alpha": float(alpha),
+             "reason": "floor(alpha x entries) is 0: no tile token kept, only newlines (as the public code)"})
+    sel = top_k(scores, np.ones(canvas.size, dtype=bool), k)
     return scores, np.union1d(sel, np.flatnonzero(canvas.is_newline))  # newline tokens are always kept
 
 
@@ -374,13 +381,14 @@ def _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget) -
     """Exactly one zoom step from the base level (DESIGN 3.6)."""
     records: list[LevelRecord] = []
     rfm_tokens: list[int] = []
+    notes: dict[str, Any] = {}
     base = levels[0]
     tiles = [(r, c) for r in range(base.grid[0]) for c in range(base.grid[1])]
     check("encode", base.index, 0.0, f"encoding {len(tiles)} base tiles")
     # the released code unpads the base level against the original image size
     canvas = build_canvas(geo, base.index, tiles, encode, all_newlines=True, keep_gaps=False, unpad_hw=geo.image_size)
     check("focus", base.index, 0.0, "scoring the base level")
-    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
+    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens, notes)
     records.append(LevelRecord(base.index, base.grid, canvas.skeleton(), scores, _mask(canvas, keep)))
     nxt = levels[1] if len(levels) > 1 else levels[0]
     g_h, g_w = canvas.rows, canvas.cols + 1  # newline-inclusive width, as released
@@ -390,7 +398,7 @@ def _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget) -
     canvas = None
     canvas = build_canvas(geo, nxt.index, next_tiles, encode, all_newlines=True, keep_gaps=True)
     check("focus", nxt.index, 0.0, f"scoring level {nxt.index}")
-    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens)
+    scores, keep = _released_keep(canvas, score, alpha, n_vis0, rfm_tokens, notes)
     final, dropped = fit_budget(canvas, keep, scores, vision_budget, all_newlines=True)
     rec = LevelRecord(nxt.index, nxt.grid, canvas.skeleton(), scores, _mask(canvas, final))
     if nxt.index == base.index:
@@ -398,4 +406,4 @@ def _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget) -
     else:
         records.append(rec)
     return FocusResult("released", canvas, final, records, nxt.index, len(tiles) + len(next_tiles), rfm_tokens,
-                       dropped)
+                       dropped, notes)

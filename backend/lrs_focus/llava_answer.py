@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,10 @@ from .model.modeling import LrsFocusModel, MultimodalSequence
 from .model.prompts import PromptIds, encode_prompt, refuse_bad_question
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
+from .stage_clock import clock_of
+from .work_meter import Metered, base_pass_pixels, meter_of
+from . import pass_memory
+from .pass_memory import memory_limits
 
 
 class RfmScorer:
@@ -23,9 +26,11 @@ class RfmScorer:
     def __init__(self, model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor):
         self.model, self.prompt, self.thumbnail = model, prompt, thumbnail
         self.seconds = 0.0
+        self.token_layers = 0  # tokens x RFM layers scored (the work meter's rate)
+        self.clock = clock_of(model)
 
     def __call__(self, canvas: Canvas) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0 = self.clock.now()
         tiles = canvas.gather(self.model.image_newline)
         if canvas.keep_gaps:  # released stage B: the whole canvas, absent tiles as zero placeholders
             offsets = torch.as_tensor(canvas.offsets)
@@ -40,8 +45,10 @@ class RfmScorer:
             seq = self.model.build_sequence(self.prompt, self.thumbnail, tiles)
             del tiles
             scores = self.model.rfm_scores(seq)
-        self.seconds += time.perf_counter() - t0
-        return scores.float().cpu().numpy().astype(np.float64)
+        scores = scores.float().cpu().numpy().astype(np.float64)
+        self.seconds += self.clock.now() - t0
+        self.token_layers += seq.length * len(self.model.rfm.layers)
+        return scores
 
 
 def final_sequence(model: LrsFocusModel, prompt: PromptIds, thumbnail: torch.Tensor,
@@ -72,6 +79,23 @@ def sequence_budget(model: LrsFocusModel, prompt: PromptIds, options: AskOptions
             "positions": limit}
 
 
+def within_memory(model: LrsFocusModel, budget: dict[str, int]) -> dict[str, int]:
+    """The sequence budget bounded by memory too (pass_memory.py): the RFM's passes by
+    `rfm_pass_tokens` (the run stops zooming or caps all-tiles before), the LLM's sequence by
+    `llm_pass_tokens` (vision tokens drop first; refused with the figures when text and thumbnail
+    alone do not fit)."""
+    mem = memory_limits(model)
+    budget = {**budget, **mem}
+    fixed = budget["max_length"] - budget["vision_budget"]
+    if mem["llm_pass_tokens"] < fixed:
+        raise BadOptions(f"the answer pass needs {fixed} tokens for the text and thumbnail, but "
+                         f"{mem['memory_budget_bytes'] / 2**20:.0f} MB of memory hold {mem['llm_pass_tokens']} tokens "
+                         f"of this model ({pass_memory.ENV} or a free device raise it)")
+    if mem["llm_pass_tokens"] < budget["max_length"]:
+        budget["vision_budget"] = mem["llm_pass_tokens"] - fixed
+    return budget
+
+
 def refuse_vl_options(options: AskOptions) -> None:
     """The attention-focus options of the Qwen-VL families, refused for the LLaVA + RFM family."""
     if options.focus not in (None, "rfm") or options.focus_layer is not None or options.focus_heads is not None:
@@ -94,43 +118,58 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
     timings: dict[str, float] = {}
     refuse_vl_options(options)
     prompt = prompt or checked_prompt(engine.tokenizer, cfg.template, question)
-    budget = sequence_budget(model, prompt, options)
+    budget = within_memory(model, sequence_budget(model, prompt, options))
     n_max = int(options.n_max or cfg.n_max)
     encoder = TileEncoder(model, pyramid, key, getattr(engine, "cache", None), check)
     released_numerics = options.mode == "released" and model.dtype == torch.float32
-    with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop):
+    clock = clock_of(model)  # synchronised stage edges on CUDA
+    meter = meter_of(check)
+    if meter is not None:  # `overall`: the work priced once the pyramid is known
+        meter.plan(pyramid.geometry, options.mode, n_max, float(options.alpha), budget["text_tokens"],
+                   cfg.thumbnail_tokens, (len(model.rfm.layers), len(model.llm.model.layers)),
+                   int(options.max_new_tokens), budget["max_length"], base_pass_pixels(pyramid), options.max_levels,
+                   exact=hasattr(pyramid, "source_pixels"))
+    beat = meter.beat if meter is not None else None
+    with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")
-        t0 = time.perf_counter()
+        if meter is not None:
+            meter.reading(pyramid)
+            meter.start("thumbnail")
+        t0 = clock.now()
         thumbnail = encoder.thumbnail()
-        timings["thumbnail"] = time.perf_counter() - t0
+        timings["thumbnail"] = clock.now() - t0
         scorer = RfmScorer(model, prompt, thumbnail)
-        t0 = time.perf_counter()
+        if meter is not None:
+            meter.encoder, meter.scorer = encoder, scorer
+        t0 = clock.now()
         result = run_focus(
             pyramid.geometry,
             options.mode,
-            encoder,
-            scorer,
+            Metered(meter, "tiles", encoder),
+            Metered(meter, "score", scorer),
             alpha=float(options.alpha),
             n_max=n_max,
             max_levels=options.max_levels,
             check=check,
             thumbnail_tokens=cfg.thumbnail_tokens,
             vision_budget=budget["vision_budget"],
-            pass_limit=budget["positions"] - budget["text_tokens"] - cfg.thumbnail_tokens - 1,
+            pass_limit=min(budget["positions"], budget["rfm_pass_tokens"]) - budget["text_tokens"] - cfg.thumbnail_tokens - 1,
         )
         timings["encode"] = encoder.seconds
         timings["focus"] = scorer.seconds
-        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
+        timings["select"] = clock.now() - t0 - encoder.seconds - scorer.seconds
         seq = final_sequence(model, prompt, thumbnail, result)
         if result.canvas is not None:
             result.canvas.feats = None  # generation needs only the sequence
         if seq.length > budget["max_length"]:  # fit_budget guarantees it; never cut text silently
             raise AssertionError(f"sequence of {seq.length} tokens exceeds {budget['max_length']}")
         check("generate", None, 0.0, f"answering from {seq.length} tokens")
-        t0 = time.perf_counter()
+        if meter is not None:
+            meter.start("llm")
+        t0 = clock.now()
         answer, _ = model.generate(seq, engine.tokenizer, int(options.max_new_tokens), should_stop=should_stop,
                                    config_eos_only=options.mode == "released")
-        timings["generate"] = time.perf_counter() - t0
+        timings["generate"] = clock.now() - t0
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled during generation")
     return Run(result, answer, seq.length, budget, encoder, timings, n_max)

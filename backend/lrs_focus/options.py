@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-from .errors import BadOptions, Cancelled
+from .errors import BadOptions
 
 MODES = ("paper", "released", "thumbnail", "all-tiles")
 PIXELS = ("exact", "gdal")
@@ -20,9 +20,10 @@ ANSWER_INPUTS = ("tiles", "tokens")
 MAX_N_MAX = 1024  # tiles per zoom step: bounds the features and the RFM pass whatever is asked
 MAX_NEW_TOKENS = 4096
 
-#: progress(stage, level, fraction, message); stage is one of "open", "pyramid", "encode",
-#: "focus", "generate", "done"; level is None outside per-level work; fraction in [0, 1].
-ProgressFn = Callable[[str, Optional[int], float, str], None]
+#: progress(stage, level, fraction, message[, overall=]); stage is one of "open", "pyramid", "encode",
+#: "focus", "generate", "done"; level is None outside per-level work; fraction in [0, 1] (of the
+#: stage); overall in [0, 1] (of the job, monotone; work_meter.py), passed to callbacks that take it.
+ProgressFn = Callable[..., None]
 #: should_stop() is polled at every stage boundary; True makes `ask` raise errors.Cancelled.
 StopFn = Callable[[], bool]
 
@@ -102,13 +103,31 @@ class AskOptions:
         return asdict(self)
 
 
-def stage_checker(progress: ProgressFn | None, should_stop: StopFn | None) -> Callable[[str, Optional[int], float, str], None]:
-    """progress + cancellation at a stage boundary: reports, then raises Cancelled if asked to stop."""
+def taking_overall(progress: ProgressFn | None) -> ProgressFn | None:
+    """`progress` if it takes `overall=`; else a wrapper that drops it, so four-argument callbacks
+    (stage, level, fraction, message) keep working."""
+    import inspect
 
-    def check(stage: str, level: Optional[int], fraction: float, message: str) -> None:
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"cancelled before {stage}" + (f" (level {level})" if level is not None else ""))
-        if progress is not None:
-            progress(stage, level, float(fraction), message)
+    if progress is None:
+        return None
+    try:
+        params = inspect.signature(progress).parameters.values()
+    except (TypeError, ValueError):
+        return progress
+    if any(p.name == "overall" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return progress
 
-    return check
+    def four(stage: str, level: Optional[int], fraction: float, message: str, overall: Optional[float] = None) -> None:
+        progress(stage, level, fraction, message)
+
+    return four
+
+
+def stage_checker(progress: ProgressFn | None, should_stop: StopFn | None, rates: Any = None) -> Callable[[str, Optional[int], float, str], None]:
+    """progress + cancellation at a stage boundary: raises Cancelled if asked to stop, then reports.
+
+    The returned check is a bound `WorkMeter.check` (its `__self__` is the meter): the run plans its
+    work on it so that every message also carries `overall` (work_meter.py)."""
+    from .work_meter import WorkMeter
+
+    return WorkMeter(taking_overall(progress), should_stop, rates).check

@@ -228,9 +228,11 @@ def accepted(request_id: Optional[str], job_id: str, position: int) -> Dict[str,
 
 
 def progress(request_id: Optional[str], job_id: str, stage: str, level: Optional[int],
-             fraction: float, message: str = "") -> Dict[str, Any]:
+             fraction: float, message: str = "", overall: Optional[float] = None) -> Dict[str, Any]:
+    """`fraction`: of the stage; `overall`: of the job (0..1, monotone), omitted when unknown."""
+    extra = {} if overall is None else {"overall": float(overall)}
     return _message("progress", request_id, job_id=job_id, stage=stage, level=level,
-                    fraction=float(fraction), message=message)
+                    fraction=float(fraction), message=message, **extra)
 
 
 def result(request_id: Optional[str], job_id: str, document: Dict[str, Any]) -> Dict[str, Any]:
@@ -369,6 +371,8 @@ def validate_reply(msg: Dict[str, Any]) -> Dict[str, Any]:
     rid = _envelope(msg, REPLY_TYPES)
     for name, types in _REPLY_FIELDS[msg["type"]]:
         _field(msg, name, types, rid)
+    if msg["type"] == "progress":  # optional: servers before `overall` do not send it
+        _field(msg, "overall", (int, float), rid, required=False)
     return msg
 
 

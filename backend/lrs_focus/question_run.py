@@ -28,18 +28,23 @@ def transformer_blocks(model: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def cancel_between_layers(model: Any, should_stop: StopFn | None) -> Iterator[None]:
+def cancel_between_layers(model: Any, should_stop: StopFn | None, beat: Any = None) -> Iterator[None]:
     """A cancel is honoured between two blocks of any forward pass, not only between stages: one prefill
-    of tens of thousands of tokens takes seconds on a CPU and minutes on a slow card."""
-    if should_stop is None:
+    of tens of thousands of tokens takes seconds on a CPU and minutes on a slow card. `beat()` (the
+    work meter's heartbeat) is called there too, so a long pass keeps sending progress."""
+    if should_stop is None and beat is None:
         yield
         return
 
     def poll(module: Any, args: Any) -> None:
-        if should_stop():
+        if should_stop is not None and should_stop():
             raise Cancelled("cancelled during a forward pass")
+        if beat is not None:
+            beat(cancel=False)
 
     handles = [block.register_forward_pre_hook(poll) for block in transformer_blocks(model)]
+    if beat is not None:  # and after each block: the last one of a pass is followed by its score
+        handles += [block.register_forward_hook(lambda m, a, out: beat(cancel=False)) for block in transformer_blocks(model)]
     try:
         yield
     finally:
@@ -47,12 +52,15 @@ def cancel_between_layers(model: Any, should_stop: StopFn | None) -> Iterator[No
             handle.remove()
 
 
-def cancel_check(should_stop: StopFn | None):
-    """A cancel-only check for long reads (no progress event per strip)."""
+def cancel_check(should_stop: StopFn | None, beat: Any = None):
+    """The check between strip reads: cancel, and the work meter's heartbeat (a message when the
+    last one is `work_meter.HEARTBEAT_S` old, not one per strip)."""
 
     def check() -> None:
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled while reading pixels")
+        if beat is not None:
+            beat()
 
     return check
 

@@ -15,7 +15,6 @@ supplies the two callables the algorithm needs for these families and the answer
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,6 +29,7 @@ from .model.prompts import refuse_bad_question
 from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
+from .stage_clock import clock_of
 
 
 def tile_caption(where: str) -> str:
@@ -106,7 +106,8 @@ class AttentionScorer:
         return prefix
 
     def __call__(self, canvas: Canvas) -> np.ndarray:
-        t0 = time.perf_counter()
+        clock = clock_of(self.model)
+        t0 = clock.now()
         t = canvas.feats.shape[1]
         prompt = self.model.build_prompt(self.images(canvas.level, canvas.tiles), self.question)
         self.max_tokens = max(self.max_tokens, len(prompt.ids))
@@ -118,7 +119,7 @@ class AttentionScorer:
         sel = np.flatnonzero(canvas.tile >= 0)
         origin = np.asarray(canvas.tiles, dtype=np.int64).reshape(-1, 2)[canvas.tile[sel]] * t
         out[sel] = per_tile[canvas.tile[sel], canvas.row[sel] - origin[:, 0], canvas.col[sel] - origin[:, 1]]
-        self.seconds += time.perf_counter() - t0
+        self.seconds += clock.now() - t0
         return out
 
 
@@ -267,16 +268,17 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
     cache = getattr(engine, "cache", None)
     encoder = TileEncoder(model, pyramid, key, cache, check)
     timings: dict[str, float] = {}
+    clock = clock_of(model)  # synchronised stage edges on CUDA
     geo = pyramid.geometry
     with torch.inference_mode(), cancel_between_layers(model, should_stop):
         check("encode", None, 0.0, "encoding the thumbnail")
-        t0 = time.perf_counter()
+        t0 = clock.now()
         thumbnail = encoder.thumbnail()
-        timings["thumbnail"] = time.perf_counter() - t0
+        timings["thumbnail"] = clock.now() - t0
         thumb_grid = model.grid_for(*geo.thumbnail_size)
         scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
                                  options.focus_layer, options.focus_heads, cache, key)
-        t0 = time.perf_counter()
+        t0 = clock.now()
         per_tile = cfg.tokens_per_tile ** 2
         overhead = caption_tokens(model)  # once per question: ten tokenizations
         room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
@@ -284,8 +286,8 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
                            max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
                            vision_budget=None, pass_limit=room // (per_tile + overhead) * per_tile)
         timings["encode"] = encoder.seconds
-        timings["select"] = time.perf_counter() - t0 - encoder.seconds - scorer.seconds
-        t0, s0 = time.perf_counter(), scorer.seconds
+        timings["select"] = clock.now() - t0 - encoder.seconds - scorer.seconds
+        t0, s0 = clock.now(), scorer.seconds
         thumb_tokens = int(thumbnail.shape[0])  # the processor may upscale thin views past one tile's tokens
         vision_budget = budget["max_length"] - budget["text_tokens"] - thumb_tokens
         if vision_budget < 0:
@@ -300,7 +302,7 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
         vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
                           options.answer_input, overhead, remote)
         timings["focus"] = scorer.seconds
-        timings["generate"] = time.perf_counter() - t0 - (scorer.seconds - s0)
+        timings["generate"] = clock.now() - t0 - (scorer.seconds - s0)
         if result.canvas is not None:
             result.canvas.feats = None
         if should_stop is not None and should_stop():

@@ -223,10 +223,10 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
         from ..client import BackendError, Cancelled, Client
         from ..remote import ask
 
-        overall = OverallProgress()
+        bar = OverallProgress()
 
-        def on_progress(stage, level, fraction, message):
-            feedback.setProgress(overall.update(stage, level, fraction))
+        def on_progress(stage, level, fraction, message, overall=None):
+            feedback.setProgress(bar.update(stage, level, fraction, overall))
             feedback.setProgressText(f"{stage}" + (f" level {level}" if level is not None else ""))
 
         opts = request.options

@@ -125,26 +125,47 @@ def test_fast_rfm_score_equals_eager_attention_maps(tiny_models, family, gaps):
         assert not torch.allclose(model.rfm_scores(seq2), fast)
 
 
-def test_rfm_head_layout_follows_released_rule():
-    """heads = hidden // 128 and head size 128 for the 7B shapes, whatever the LLM config says."""
+def _rfm_of(text):
     from accelerate import init_empty_weights
-    from transformers import CLIPVisionConfig, Qwen2Config
+    from transformers import CLIPVisionConfig
 
     from lrs_focus.model.config import LrsFocusConfig
     from lrs_focus.model.modeling import RegionFocusModule
 
-    text = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064)
     cfg = LrsFocusConfig("qwen2", text, CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, patch_size=14, image_size=336))
     with init_empty_weights():
-        rfm = RegionFocusModule(cfg)
+        return cfg, RegionFocusModule(cfg)
+
+
+def test_rfm_head_layout_follows_released_rule():
+    """The RFM's layers have the LLM's own heads (the public pruner builds them from the LLM config);
+    the score scale is 1/sqrt(hidden // (hidden // 128)): 128 for the 7B shapes."""
+    from transformers import Qwen2Config
+
+    text = Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064)
+    cfg, rfm = _rfm_of(text)
     assert len(rfm.layers) == 5
-    assert rfm.config.num_attention_heads == 28 and rfm.config.head_dim == 128
     attn = rfm.layers[-1].self_attn
+    assert rfm.config.num_attention_heads == 28 and attn.head_dim == 128 and rfm.score_dim == 128
     assert attn.scaling == pytest.approx(128 ** -0.5)
     assert tuple(attn.k_proj.weight.shape) == (4 * 128, 3584)
     assert cfg.rfm_init_layers == [0, 1, 5, 11, 14]
     assert (cfg.n_max, cfg.max_length, cfg.tokens_per_tile, cfg.thumbnail_tokens) == (80, 8192, 12, 576)
+
+
+def test_rfm_heads_are_the_llms_where_hidden_over_128_differs():
+    """An LLM with 16 heads of 256 (hidden 4096, GQA 4): `hidden // 128` would give 32 heads of 128 and
+    KV projections of another shape, so the LLM layers the RFM is initialised from would not load."""
+    from transformers import Qwen2Config
+
+    text = Qwen2Config(hidden_size=4096, intermediate_size=256, num_hidden_layers=16, num_attention_heads=16,
+                       num_key_value_heads=4, vocab_size=1000)
+    _, rfm = _rfm_of(text)
+    attn = rfm.layers[0].self_attn
+    assert rfm.config.num_attention_heads == 16 and attn.head_dim == 256
+    assert tuple(attn.k_proj.weight.shape) == (4 * 256, 4096)  # the LLM's own k_proj shape
+    assert rfm.score_dim == 128  # the released score scale, whatever the heads
 
 
 def test_init_rfm_from_llm_copies_layers(tiny_models):

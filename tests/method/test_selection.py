@@ -271,3 +271,15 @@ def test_scoring_passes_stay_within_the_model_positions(sentinel2_vrt):
         assert counts["llm_sequence_tokens"] <= 4096
     assert "pass_limit" in engine.ask(str(sentinel2_vrt), "Where?", AskOptions(
         mode="all-tiles", n_max=1024, max_length=4096, max_new_tokens=2))["trace"]["all_tiles_capped"]
+
+
+def test_released_empty_keep_is_named_in_the_trace():
+    """floor(alpha x n) == 0 keeps newlines only (as the public code); the trace says so per level."""
+    geo = PyramidGeometry(1500, 2000, REAL)
+    rows, cols = geo.token_grid(0, unpad_hw=geo.image_size)
+    tiny = run_focus(geo, "released", _no_encode, _level_scores, alpha=0.5 / (rows * (cols + 1)))
+    empty = tiny.notes["released_empty_keep"]
+    assert [e["level"] for e in empty] == [0, 1] and empty[0]["entries"] == rows * (cols + 1)
+    assert tiny.canvas.is_newline[tiny.keep].all()  # what the LLM gets: newlines, no tile token
+    assert build_trace(geo, tiny)["released_empty_keep"] == empty
+    assert "released_empty_keep" not in run_focus(geo, "released", _no_encode, _level_scores, alpha=0.25).notes

@@ -75,6 +75,20 @@ def test_progress_never_goes_back_and_levels_never_reach_generation(pure):
     assert progress.position("focus", 30, 1.0) < progress.position("generate", None, 0.0)
 
 
+def test_progress_follows_the_backends_overall_and_falls_back_without_it(pure):
+    """A backend that sends `overall` drives the bar (not the fixed stage spans: a long thumbnail stage
+    moves it); an older one without it still gets the spans; the bar never goes back."""
+    progress = pure[1]
+    bar = progress.OverallProgress()
+    assert bar.update("open", None, 0.0) == progress.position("open", None, 0.0)  # no overall yet: spans
+    lo, hi = progress.JOB_SPAN
+    assert bar.update("encode", None, 0.0, 0.5) == pytest.approx(lo + (hi - lo) * 0.5)  # thumbnail at half the job
+    assert bar.update("encode", 0, 0.0, 0.4) == pytest.approx(lo + (hi - lo) * 0.5)  # never back
+    assert bar.update("done", None, 1.0, 1.0) == 100
+    old = progress.OverallProgress()
+    assert old.update("encode", None, 0.0) == progress.position("encode", None, 0.0) < 15
+
+
 def test_results_location(pure, tmp_path):
     store = pure[2]
     assert store.results_location("/data/my project.qgz", "", "/profile") == "/data/my_project_lrs_focus.gpkg"

@@ -216,3 +216,56 @@ def test_cli_serve_a_qwen_vl_preset(sentinel2_vrt, tmp_path):
         except subprocess.TimeoutExpired:
             serve.kill()
             serve.wait(10)
+
+
+def test_cancel_during_a_long_prefill_is_answered_within_two_seconds(tiny_engine, make_server, tmp_path):
+    """A slow card emulated: every LLM block takes 1 s, so the prefill alone takes 4 s. A cancel sent
+    through the service half a second into the prefill is answered within 2 s: the engine polls it
+    before every block, not only between generated tokens or stages."""
+    from .conftest import small_geotiff
+
+    raster = small_geotiff(tmp_path / "small.tif")
+    server = make_server(engine=tiny_engine)
+    slow = [layer.register_forward_pre_hook(lambda m, a: time.sleep(1.0)) for layer in tiny_engine.model.llm.model.layers]
+    try:
+        with Client(server.endpoint, timeout_s=60) as c:
+            acc = c.submit(str(raster), QUESTION, {"max_new_tokens": 8})
+            generating, cancel_at = [], []
+
+            def progress(stage, *a):
+                if stage == "generate" and not generating:
+                    generating.append(time.monotonic())
+
+            def should_cancel() -> bool:
+                if generating and not cancel_at and time.monotonic() - generating[0] > 0.5:
+                    cancel_at.append(time.monotonic())
+                return bool(cancel_at)
+
+            with pytest.raises(ServiceError) as info:
+                c.wait(acc, progress=progress, should_cancel=should_cancel)
+            took = time.monotonic() - cancel_at[0]
+    finally:
+        for h in slow:
+            h.remove()
+    assert info.value.code == P.CANCELLED
+    print(f"cancel during the prefill answered in {took:.2f} s")
+    assert took < 2.0, f"cancel during the prefill took {took:.1f} s"
+
+
+def test_progress_over_zeromq_carries_a_monotone_overall(tiny_engine, make_server, tmp_path):
+    """`overall` travels server -> protocol -> client to callbacks that take it; four-argument callbacks
+    keep working (the client passes it only by keyword to those that name it)."""
+    from .conftest import small_geotiff
+
+    sentinel2_vrt = small_geotiff(tmp_path / "small.tif", size=400)
+    server = make_server(engine=tiny_engine)
+    seen, four = [], []
+    with Client(server.endpoint, timeout_s=60) as c:
+        c.ask(str(sentinel2_vrt), QUESTION, {"max_new_tokens": 2},
+              progress=lambda stage, level, fraction, message, overall=None: seen.append((stage, overall)))
+        c.ask(str(sentinel2_vrt), QUESTION, {"max_new_tokens": 2},
+              progress=lambda stage, level, fraction, message: four.append(stage))
+    shares = [o for _, o in seen if o is not None]
+    assert seen[-1] == ("done", 1.0) and shares == sorted(shares) and len(shares) >= 4
+    assert all(o is None for s, o in seen if s in ("open", "pyramid"))
+    assert four[-1] == "done"

@@ -122,9 +122,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _progress(stage: str, level, fraction: float, message: str) -> None:
+def _progress(stage: str, level, fraction: float, message: str, overall=None) -> None:
     where = f" level {level}" if level is not None else ""
-    print(f"[{stage}{where} {fraction:4.0%}] {message}", file=sys.stderr, flush=True)
+    job = f" | job {overall:4.0%}" if overall is not None else ""
+    print(f"[{stage}{where} {fraction:4.0%}{job}] {message}", file=sys.stderr, flush=True)
 
 
 def _options(args) -> dict[str, Any]:

@@ -65,8 +65,9 @@ class LrsFocusConfig:
     """Everything needed to build `LrsFocusModel`; `rfm_layer_list` is the released `llm_layer_list`.
 
     The RFM has len(rfm_layer_list) + 1 decoder layers (initialised from LLM layers
-    [rfm_layer_list[0] - 1] + rfm_layer_list). Its head count is hidden_size // rfm_head_dim and
-    its logits are scaled by 1/sqrt(rfm_head_dim), as in the released code (128 for the 7B models).
+    [rfm_layer_list[0] - 1] + rfm_layer_list). Its layers have the LLM's own heads and KV heads; its
+    score logits are scaled by 1/sqrt(hidden // (hidden // rfm_head_dim)), as in the released code
+    (128 for the 7B models, where both rules give the same heads).
     """
 
     family: str

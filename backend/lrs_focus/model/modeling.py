@@ -51,21 +51,20 @@ IGNORE_INDEX = -100
 CLIP_MEAN_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)
 
 
-def rfm_text_config(text_config: Any, num_layers: int, head_dim: int) -> Any:
-    """The LLM config with the RFM's head layout (heads = hidden // head_dim, released rule)."""
+def rfm_text_config(text_config: Any, num_layers: int) -> Any:
+    """The LLM config for the RFM's layers: the LLM's own heads, KV heads and head size, as the public
+    pruner builds its layers from a copy of the LLM config (only its score scale differs)."""
     cfg = copy.deepcopy(text_config)
-    heads = cfg.hidden_size // head_dim
-    kv = min(getattr(cfg, "num_key_value_heads", heads) or heads, heads)
-    if heads % kv:
-        kv = heads
-    cfg.num_attention_heads = heads
-    cfg.num_key_value_heads = kv
-    cfg.head_dim = head_dim
     cfg.num_hidden_layers = num_layers
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = ["full_attention"] * num_layers
-    cfg._attn_implementation = text_config._attn_implementation or "sdpa"
+    cfg._attn_implementation = "sdpa"  # released scoring runs sdpa whatever the LLM uses
     return cfg
+
+
+def rfm_score_dim(hidden_size: int, rfm_head_dim: int) -> int:
+    """The released score's scale: sqrt of hidden // (hidden // 128), the public pruner's head_dim."""
+    return hidden_size // max(1, hidden_size // rfm_head_dim)
 
 
 def qk_logits(
@@ -74,14 +73,13 @@ def qk_logits(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     query_index: torch.Tensor,
     key_index: torch.Tensor,
+    scale_dim: int | None = None,
 ) -> torch.Tensor:
-    """Scaled attention logits of decoder `layer` for chosen queries and keys, without computing the rest.
-
+    """Scaled attention logits of decoder `layer` for chosen queries and keys, without computing the rest:
     hidden_states: (1, n, d), the layer's *input* (before its input norm). position_embeddings:
     (cos, sin) of the whole sequence, shape (1, n, head_dim). Returns (heads, n_q, n_k) in float32:
-    q.k / sqrt(head_dim) with RoPE at the tokens' true positions and KV heads repeated (GQA); no mask,
-    no softmax. Used for the RFM score and for the teacher/student signals of distillation.
-    """
+    q.k / sqrt(scale_dim or head_dim) with RoPE at the tokens' true positions and KV heads repeated
+    (GQA); no mask, no softmax. Used for the RFM score and for the teacher/student signals of distillation."""
     attn = layer.self_attn
     head_dim = attn.head_dim
     x = layer.input_layernorm(hidden_states)
@@ -92,7 +90,7 @@ def qk_logits(
     q, _ = apply_rotary_pos_emb(q, q, cos[:, query_index], sin[:, query_index])
     k, _ = apply_rotary_pos_emb(k, k, cos[:, key_index], sin[:, key_index])
     k = repeat_kv(k, q.shape[1] // k.shape[1])
-    return (q.float() @ k.float().transpose(-1, -2))[0] / math.sqrt(head_dim)
+    return (q.float() @ k.float().transpose(-1, -2))[0] / math.sqrt(scale_dim or head_dim)
 
 
 class RegionFocusModule(nn.Module):
@@ -105,21 +103,21 @@ class RegionFocusModule(nn.Module):
     def __init__(self, config: LrsFocusConfig):
         super().__init__()
         _, layer_cls, norm_cls, rope_cls = _PARTS[config.family]
-        self.config = rfm_text_config(config.text_config, config.rfm_layers, config.rfm_head_dim)
+        self.config = rfm_text_config(config.text_config, config.rfm_layers)
+        self.score_dim = rfm_score_dim(self.config.hidden_size, config.rfm_head_dim)
         self.layers = nn.ModuleList(layer_cls(self.config, i) for i in range(config.rfm_layers))
         self.norm = norm_cls(self.config.hidden_size, eps=self.config.rms_norm_eps)
         self.rotary_emb = rope_cls(config=self.config)
 
     def hidden_states(
         self, embeds: torch.Tensor, position_ids: torch.Tensor, upto: int | None = None,
-        key_mask: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None, keep_states: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """Run layers [0, upto) causally (default: all but the last).
-
-        Returns (last hidden, [input of layer 0, output of layer 0, ...], (cos, sin)). The 2-D mask
-        (all ones unless `key_mask` (1, n) marks keys no query may attend to) also makes
-        transformers treat gapped position ids as one sequence, not as packed sequences.
-        """
+        """Run layers [0, upto) causally (default: all but the last). Returns (last hidden, states,
+        (cos, sin)); `states` = [input of layer 0, output of layer 0, ...] only when `keep_states`
+        (training): the score needs the last layer's input alone (all states of a 45k-token pass at
+        7B: ~1.3 GB). The 2-D mask (ones unless `key_mask` (1, n) masks keys) also makes transformers
+        treat gapped position ids as one sequence, not as packed sequences."""
         upto = len(self.layers) - 1 if upto is None else upto
         pos_emb = self.rotary_emb(embeds, position_ids=position_ids)
         keys = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device) if key_mask is None \
@@ -128,10 +126,11 @@ class RegionFocusModule(nn.Module):
             config=self.config, inputs_embeds=embeds, attention_mask=keys, cache=None, position_ids=position_ids
         )
         h = embeds
-        states = [h]
+        states = [h] if keep_states else []
         for layer in self.layers[:upto]:
             h = layer(h, attention_mask=mask, position_ids=position_ids, position_embeddings=pos_emb)
-            states.append(h)
+            if keep_states:
+                states.append(h)
         return h, states, pos_emb
 
     def score(self, embeds: torch.Tensor, position_ids: torch.Tensor, query_index: int, key_index: torch.Tensor) -> torch.Tensor:
@@ -141,23 +140,20 @@ class RegionFocusModule(nn.Module):
         """
         h, _, pos_emb = self.hidden_states(embeds, position_ids)
         q_idx = torch.tensor([query_index], device=embeds.device)
-        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index.to(embeds.device))
+        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index.to(embeds.device), self.score_dim)
         return torch.softmax(logits, dim=-1).mean(dim=0)[0]
 
     def score_with_placeholders(self, embeds: torch.Tensor, position_ids: torch.Tensor, query_index: int,
                                 key_index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """The released stage-B score over a whole canvas whose absent tiles are placeholders.
-
-        The public code feeds the level's full canvas with zero embeddings for unselected tiles,
-        masks those keys in RFM layers 0..R-2, and then, in `get_text_image_attn`, turns the 4-D
-        float mask into booleans before adding it to the score logits: placeholder keys stay in
-        the softmax with their logit raised by 1 instead of being excluded. Released mode
-        reproduces that; `present` (n,) bool marks real tokens. Returns (len(key_index),) float32.
-        """
+        """The released stage-B score over a canvas whose absent tiles are placeholders: the public code
+        feeds the level's full canvas with zero embeddings for unselected tiles, masks those keys in
+        RFM layers 0..R-2, then (`get_text_image_attn`) turns the 4-D float mask into booleans before
+        adding it to the score logits: placeholder keys stay in the softmax, logit raised by 1. Released
+        mode reproduces that; `present` (n,) bool marks real tokens. Returns (len(key_index),) float32."""
         h, _, pos_emb = self.hidden_states(embeds, position_ids, key_mask=present[None])
         q_idx = torch.tensor([query_index], device=embeds.device)
         key_index = key_index.to(embeds.device)
-        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index)
+        logits = qk_logits(self.layers[-1], h, pos_emb, q_idx, key_index, self.score_dim)
         logits = logits + (~present.to(embeds.device)[key_index]).float()
         return torch.softmax(logits, dim=-1).mean(dim=0)[0]
 
@@ -256,12 +252,22 @@ class LrsFocusModel(nn.Module):
 
     def project_images(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """CLIP layer `vision_select_layer`, CLS dropped, projected: (N, P, P, d)."""
-        px = self.pixels(images)
-        out = self.vision_tower(pixel_values=px, output_hidden_states=True)
-        feats = out.hidden_states[self.config.vision_select_layer][:, 1:]
+        feats = self.vision_features(self.pixels(images))[:, 1:]
         n, p2, _ = feats.shape
         p = int(math.isqrt(p2))
         return self.projector(feats).view(n, p, p, -1)
+
+    def vision_features(self, px: torch.Tensor) -> torch.Tensor:
+        """CLIP hidden state `vision_select_layer` (CLS included), bit for bit the stock
+        `output_hidden_states` pick (embeddings -> pre_layrnorm -> unmasked layers), without running
+        the layers after it (the released -2 skips the last) or keeping every layer's states."""
+        tower = self.vision_tower
+        layers = tower.encoder.layers
+        upto = range(len(layers) + 1)[self.config.vision_select_layer]  # hidden_states[k]: after k layers
+        h = tower.pre_layrnorm(tower.embeddings(px))
+        for layer in layers[:upto]:
+            h = layer(h, None)
+        return h
 
     def encode_thumbnail(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The thumbnail's P*P tokens (576 for CLIP-L/14-336), not pooled: (P*P, d)."""

@@ -169,7 +169,8 @@ class JobRunner:
     def _progress_fn(self, job: Job):
         outbox = self.book.outbox
 
-        def progress(stage: str, level: Optional[int], fraction: float, message: str = "") -> None:
+        def progress(stage: str, level: Optional[int], fraction: float, message: str = "",
+                     overall: Optional[float] = None) -> None:
             job.stage, job.level, job.fraction = stage, level, float(fraction)
             now = time.monotonic()
             key = (stage, level)
@@ -177,7 +178,7 @@ class JobRunner:
                 return  # rate limit a chatty engine within a stage; stage/level changes always go out
             job.last_progress = (key, now)
             outbox.put((job.identity, encode_reply(protocol.progress(job.request_id, job.job_id, stage, level,
-                                                                     fraction, message))))
+                                                                     fraction, message, overall))))
 
         return progress
 

@@ -87,12 +87,13 @@ def student_logits(model: Any, seq: MultimodalSequence, pairs: Sequence[PairSpec
     vis, hr = _keys(seq)
     query = torch.tensor([seq.query_index], device=seq.embeds.device)
     upto = max(p.student for p in pairs)
-    _, states, pos_emb = model.rfm.hidden_states(seq.embeds.detach(), seq.position_ids, upto=upto)
+    _, states, pos_emb = model.rfm.hidden_states(seq.embeds.detach(), seq.position_ids, upto=upto, keep_states=True)
     out = []
     for p in pairs:
         layer = model.rfm.layers[p.student]
         h = states[p.student]
-        out.append((qk_logits(layer, h, pos_emb, query, vis), qk_logits(layer, h, pos_emb, query, hr)))
+        dim = model.rfm.score_dim  # the scale of the inference score
+        out.append((qk_logits(layer, h, pos_emb, query, vis, dim), qk_logits(layer, h, pos_emb, query, hr, dim)))
     return out
 
 
@@ -135,7 +136,7 @@ def batch_losses(
     if distill_weight != 0.0 and pairs:
         t_pos = model.llm.model.rotary_emb(embeds, position_ids=pos)
         upto = max(p.student for p in pairs)
-        _, states, s_pos = model.rfm.hidden_states(embeds.detach(), pos, upto=upto)
+        _, states, s_pos = model.rfm.hidden_states(embeds.detach(), pos, upto=upto, keep_states=True)
         terms = []
         for b, s in enumerate(seqs):
             vis, _ = _keys(s)
@@ -146,7 +147,7 @@ def batch_losses(
             for p in pairs:
                 with torch.no_grad():
                     t = qk_logits(model.llm.model.layers[p.teacher], out.hidden_states[p.teacher][b : b + 1].detach(), tb, q, vis)
-                st = qk_logits(model.rfm.layers[p.student], states[p.student][b : b + 1], sb, q, vis)
+                st = qk_logits(model.rfm.layers[p.student], states[p.student][b : b + 1], sb, q, vis, model.rfm.score_dim)
                 tv, sv = _match_heads(t, st)
                 th, sh = _match_heads(t[..., n_thumb:], st[..., n_thumb:])  # tile keys follow the thumbnail
                 terms.append((tv, sv, th, sh))

@@ -1,0 +1,77 @@
+"""How many tokens one forward pass may hold in memory, besides the model's positions.
+
+N_max and the all-tiles cap bound tiles, and the positions bound a pass's length, but at 7B width a
+pass of 30k tokens still needs gigabytes of activations. The estimate per token (bytes), for one
+decoder layer at a time (inference keeps no per-layer states, see `RegionFocusModule`):
+
+    hidden + residual + normed input      3 d
+    q, k, v and the attention output      2 d + 2 kv_heads head_dim
+    MLP (gate, up, their product)         3 intermediate
+    KV cache of the answer's prefill      2 layers kv_heads head_dim   (LLM only)
+
+times the dtype's size, plus the RFM's 4-D key mask of released stage B (n x n booleans, what
+sdpa gets for a mask with placeholders). The budget is 80 % of the CUDA device's memory (half the
+host's on the CPU) less the model's weights, or LRS_FOCUS_PASS_MEMORY_MB: fixed per machine and
+model, so the same question gets the same limits and trace.
+`pass_tokens` is the longest pass that fits; the run stops zooming or caps all-tiles before a
+longer RFM pass, and drops vision tokens before a longer LLM sequence
+(`trace.budget` gives the figures).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+ENV = "LRS_FOCUS_PASS_MEMORY_MB"
+
+
+def budget_bytes(device: Any, weights: int = 0) -> int:
+    """Bytes one pass may use on `device` (the env override first): 80 % of the CUDA device's memory,
+    or half the host's, less the model's weights. Fixed per machine and model (not what happens to
+    be free this second), so two runs of one question get the same limits and trace."""
+    if os.environ.get(ENV):
+        return int(float(os.environ[ENV]) * 2**20)
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        total = 0.8 * torch.cuda.get_device_properties(dev).total_memory
+    else:
+        import psutil
+
+        total = 0.5 * psutil.virtual_memory().total
+    return max(0, int(total) - int(weights))
+
+
+def token_bytes(text_config: Any, dtype_bytes: int, kv_cache: bool) -> int:
+    """Activation bytes per token of one decoder layer's forward (plus the KV cache when generating)."""
+    d = int(text_config.hidden_size)
+    heads = int(text_config.num_attention_heads)
+    head_dim = int(getattr(text_config, "head_dim", None) or d // heads)
+    kv = int(getattr(text_config, "num_key_value_heads", None) or heads)
+    inter = int(getattr(text_config, "intermediate_size", 4 * d))
+    per = 5 * d + 2 * kv * head_dim + 3 * inter
+    if kv_cache:
+        per += 2 * int(text_config.num_hidden_layers) * kv * head_dim
+    return per * dtype_bytes
+
+
+def pass_tokens(budget: int, per_token: int, square_mask: bool = False) -> int:
+    """The longest pass within `budget` bytes: n * per_token (+ n^2 mask bytes) <= budget."""
+    if not square_mask:
+        return max(0, budget // max(1, per_token))
+    # n^2 + per_token n - budget = 0
+    return max(0, int((-per_token + math.sqrt(per_token * per_token + 4 * budget)) / 2))
+
+
+def memory_limits(model: Any) -> dict[str, int]:
+    """{"memory_budget_bytes", "rfm_pass_tokens", "llm_pass_tokens"} for a LLaVA + RFM model now."""
+    cfg = model.config.text_config
+    size = model.dtype.itemsize if hasattr(model.dtype, "itemsize") else 4
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = budget_bytes(model.device, weights)
+    return {"memory_budget_bytes": budget,
+            "rfm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=False), square_mask=True),
+            "llm_pass_tokens": pass_tokens(budget, token_bytes(cfg, size, kv_cache=True))}

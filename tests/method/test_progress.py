@@ -1,0 +1,118 @@
+"""Progress the backend can vouch for (issue 21): a cold `ask` through the real CLI on a 20000 x 15000
+raster sends messages at least every 2 s (and never leaves a quarter of the run silent), and their
+`overall` stays within 0.25 of the elapsed share of the run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrs_focus.work_meter import Rates, WorkMeter
+
+LINE = re.compile(r"^\[(?P<stage>\w+)(?: level (?P<level>\d+))? +(?P<fraction>\d+)%(?: \| job +(?P<overall>\d+)%)?\] ")
+
+
+def mosaic_vrt(directory: Path, width: int = 20000, height: int = 15000, block: tuple[int, int] = (1000, 750)) -> Path:
+    """A width x height RGB raster made of one noisy GeoTIFF block repeated (a VRT): seconds to write,
+    and every pixel the base pass reads is really decoded by GDAL."""
+    from osgeo import gdal
+
+    bw, bh = block
+    tif = directory / "block.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(tif), bw, bh, 3, gdal.GDT_Byte, ["TILED=YES"])
+    rng = np.random.default_rng(0)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 256, size=(bh, bw), dtype=np.uint8))
+    ds = None
+    bands = []
+    for b in range(1, 4):
+        sources = "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">block.tif</SourceFilename><SourceBand>{b}</SourceBand>"
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{bw}\" ySize=\"{bh}\"/>"
+            f"<DstRect xOff=\"{x}\" yOff=\"{y}\" xSize=\"{bw}\" ySize=\"{bh}\"/></SimpleSource>"
+            for y in range(0, height, bh) for x in range(0, width, bw))
+        bands.append(f"<VRTRasterBand dataType=\"Byte\" band=\"{b}\">{sources}</VRTRasterBand>")
+    vrt = directory / "mosaic.vrt"
+    vrt.write_text(f"<VRTDataset rasterXSize=\"{width}\" rasterYSize=\"{height}\">"
+                   "<GeoTransform>500000, 1, 0, 4000000, 0, -1</GeoTransform>" + "".join(bands) + "</VRTDataset>")
+    return vrt
+
+
+def timed_messages(cmd: list[str], env: dict) -> tuple[list[tuple[float, dict]], int, str]:
+    """Run `cmd`, time-stamping each progress line of its stderr as it arrives."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    messages, other = [], []
+    for line in proc.stderr:
+        m = LINE.match(line)
+        if m:
+            messages.append((time.monotonic(), m.groupdict()))
+        else:
+            other.append(line)
+    return messages, proc.wait(), "".join(other)[-2000:]
+
+
+def check_progress(messages: list[tuple[float, dict]]) -> dict:
+    """The issue's bounds over the run (first message, `open`, to the last, `done`)."""
+    t0, t1 = messages[0][0], messages[-1][0]
+    run = t1 - t0
+    gaps = [b[0] - a[0] for a, b in zip(messages, messages[1:])]
+    overall = [int(m["overall"] or 0) / 100 for _, m in messages]  # none before the plan (open, pyramid)
+    off = [abs(o - (t - t0) / run) for (t, _), o in zip(messages, overall)]
+    return {"run_s": run, "max_gap_s": max(gaps), "max_off": max(off), "overall": overall,
+            "stages": [m["stage"] for _, m in messages]}
+
+
+@pytest.mark.parametrize("pixels", ["exact"])
+def test_cold_ask_on_a_20000_by_15000_raster_reports_proportional_progress(tmp_path, pixels):
+    vrt = mosaic_vrt(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    t = time.monotonic()
+    messages, rc, err = timed_messages([sys.executable, "-m", "lrs_focus.cli", "ask", str(vrt),
+                                        "How many ships are docked at the northern pier?", "--model", "tiny",
+                                        "--pixels", pixels, "--json"], env)
+    wall = time.monotonic() - t
+    assert rc == 0, err
+    got = check_progress(messages)
+    print(f"cold ask 20000x15000 ({pixels}): process {wall:.1f} s, run {got['run_s']:.1f} s, "
+          f"{len(messages)} messages, longest gap {got['max_gap_s']:.2f} s, overall off by at most {got['max_off']:.2f}")
+    t0, run = messages[0][0], got["run_s"]
+    timeline = "\n".join(f"{t - t0:6.2f} s share {(t - t0) / run:4.2f} overall {o:4.2f} {m['stage']} {m['level'] or ''}"
+                         for (t, m), o in zip(messages, got["overall"]))
+    print(timeline)
+    assert got["stages"][0] == "open" and got["stages"][-1] == "done"
+    assert got["overall"] == sorted(got["overall"]) and got["overall"][-1] == 1.0
+    assert got["max_gap_s"] <= 2.0 and got["max_gap_s"] <= 0.25 * got["run_s"]
+    assert got["max_off"] <= 0.25
+
+
+def test_overall_is_monotone_and_heartbeats_keep_coming():
+    """The meter alone, on a fake clock: a long stage sends its message again every HEARTBEAT_S with a
+    growing `overall`, which never goes back even when the plan turns out too small."""
+    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
+
+    now = [0.0]
+    sent = []
+    meter = WorkMeter(lambda *a, overall=None: sent.append((now[0], a[0], overall)), None, Rates(),
+                      clock=lambda: now[0])
+    geo = PyramidGeometry(15000, 20000, PyramidConfig(tile_size=336, base_long_side=1008, tokens_per_tile=12))
+    meter.check("open", None, 0.0, "opening")
+    meter.plan(geo, "paper", 80, 0.25, 40, 576, (5, 28), 16, 8192, pixels=0)
+    meter.check("encode", None, 0.0, "encoding the thumbnail")
+    meter.start("thumbnail")
+    for _ in range(50):  # a thumbnail that takes 5 s instead of its priced 10 ms
+        now[0] += 0.1
+        meter.beat()
+    beats = [s for s in sent if s[1] == "encode"]
+    assert len(beats) >= 5 and all(b[0] - a[0] <= 1.0 + 1e-9 for a, b in zip(beats, beats[1:]))
+    assert sent[0][2] is None  # before the plan: no share claimed (clients fall back to stage spans)
+    shares = [s[2] for s in sent[1:]]
+    assert shares == sorted(shares) and 0 < shares[-1] < 1
+    meter.check("done", None, 1.0, "done")
+    assert sent[-1][2] == 1.0
