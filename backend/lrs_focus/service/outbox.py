@@ -68,3 +68,23 @@ class Outbox:
     def close(self) -> None:
         self._rx.close()
         self._tx.close()
+
+
+#: glibc's mallopt parameter M_MMAP_THRESHOLD
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_big_replies_mapped(threshold: int = 1 << 20) -> bool:
+    """Blocks of `threshold` bytes or more always come from mmap, so a freed reply goes back to the OS.
+
+    glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB), after which a
+    multi-MB reply comes from the heap, where one small allocation made later above it keeps the
+    freed memory in the process for good: a peer that never read 80 MB of results left the server
+    80 MB larger after its queue was dropped. A fixed threshold stops that adjustment. No-op (False)
+    where the C library has no mallopt (macOS)."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False

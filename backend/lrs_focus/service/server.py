@@ -24,7 +24,7 @@ from ..engine import AskEngine
 from .handlers import Context, Handlers
 from .jobs import JobBook, shutting_down
 from .limits import BURST, DEFAULT_ENDPOINT, POLL_MS, RCVHWM, ROUTER_LINGER_MS, ServiceLimits, check_queue_size
-from .outbox import Outbox, encode_reply
+from .outbox import Outbox, encode_reply, keep_big_replies_mapped
 from .security import abort_stalled_peers, bind, check_security, is_loopback_endpoint, secure_socket
 from .worker import JobRunner
 
@@ -51,6 +51,7 @@ class Server:
                  extra_health: Optional[dict[str, Any]] = None, access: Any = None,
                  limits: Optional[ServiceLimits] = None, allow_shutdown: bool = True):
         self.queue_size = check_queue_size(queue_size)
+        keep_big_replies_mapped()  # a dropped peer's queued results return to the OS, not the heap
         self.engine = engine
         self.access = access
         self.limits = limits or ServiceLimits()
