@@ -30,6 +30,7 @@ from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
 from .stage_clock import clock_of
+from .work_meter import Metered, meter_of
 
 
 def tile_caption(where: str) -> str:
@@ -84,6 +85,7 @@ class AttentionScorer:
         self.seconds = 0.0
         self.prefix_hits = 0
         self.max_tokens = 0  # longest focus prompt run
+        self.token_layers = 0  # tokens x layers run (the work meter's rate)
 
     def images(self, level: int, tiles: list[tuple[int, int]]) -> list[tuple[str | None, tuple[int, int, int]]]:
         tile_grid = self.model.grid_for(self.geometry.cfg.tile_size, self.geometry.cfg.tile_size)
@@ -112,8 +114,11 @@ class AttentionScorer:
         prompt = self.model.build_prompt(self.images(canvas.level, canvas.tiles), self.question)
         self.max_tokens = max(self.max_tokens, len(prompt.ids))
         feats = [self.thumbnail] + [f.flatten(0, 1) for f in canvas.feats]
+        hits = self.prefix_hits
         prefix = self._prefix(prompt, feats, canvas)
         scores = self.model.focus_map(prompt, feats, self.relative, prefix, self.layer, self.heads)
+        ran = len(prompt.ids) - (prompt.prefix_length if self.prefix_hits > hits else 0)
+        self.token_layers += ran * (self.model._layer(self.layer) + 1) * (2 if self.relative else 1)
         per_tile = scores[self.thumbnail.shape[0]:].view(len(canvas.tiles), t, t).cpu().double().numpy()
         out = np.zeros(canvas.size, dtype=np.float64)
         sel = np.flatnonzero(canvas.tile >= 0)
@@ -270,19 +275,31 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
     timings: dict[str, float] = {}
     clock = clock_of(model)  # synchronised stage edges on CUDA
     geo = pyramid.geometry
-    with torch.inference_mode(), cancel_between_layers(model, should_stop):
+    meter = meter_of(check)
+    if meter is not None:  # `overall`: the work priced once the pyramid is known; the focus pass runs
+        # layers 0..L of the LLM, a tile is about tokens_per_tile^2 tokens plus its caption
+        meter.plan(geo, options.mode, n_max, float(options.alpha), budget["text_tokens"],
+                   cfg.tokens_per_tile ** 2, (model._layer(options.focus_layer) + 1, cfg.num_layers),
+                   int(options.max_new_tokens), budget["max_length"], 0, options.max_levels)
+    beat = meter.beat if meter is not None else None
+    with torch.inference_mode(), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")
+        if meter is not None:
+            meter.start("thumbnail")
         t0 = clock.now()
         thumbnail = encoder.thumbnail()
         timings["thumbnail"] = clock.now() - t0
         thumb_grid = model.grid_for(*geo.thumbnail_size)
         scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
                                  options.focus_layer, options.focus_heads, cache, key)
+        if meter is not None:
+            meter.encoder, meter.scorer = encoder, scorer
         t0 = clock.now()
         per_tile = cfg.tokens_per_tile ** 2
         overhead = caption_tokens(model)  # once per question: ten tokenizations
         room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
-        result = run_focus(geo, options.mode, encoder, scorer, alpha=float(options.alpha), n_max=n_max,
+        result = run_focus(geo, options.mode, Metered(meter, "tiles", encoder), Metered(meter, "score", scorer),
+                           alpha=float(options.alpha), n_max=n_max,
                            max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
                            vision_budget=None, pass_limit=room // (per_tile + overhead) * per_tile)
         timings["encode"] = encoder.seconds
@@ -299,6 +316,8 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
             from .remote_stage import RemoteAnswer
 
             remote = RemoteAnswer(engine.answer_server, model, pyramid, key)
+        if meter is not None:
+            meter.start("llm")
         vl = answer_tiles(model, scorer, result, vision_budget, int(options.max_new_tokens), should_stop, check,
                           options.answer_input, overhead, remote)
         timings["focus"] = scorer.seconds

@@ -46,7 +46,7 @@ def calibrate(model: Any, repeats: int = 2) -> Rates:
     """Time a tile batch, a short prefill and a decoding-sized step on the model, the best of `repeats`
     (done when the engine loads, before any hook of a question is on its blocks)
     (a busy CPU stretches single timings several times): milliseconds with the tiny model, a fraction
-    of a second for 7B on a GPU. Models without the LLaVA parts keep the default rates."""
+    of a second for 7B on a GPU. Models without these parts keep the default rates."""
     import numpy as np
     import torch
 
@@ -67,13 +67,17 @@ def calibrate(model: Any, repeats: int = 2) -> Rates:
     try:
         b, n = int(model.config.tile_size), max(1, min(4, int(model.config.encode_batch)))
         tiles = np.zeros((n, b, b, 3), dtype=np.uint8)
-        layers = len(model.llm.model.layers)
-        embeds = torch.zeros(1, 128, model.config.hidden_size, dtype=model.dtype, device=model.device)
+        if hasattr(model, "hf"):  # Qwen-VL: the stock language model under the wrapper
+            llm, hidden = model.hf.model.language_model, int(model.hidden)
+        else:
+            llm, hidden = model.llm.model, int(model.config.hidden_size)
+        layers = len(llm.layers)
+        embeds = torch.zeros(1, 128, hidden, dtype=model.dtype, device=model.device)
         with torch.inference_mode():
             rates.tile = best(lambda: model.encode_tiles(tiles)) / n
-            rates.token_layer = best(lambda: model.llm.model(inputs_embeds=embeds)) / (128 * layers)
-            rates.step_layer = best(lambda: model.llm.model(inputs_embeds=embeds[:, :1])) / layers
-    except (AttributeError, TypeError, RuntimeError):
+            rates.token_layer = best(lambda: llm(inputs_embeds=embeds)) / (128 * layers)
+            rates.step_layer = best(lambda: llm(inputs_embeds=embeds[:, :1])) / layers
+    except (AttributeError, TypeError, RuntimeError, ValueError):
         pass
     return rates
 

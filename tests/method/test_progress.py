@@ -116,3 +116,22 @@ def test_overall_is_monotone_and_heartbeats_keep_coming():
     assert shares == sorted(shares) and 0 < shares[-1] < 1
     meter.check("done", None, 1.0, "done")
     assert sent[-1][2] == 1.0
+
+
+def test_qwen_vl_questions_report_overall_too(sentinel2_vrt):
+    """The Qwen-VL run plans its work like the LLaVA one (tiles per level, the focus passes' token-layers
+    up to the focus layer, the answer): every message from the plan on carries a monotone `overall`."""
+    from lrs_focus.engine import AskOptions, Engine
+
+    engine = Engine("tiny-qwen2.5-vl", device="cpu", cache_mb=0)
+    sent = []
+    doc = engine.ask(str(sentinel2_vrt), "Where are the largest agricultural fields?",
+                     AskOptions(mode="paper", max_new_tokens=4),
+                     progress=lambda stage, level, fraction, message="", overall=None: sent.append((stage, overall)))
+    assert doc["answer"] is not None
+    stages = [s for s, _ in sent]
+    assert stages[0] == "open" and stages[-1] == "done" and "generate" in stages
+    planned = [o for s, o in sent[stages.index("encode"):]]
+    assert None not in planned, sent
+    assert planned == sorted(planned) and planned[-1] == 1.0
+    assert 0 < planned[0] < 1
