@@ -71,7 +71,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-question-tokens", type=int, default=DEFAULT_MAX_QUESTION_TOKENS,
                    help=f"longest question in tokens of the model's tokenizer (default {DEFAULT_MAX_QUESTION_TOKENS})")
     p.add_argument("--open-timeout", type=float, default=DEFAULT_OPEN_TIMEOUT_S,
-                   help=f"seconds for the access check of a raster (default {DEFAULT_OPEN_TIMEOUT_S:g})")
+                   help="seconds for the access check of a raster where the server itself runs it (default "
+                        f"{DEFAULT_OPEN_TIMEOUT_S:g}); serve's raster readers run it themselves, within --job-timeout")
     p.add_argument("--stalled-peer-timeout", type=float, default=DEFAULT_STALLED_PEER_TIMEOUT_S,
                    help="seconds a client may leave replies unread before it is disconnected and its jobs "
                         f"cancelled (default {DEFAULT_STALLED_PEER_TIMEOUT_S:g})")

@@ -185,12 +185,7 @@ class ReaderPool:
                     self._count -= 1
                     self._cond.notify_all()
                 return
-            with self._cond:
-                if self._closed:
-                    reader.kill()
-                    return
-                self._idle.append(reader)
-                self._cond.notify_all()
+            self._park(reader)
 
         threading.Thread(target=run, name="lrs-reader-start", daemon=True).start()
 
@@ -228,6 +223,10 @@ class ReaderPool:
             if not self._closed:
                 self._spawn()
             return
+        self._park(reader)
+
+    def _park(self, reader: Reader) -> None:
+        """An idle reader waits for the next lease; a closed pool kills it instead."""
         with self._cond:
             if self._closed:
                 reader.kill()

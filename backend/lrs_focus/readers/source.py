@@ -140,13 +140,7 @@ class ConfinedSource:
     def close(self) -> None:
         with self._cond:
             readers, self._readers, self._free = self._readers, [], []
-        for reader in readers:
-            if not reader.dead:
-                try:
-                    reader.request("close", None, 10.0)
-                except errors.LrsFocusError:
-                    pass
-            self.pool.give_back(reader)
+        self._release(readers)
 
     def __enter__(self) -> "ConfinedSource":
         return self
@@ -204,7 +198,11 @@ class ConfinedSource:
                 self._readers.remove(reader)
                 if reader in self._free:
                     self._free.remove(reader)
-        for reader in helpers:
+        self._release(helpers)
+
+    def _release(self, readers: list) -> None:
+        """Close this raster in each reader (a dead one needs no closing) and give it back to the pool."""
+        for reader in readers:
             if not reader.dead:
                 try:
                     reader.request("close", None, 10.0)
