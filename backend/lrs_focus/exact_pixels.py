@@ -212,15 +212,30 @@ class ExactPyramid(LazyTiles):
         b = self.cfg.tile_size
         return np.zeros((b, b, 3), dtype=np.float32)
 
-    def _base_and_thumbnail(self) -> None:
-        """The base level, the thumbnail and the sample grids of the coarse levels, from one read."""
+    def _base_pass_plan(self):
+        """(base index, thumbnail index, their sample rows, cols, coarse grids gathered with them)."""
         base = self.geometry.levels[0]
         th, tw = self.geometry.thumbnail_size
         rh, rw = base.resized
         i_base, i_thumb = self._index((rh, rw), (0, rh, 0, rw)), self._index((th, tw), (0, th, 0, tw))
         rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
         cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
-        wanted = self._plan_base_pass(rows, cols)
+        return i_base, i_thumb, rows, cols, self._plan_base_pass(rows, cols)
+
+    def base_pass_pixels(self) -> int:
+        """Source pixels the base pass will decode (0 once done): strips over every sample row."""
+        if self._thumbnail is not None:
+            return 0
+        _, _, rows, cols, wanted = self._base_pass_plan()
+        for r, c in wanted.values():
+            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
+        width = int(cols[-1]) + 1 - int(cols[0])
+        return sum((y1 - y0) * width for y0, y1 in _runs(rows, max(1, STRIP_BYTES // (3 * width))))
+
+    def _base_and_thumbnail(self) -> None:
+        """The base level, the thumbnail and the sample grids of the coarse levels, from one read."""
+        th, tw = self.geometry.thumbnail_size
+        i_base, i_thumb, rows, cols, wanted = self._base_pass_plan()
         grids = self._gather_many({-1: (rows, cols), **wanted})
         union = grids.pop(-1)
         for level, grid in grids.items():  # `grids` may be the engine's cache (get / in / setitem only)

@@ -257,26 +257,13 @@ def meter_of(check: Any) -> WorkMeter | None:
 
 
 def base_pass_pixels(pyramid: Any) -> int:
-    """Source pixels the exact pyramid's base pass will decode (0 when done or not an exact pyramid):
-    its strips over the sample rows of the base level, the thumbnail and the gathered coarse grids."""
-    if getattr(pyramid, "_thumbnail", True) is not None or not hasattr(pyramid, "_plan_base_pass"):
+    """Source pixels the exact pyramid's base pass will decode (0 when done or not an exact pyramid)."""
+    count = getattr(pyramid, "base_pass_pixels", None)
+    if count is None:
         return 0
     try:
-        import numpy as np
-
-        from .exact_pixels import STRIP_BYTES, _needed, _runs
-
-        base = pyramid.geometry.levels[0]
-        th, tw = pyramid.geometry.thumbnail_size
-        rh, rw = base.resized
-        i_base, i_thumb = pyramid._index((rh, rw), (0, rh, 0, rw)), pyramid._index((th, tw), (0, th, 0, tw))
-        rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
-        cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
-        for r, c in pyramid._plan_base_pass(rows, cols).values():
-            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
-        width = int(cols[-1]) + 1 - int(cols[0])
-        return sum((y1 - y0) * width for y0, y1 in _runs(rows, max(1, STRIP_BYTES // (3 * width))))
-    except (AttributeError, ImportError, TypeError, ValueError, IndexError):
+        return int(count())
+    except (TypeError, ValueError, IndexError):
         return int(pyramid.geometry.height) * int(pyramid.geometry.width)
 
 
