@@ -107,13 +107,22 @@ class AccessPolicy:
     # -- public -------------------------------------------------------------------------------
     def check(self, path: str) -> str:
         """The path GDAL should open (resolved), after checking it and, for a VRT, its sources."""
-        return self._check(path, depth=0, seen=set())
+        return self._check(path, depth=0, seen=set(), passed={})
 
     def describe(self) -> dict:
         return {"roots": list(self._real_roots), "allow_remote": self.allow_remote, "drivers": sorted(self.drivers)}
 
     # -- the rules ----------------------------------------------------------------------------
-    def _check(self, path: str, depth: int, seen: set) -> str:
+    def _check(self, path: str, depth: int, seen: set, passed: dict) -> str:
+        """`seen`: the resolved files above this one (a loop); `passed`: (path, depth) -> resolved of
+        every file that passed in this check, so that a DAG of VRTs (8 levels of 20 sources: 20^8
+        visits) costs one visit per file and depth. A passed file's whole tree was walked without a
+        loop, so meeting it again needs no second walk: the answers stay those of the full walk."""
+        known = passed.get((path, depth))
+        if known is not None:
+            if known in seen:
+                raise RasterForbidden("the VRT references itself")
+            return known
         if depth > MAX_VRT_DEPTH:
             raise RasterForbidden(f"VRTs nested deeper than {MAX_VRT_DEPTH} levels are not served")
         if not isinstance(path, str) or not path or "\x00" in path:
@@ -132,10 +141,11 @@ class AccessPolicy:
         if resolved in seen:
             raise RasterForbidden("the VRT references itself")
         if not path.lower().startswith("/vsi"):
-            self._check_sidecars(path, resolved, depth, seen | {resolved})
+            self._check_sidecars(path, resolved, depth, seen | {resolved}, passed)
         driver = self._driver(resolved)
         if driver == "VRT":
-            self._check_vrt(resolved, depth, seen | {resolved})
+            self._check_vrt(resolved, depth, seen | {resolved}, passed)
+        passed[(path, depth)] = resolved
         return resolved
 
     def _local(self, path: str) -> str:
@@ -155,7 +165,7 @@ class AccessPolicy:
             raise RasterForbidden(f"{path}: is {kind}, not a regular raster file")
         return real
 
-    def _check_sidecars(self, path: str, resolved: str, depth: int, seen: set) -> None:
+    def _check_sidecars(self, path: str, resolved: str, depth: int, seen: set, passed: dict) -> None:
         """The files GDAL may open beside a raster (`_is_sidecar`), in the folder of the name
         GDAL is given (`resolved` for the asked raster, `path` for a VRT's source; both, to be safe)."""
         places = {(os.path.dirname(resolved), os.path.basename(resolved)),
@@ -166,9 +176,9 @@ class AccessPolicy:
             except OSError:
                 continue  # the raster's own checks report an unreadable folder
             for entry in entries:
-                self._check_sidecar(name, entry, depth, seen)
+                self._check_sidecar(name, entry, depth, seen, passed)
 
-    def _check_sidecar(self, name: str, sidecar: str, depth: int, seen: set) -> None:
+    def _check_sidecar(self, name: str, sidecar: str, depth: int, seen: set, passed: dict) -> None:
         shown = f"{name}: the file {os.path.basename(sidecar)!r} beside it"
         real = os.path.realpath(sidecar)
         if self._real_roots and not any(_inside(real, root) for root in self._real_roots):
@@ -184,7 +194,7 @@ class AccessPolicy:
         lower = sidecar.lower()
         if lower.endswith(SIDECAR_DATASETS) and real not in seen:
             try:
-                self._check(sidecar, depth + 1, seen)
+                self._check(sidecar, depth + 1, seen, passed)
             except (RasterForbidden, RasterNotFound, NotARaster, RasterUnreadable) as exc:
                 raise RasterForbidden(f"{shown} is refused: {exc}") from None
         elif lower.endswith(".aux.xml"):
@@ -227,7 +237,7 @@ class AccessPolicy:
             raise RasterForbidden(f"{path}: {name} files are not served (formats allowed: {', '.join(sorted(self.drivers))})")
         return name
 
-    def _check_vrt(self, path: str, depth: int, seen: set) -> None:
+    def _check_vrt(self, path: str, depth: int, seen: set, passed: dict) -> None:
         base = posixpath.dirname(path) if path.startswith("/vsi") else os.path.dirname(path)
         for element in _parse_vrt(path).iter():
             if not isinstance(element.tag, str):
@@ -241,9 +251,10 @@ class AccessPolicy:
             if tag == "openoptions":
                 raise RasterForbidden(f"{path}: VRT source open options are not served")
             if tag in VRT_REFERENCE_TAGS or "relativetovrt" in attrs:
-                self._check_source(path, base, element, attrs, depth, seen)
+                self._check_source(path, base, element, attrs, depth, seen, passed)
 
-    def _check_source(self, path: str, base: str, element: ET.Element, attrs: dict, depth: int, seen: set) -> None:
+    def _check_source(self, path: str, base: str, element: ET.Element, attrs: dict, depth: int, seen: set,
+                      passed: dict) -> None:
         source = element.text or ""
         if len(element) or not source or source != source.strip():
             # GDAL reads the first text node as is: anything else could name another file
@@ -252,7 +263,7 @@ class AccessPolicy:
         if relative and not source.startswith("/"):
             source = posixpath.join(base, source) if path.startswith("/vsi") else os.path.join(base, source)
         try:
-            self._check(source, depth + 1, seen)
+            self._check(source, depth + 1, seen, passed)
         except (RasterForbidden, RasterNotFound, NotARaster, RasterUnreadable) as exc:
             raise type(exc)(f"a source of {path} is refused: {exc}") from None
 

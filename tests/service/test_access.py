@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -329,3 +330,36 @@ def test_harden_gdal_blocks_the_network_even_past_the_policy(tree, http_server):
     assert out == {"removed_wms": True, "gtiff": True, "vrt": True, "python": "NO", "url": "refused",
                    "wms": "refused", "tif": 64}
     assert http_server.requests == []
+
+
+def test_a_dag_of_vrts_is_walked_once_per_file(tree, monkeypatch):
+    """8 levels of 20 sources each: the full walk visits 20^8 paths, the memoised one each file
+    once per depth (a cap on visits makes the old walk fail fast instead of spinning for hours)."""
+    from .attack_rasters import vrt_dag
+
+    root, outside = tree
+    top = vrt_dag(root)
+    visits = []
+    real = AccessPolicy._local
+
+    def counted(self, path):
+        visits.append(path)
+        if len(visits) > 10_000:
+            raise AssertionError("the walk visits the DAG exponentially")
+        return real(self, path)
+
+    monkeypatch.setattr(AccessPolicy, "_local", counted)
+    policy = AccessPolicy(roots=(str(root),))
+    t0 = time.perf_counter()
+    assert policy.check(top) == os.path.realpath(top)
+    assert time.perf_counter() - t0 < 1.0
+    assert len(visits) <= 9 * 20 + 1  # each of the 9 files from each of its 20 parents
+    # a source out of the roots at the bottom of the DAG is still found, and a loop still refused
+    (root / "dag" / "leaf.tif").unlink()
+    (root / "dag" / "leaf.tif").symlink_to(small_geotiff(outside / "far.tif"))
+    visits.clear()
+    assert refused(policy, top).code == "raster_forbidden"
+    (root / "dag" / "leaf.tif").unlink()
+    vrt(root / "dag" / "leaf.tif", band(str(root / "dag" / "level1.vrt")), size=16)
+    visits.clear()
+    assert "references itself" in str(refused(policy, root / "dag" / "level1.vrt"))
