@@ -200,10 +200,11 @@ def test_reader_memory_is_bounded_and_the_server_is_still_well(attacked):
 
 
 def test_the_policy_itself_runs_in_the_readers(tmp_path):
-    """With the policy ON, its own reads (a VRT DAG it walks exponentially) happen in the readers,
-    which the deadline kills: more such asks than the server's stuck-open slots (4) leave it
-    answering others. With the policy in the server process, the fifth would find every slot held
-    (raster_unreadable: "earlier raster opens ... stuck") and so would every later ask."""
+    """With the policy ON, the check and the open run in the readers, which the deadline kills: a
+    DAG of VRTs passes the check at once (it visits each file once) and then GDAL's own open
+    spins (its probe read decodes 20^8 sources); more such asks than the server's stuck-open
+    slots (4) leave it answering others. Had the open run in the server process, the fifth would
+    find every slot held (raster_unreadable: "earlier raster opens ... stuck")."""
     root = tmp_path / "root"
     root.mkdir()
     small_geotiff(root / "ok.tif")

@@ -72,16 +72,50 @@ def test_landlock_alone_denies_files_outside_and_tcp(files, tmp_path):
     assert done.stdout.split() == ["denied"] * 5
 
 
-def test_seccomp_alone_denies_sockets_but_unix_ones(files):
+def test_seccomp_alone_denies_every_socket(files):
     done = _run_confined(
         "print(confine.seccomp_no_sockets())\n"
         "for family, kind in [(socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET6, socket.SOCK_DGRAM),"
-        " (socket.AF_INET, socket.SOCK_DGRAM)]:\n"
+        " (socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_UNIX, socket.SOCK_STREAM),"
+        " (socket.AF_UNIX, socket.SOCK_DGRAM)]:\n"
         "    try: socket.socket(family, kind); print('OPENED')\n"
         "    except PermissionError: print('denied')\n"
-        "socket.socket(socket.AF_UNIX); socket.socketpair(); print('unix')\n", files[0])
+        "try: socket.socketpair(); print('OPENED')\n"
+        "except PermissionError: print('denied')\n", files[0])
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-4:] == ["denied", "denied", "denied", "unix"]
+    assert done.stdout.split()[-6:] == ["denied"] * 6
+
+
+def test_a_confined_reader_cannot_reach_a_path_unix_socket_and_still_reads(files):
+    """A UNIX socket bound to a file inside the root (Landlock before ABI 9 does not check connect()
+    on it): with the reader's whole confinement (child.main's calls) neither a stream nor a datagram
+    socket reaches it, and GDAL still reads the root's rasters afterwards."""
+    root = files[0]
+    listener = __import__("socket").socket(__import__("socket").AF_UNIX)
+    listener.bind(str(root / "service.sock"))
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        done = _run_confined(
+            "import os\n"
+            "from lrs_focus.raster import RasterSource\n"
+            "print(confine.seccomp_no_sockets())\n"
+            "confine.landlock([os.environ['ROOT']], child.system_paths())\n"
+            "for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n"
+            "    try:\n"
+            "        s = socket.socket(socket.AF_UNIX, kind); s.connect(os.environ['ROOT'] + '/service.sock')\n"
+            "        print('CONNECTED')\n"
+            "    except PermissionError: print('denied')\n"
+            "    except OSError as exc: print('REACHED', exc)\n"
+            "src = RasterSource.open(os.environ['ROOT'] + '/ok.tif')\n"
+            "print('read', src.read_rgb((0, 0, 200, 200), (20, 20)).shape)\n", root)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[1:] == ["denied", "denied", "read (20, 20, 3)"], done.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody came
+    finally:
+        listener.close()
+        (root / "service.sock").unlink()
 
 
 def test_a_reader_cannot_open_what_the_policy_never_saw(pool, files):

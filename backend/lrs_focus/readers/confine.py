@@ -12,11 +12,15 @@ What a confined reader may do (`confine`): read files and list folders beneath `
 (the allowed raster roots) and read/execute beneath `system_paths` (the interpreter, the venv,
 shared libraries, GDAL's and PROJ's data); write, create or remove nothing anywhere; no TCP bind
 or connect (Landlock ABI >= 4) except connect to `tcp_ports` (--allow-remote); no signals or
-abstract UNIX sockets outside its own domain (ABI >= 6); and, by seccomp, no socket() of any
-family but AF_UNIX and no io_uring (so UDP/raw/netlink are closed too) unless remote access is on.
+abstract UNIX sockets outside its own domain (ABI >= 6); no connect/sendmsg to a UNIX socket bound
+to a path (ABI >= 9: RESOLVE_UNIX, never granted); and, by seccomp, no socket() of any family, no
+socketpair() and no io_uring unless remote access is on. A reader never makes a socket: it talks to
+the server over the socket it inherits, so refusing AF_UNIX too closes path UNIX sockets on every
+kernel (Landlock before ABI 9 does not see connect() on them).
 What each kernel gives: ABI 1 (5.13) files; 2 (5.19) + REFER; 3 (6.2) + TRUNCATE; 4 (6.7) + TCP
 bind/connect; 5 (6.10) + device ioctls; 6 (6.12) + scopes (abstract UNIX sockets, signals); 7
-(6.15) audit logging flags, no new rights.
+(6.15) audit logging flags; 8 (7.0) restrict all threads at once (TSYNC; a reader confines itself
+before it starts a thread); 9 (7.1) + RESOLVE_UNIX (path UNIX sockets).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
 _FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
 _FS_BY_ABI = {1: _FS_ABI1, 2: _FS_ABI1 | 1 << 13, 3: _FS_ABI1 | 3 << 13}  # + REFER, + TRUNCATE
 _FS_ABI5 = _FS_ABI1 | 7 << 13  # + IOCTL_DEV
+_FS_ABI9 = _FS_ABI5 | 1 << 16  # + RESOLVE_UNIX (connect/sendmsg to a path UNIX socket)
 _FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | 1 << 14 | 1 << 15  # the rights a file rule may hold
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
@@ -85,7 +90,7 @@ def landlock_abi() -> int:
 
 
 def _fs_rights(abi: int) -> int:
-    return _FS_BY_ABI.get(abi, _FS_ABI5)
+    return _FS_BY_ABI.get(abi, _FS_ABI5 if abi < 9 else _FS_ABI9)
 
 
 def _add_path(ruleset: int, path: str, rights: int) -> bool:
@@ -129,13 +134,16 @@ def landlock(read_roots: Iterable[str], system_paths: Iterable[str], tcp_ports: 
     return {"landlock_abi": abi, "read_roots": roots, "system_paths": system,
             "tcp": ("connect to ports " + ",".join(map(str, tcp_ports)) if tcp_ports else "none") if abi >= 4
             else "not restricted (Landlock ABI < 4)",
-            "scopes": "abstract unix sockets, signals" if abi >= 6 else "none (Landlock ABI < 6)"}
+            "scopes": "abstract unix sockets, signals" if abi >= 6 else "none (Landlock ABI < 6)",
+            "unix_path_sockets": "no connect (Landlock ABI >= 9)" if abi >= 9
+            else "not restricted by Landlock (ABI < 9): seccomp refuses socket()"}
 
 
-# -- seccomp: socket() of AF_UNIX only, no io_uring -------------------------------------------------
+# -- seccomp: no socket(), socketpair() or io_uring --------------------------------------------------
 _SCMP_ACT_ALLOW = 0x7FFF0000
-_SCMP_CMP_NE = 1
-_AF_UNIX = 1
+#: Syscalls a confined reader never makes: it inherits its one socket. io_uring could open sockets
+#: without the socket syscall.
+DENIED_SYSCALLS = (b"socket", b"socketpair", b"io_uring_setup", b"io_uring_enter", b"io_uring_register")
 
 
 def _scmp_act_errno(code: int) -> int:
@@ -148,8 +156,8 @@ class _ScmpArgCmp(ctypes.Structure):
 
 
 def seccomp_no_sockets() -> str:
-    """Refuse (EACCES) socket() of every family but AF_UNIX, and io_uring (which could open
-    sockets without the socket syscall). Returns what was done, or why not."""
+    """Refuse (EACCES) socket() of every family (AF_UNIX too: a path UNIX socket is open to connect()
+    under Landlock ABI < 9), socketpair() and io_uring. Returns what was done, or why not."""
     try:  # the soname, not ctypes.util.find_library: that one runs gcc and ldconfig
         lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError:
@@ -165,19 +173,19 @@ def seccomp_no_sockets() -> str:
     if not ctx:
         raise ConfinementError(errno.EINVAL, "seccomp_init failed")
     try:
-        deny = _scmp_act_errno(errno.EACCES)
-        not_unix = (_ScmpArgCmp * 1)(_ScmpArgCmp(0, _SCMP_CMP_NE, _AF_UNIX, 0))
-        rc = lib.seccomp_rule_add_array(ctx, deny, lib.seccomp_syscall_resolve_name(b"socket"), 1, not_unix)
-        for call in (b"io_uring_setup", b"io_uring_enter", b"io_uring_register"):
+        deny, rc = _scmp_act_errno(errno.EACCES), 0
+        for call in DENIED_SYSCALLS:
             number = lib.seccomp_syscall_resolve_name(call)
             if number >= 0:
                 rc = rc or lib.seccomp_rule_add_array(ctx, deny, number, 0, None)
+            elif call in (b"socket", b"socketpair"):  # pragma: no cover - every Linux arch has them
+                raise ConfinementError(errno.ENOSYS, f"seccomp does not know {call.decode()}()")
         rc = rc or lib.seccomp_load(ctx)
         if rc != 0:
             raise ConfinementError(-rc, f"seccomp rules refused: {os.strerror(-rc)}")
     finally:
         lib.seccomp_release(ctx)
-    return f"socket() only for AF_UNIX, no io_uring ({platform.machine()})"
+    return f"no socket(), socketpair() or io_uring ({platform.machine()})"
 
 
 def limit_resources(address_space_bytes: int, open_files: int = 256) -> None:
