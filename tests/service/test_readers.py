@@ -292,3 +292,63 @@ def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):
     server.close()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["denied", "allowed"]  # 443: refused by no listener, not by the kernel
+
+
+@pytest.fixture(scope="module")
+def noisy(files):
+    """A 2400 x 2000 RGB GeoTIFF of noise in the root (14.4 MB of RGB at full resolution)."""
+    from osgeo import gdal
+
+    path = files[0] / "noisy.tif"
+    data = np.random.default_rng(7).integers(0, 256, size=(3, 2000, 2400), dtype=np.uint8)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 2400, 2000, 3, gdal.GDT_Byte, ["TILED=YES"])
+    ds.WriteRaster(0, 0, 2400, 2000, data.tobytes())
+    ds = None
+    return str(path)
+
+
+def _peak_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+
+def test_a_read_larger_than_the_shared_memory_comes_in_pieces(files, noisy, monkeypatch):
+    """A 14.4 MB full-resolution read through 2 MiB of shared memory (refused before: "larger than
+    the reader's shared memory") equals in-process GDAL's, and the reader's peak memory grows by
+    about a piece, not by the answer (GDAL's block cache held at 1 MB for the measure)."""
+    monkeypatch.setenv("GDAL_CACHEMAX", "1")
+    ref = RasterSource.open(noisy)
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, shm_mb=2, timeout_s=30).start()
+    try:
+        with pool.open(noisy) as src:
+            reader = src._readers[0]
+            before = _peak_kb(reader.pid)
+            full = src.read_rgb((0, 0, 2400, 2000), (2000, 2400))
+            grown_mb = (_peak_kb(reader.pid) - before) / 1024
+            assert np.array_equal(full, ref.read_rgb((0, 0, 2400, 2000), (2000, 2400)))
+            assert grown_mb < 10, f"the reader grew by {grown_mb:.1f} MB for a 14.4 MB answer"
+            # a window past the edges is clamped before it is cut, as RasterSource clamps it
+            edges = src.read_rgb((-40, -30, 2600, 2100), (1900, 1300))
+            assert np.array_equal(edges, ref.read_rgb((-40, -30, 2600, 2100), (1900, 1300)))
+            # rows wider than the shared memory: columns are cut too (read and gather)
+            pool.shm_bytes = 3 * 256
+            part = src.read_rgb((100, 200, 1100, 230), (30, 1000))
+            assert np.array_equal(part, full[200:230, 100:1100])
+            rows, cols = np.arange(5, 1900, 97), np.arange(3, 2400, 3)
+            assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
+    finally:
+        pool.close()
+
+
+def test_a_resampled_read_in_pieces_matches_gdal(files, noisy):
+    """Bilinear, overview-free, fractional window: each piece is GDAL's read at the same scale."""
+    ref = RasterSource.open(noisy)
+    pool = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, shm_mb=1, timeout_s=30).start()
+    try:
+        with pool.open(noisy) as src:
+            for window, size in [((10.5, 3.25, 2393.0, 1998.5), (1500, 1700)), ((0, 0, 2400, 2000), (700, 900))]:
+                got, want = src.read_rgb(window, size), ref.read_rgb(window, size)
+                assert got.nbytes > pool.shm_bytes
+                assert np.array_equal(got, want), (window, int((got != want).any(axis=2).sum()))
+    finally:
+        pool.close()

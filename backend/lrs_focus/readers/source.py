@@ -6,6 +6,8 @@ memory. `read_rgb` and `gather` may be called from several threads at once: each
 free reader of the source's own (the first opened at `open`, more leased for `gather`). Every read
 is charged, before it is sent, to the question's budget of decoded source pixels
 (`pool.max_source_pixels`): a read past it is refused with `raster_too_large` and the figures.
+A read or gather larger than a reader's shared memory is cut into pieces that fit it, each its
+own GDAL read in the reader, so a reader's memory follows the piece, not the answer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from ..raster import BandStretch, RasterSource
 
 #: A gather at least this large (rows x column span) also uses the readers free at that moment.
 PARALLEL_MIN_PIXELS = 8_000_000
+#: Largest answer of one read_rgb (RGB bytes): the server holds the whole answer, and a small window
+#: asked at a huge output size (an upsampling) decodes few source pixels, so the pixel budget alone
+#: would not bound it.
+MAX_READ_BYTES = 1 << 30
 Reader = ReaderPool = Any  # pool.py's classes; not imported (pool.open imports this module)
 
 
@@ -85,13 +91,29 @@ class ConfinedSource:
             self._call("set_stretch", self.check, values=pairs)
 
     def read_rgb(self, window, out_size, pad_rgb=(0, 0, 0)) -> np.ndarray:
+        """As RasterSource.read_rgb. Larger than a reader's shared memory: read in pieces of the
+        window (the window clamped to the raster first, as RasterSource does), each a GDAL read of the
+        same scale; a full-resolution read gives the same pixels, a resampled one the same up to
+        GDAL's floating-point rounding of where a piece's samples fall."""
         x0, y0, x1, y1 = (float(v) for v in window)
-        w = max(1, int(out_size[1]))
+        h, w = int(out_size[0]), max(1, int(out_size[1]))
         ov = self.overview_for(max(x1 - x0, 0.0) / w)
         f = 1.0 if ov is None else self.width / self.overview_sizes[ov][1]
+        if 3 * max(h, 0) * w > MAX_READ_BYTES:
+            raise errors.RasterTooLarge(f"{self.path}: a read of {w} x {h} px ({3 * h * w / 2**20:.0f} MiB) is larger "
+                                        f"than this server's {MAX_READ_BYTES >> 20} MiB a read")
         self._charge(max(x1 - x0, 0.0) * max(y1 - y0, 0.0) / (f * f))
-        return self._call("read", self.check, window=[x0, y0, x1, y1], out_size=[int(out_size[0]), int(out_size[1])],
-                          pad_rgb=[int(v) for v in pad_rgb], pixels=True)
+        pad = [int(v) for v in pad_rgb]
+        if 3 * h * w <= self.pool.shm_bytes:
+            return self._call("read", self.check, window=[x0, y0, x1, y1], out_size=[h, w], pad_rgb=pad, pixels=True)
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(float(self.width), x1), min(float(self.height), y1)
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for (a, b), (c, d) in _pieces(h, w, self.pool.shm_bytes):
+            piece = [_at(x0, x1, c, w), _at(y0, y1, a, h), _at(x0, x1, d, w), _at(y0, y1, b, h)]
+            out[a:b, c:d] = self._call("read", self.check, window=piece, out_size=[b - a, d - c], pad_rgb=pad,
+                                       pixels=True)
+        return out
 
     def gather(self, rows, cols, pad_rgb=(0, 0, 0), check: Optional[Callable[[], None]] = None) -> np.ndarray:
         """uint8 (len(rows), len(cols), 3): source pixels at sorted unique rows/cols, the rows split
@@ -110,17 +132,19 @@ class ConfinedSource:
 
     def _gather_into(self, out, rows, cols, pad_rgb, both) -> np.ndarray:
         # one group of whole block rows per reader (no block decoded by two), cut again where a
-        # group would not fit a reader's shared memory
-        shm_rows = max(1, self.pool.shm_bytes // (3 * cols.size))
+        # group would not fit a reader's shared memory (and in columns where one row would not)
+        shm_cols = max(1, min(cols.size, self.pool.shm_bytes // 3))
+        shm_rows = max(1, self.pool.shm_bytes // (3 * shm_cols))
         chunks, start = [], 0
         for group in split_rows(rows, self.block_size[1], len(self._readers)):
-            chunks += [(i, min(i + shm_rows, start + group.size)) for i in range(start, start + group.size, shm_rows)]
+            chunks += [((i, min(i + shm_rows, start + group.size)), (c, min(c + shm_cols, cols.size)))
+                       for i in range(start, start + group.size, shm_rows) for c in range(0, cols.size, shm_cols)]
             start += group.size
 
-        def part(span) -> None:
-            a, b = span
-            out[a:b] = self._call("gather", both, rows=rows[a:b].tolist(), cols=cols.tolist(),
-                                  pad_rgb=[int(v) for v in pad_rgb], pixels=True)
+        def part(piece) -> None:
+            (a, b), (c, d) = piece
+            out[a:b, c:d] = self._call("gather", both, rows=rows[a:b].tolist(), cols=cols[c:d].tolist(),
+                                       pad_rgb=[int(v) for v in pad_rgb], pixels=True)
 
         if len(self._readers) == 1 or len(chunks) == 1:
             for span in chunks:
@@ -233,6 +257,19 @@ class ConfinedSource:
                 if not reader.dead:
                     self._free.append(reader)  # round robin: set_stretch reaches every reader
                 self._cond.notify_all()
+
+
+def _pieces(h: int, w: int, shm_bytes: int) -> list:
+    """((row0, row1), (col0, col1)) pieces of an h x w RGB answer, each at most shm_bytes: whole
+    rows where a row fits, else columns cut too."""
+    cols = max(1, min(w, shm_bytes // 3))
+    rows = max(1, shm_bytes // (3 * cols))
+    return [((a, min(h, a + rows)), (c, min(w, c + cols))) for a in range(0, h, rows) for c in range(0, w, cols)]
+
+
+def _at(lo: float, hi: float, i: int, n: int) -> float:
+    """Source coordinate of output edge i of n over [lo, hi] (the ends exact)."""
+    return hi if i == n else lo + (hi - lo) * i / n
 
 
 def _both(a, b):
