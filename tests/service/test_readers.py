@@ -228,11 +228,21 @@ def serve_args(serve, **over):
 
 
 def test_a_read_past_the_address_space_limit_is_raster_too_large(pool, files):
-    """A 200 x 200 window asked as 40000 x 40000 px (4.8 GB): the reader's RLIMIT_AS refuses the buffer."""
+    """A 200 x 200 window asked as 40000 x 40000 px (a 4.8 GB answer) is refused before anything is
+    allocated (MAX_READ_BYTES); a 432 MB one in one piece (512 MiB of shared memory) is refused by the
+    reader's RLIMIT_AS (1000 MB, the shared memory's mapping included), and that reader reads on."""
     with pool.open(str(files[0] / "ok.tif")) as src:
-        with pytest.raises(RasterTooLarge):
+        with pytest.raises(RasterTooLarge, match="MiB a read"):
             src.read_rgb((0, 0, 200, 200), (40000, 40000))
-        assert src.read_rgb((0, 0, 200, 200), (4, 4)).shape == (4, 4, 3)  # the same reader reads on
+    small = ReaderPool(size=1, roots=[str(files[0])], no_policy=True, shm_mb=512, address_space_mb=1000).start()
+    try:
+        with small.open(str(files[0] / "ok.tif")) as src:
+            with pytest.raises(RasterTooLarge, match="allocate"):
+                src.read_rgb((0, 0, 200, 200), (12000, 12000))
+            assert src.read_rgb((0, 0, 200, 200), (4, 4)).shape == (4, 4, 3)  # the same reader reads on
+            assert small.replaced == 0
+    finally:
+        small.close()
 
 
 def test_a_reader_past_its_cpu_seconds_is_raster_too_large(files, tmp_path):
