@@ -3,11 +3,13 @@
 `refuse_special_file`: a FIFO/device given as the raster is refused before GDAL blocks on it.
 `check_blocks`: a block larger than MAX_BLOCK_BYTES is refused at open (`raster_too_large`).
 `dataset_files` / `file_entry`: the cache key's view of a raster (RasterSource.identity), every
-file GDAL reads for it, through nested VRTs, with the inode change time (docs/raster.md).
+file GDAL reads for it, through nested VRTs and VRT sources given as inline XML text, with the
+inode change time (docs/raster.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat as stat_module
 from typing import Any
@@ -23,6 +25,8 @@ gdal.UseExceptions()
 MAX_BLOCK_BYTES = 256 << 20
 #: Files followed through nested VRTs for the cache key (identity): a bound, not a policy.
 MAX_IDENTITY_FILES = 10000
+#: What GDAL's VRT driver looks for in a name to open it as inline XML (VRTDriverIdentify).
+INLINE_VRT = "<VRTDataset"
 
 
 def _vsi_stat(path):
@@ -63,9 +67,12 @@ def check_blocks(path: str, ds: Any) -> None:
 
 
 def file_entry(raw) -> tuple:
-    """(name, size, mtime ns, ctime ns, inode) of a local file; (name, size, mtime) of a /vsi one.
+    """(name, size, mtime ns, ctime ns, inode) of a local file; (name, size, mtime) of a /vsi one;
+    ("inline VRT", sha256) of a VRT source given as XML text (two texts never share a key).
     The inode change time moves on every write and cannot be set back (utime sets it to now)."""
     name = os.fsdecode(raw)
+    if INLINE_VRT in name:
+        return ("inline VRT", hashlib.sha256(os.fsencode(name)).hexdigest())
     try:
         st = os.stat(raw)
         return (name, int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
@@ -76,21 +83,49 @@ def file_entry(raw) -> tuple:
 
 def dataset_files(ds: Any) -> list:
     """Every file GDAL reads for an open dataset: its GetFileList(), and recursively that of
-    every listed file that is itself a VRT (GDAL's list names a VRT's direct sources only)."""
+    every listed file that is itself a VRT (GDAL's list names a VRT's direct sources only) and of
+    every VRT source given as inline `<VRTDataset>` text (listed as the text; GDAL's list skips it)."""
     found: dict = {}
-    stack = list(ds.GetFileList() or [])
+    stack: list = [(raw, None) for raw in ds.GetFileList() or []]
     while stack and len(found) < MAX_IDENTITY_FILES:
-        raw = stack.pop()
+        raw, root = stack.pop()
         key = os.fsdecode(raw)
         if key in found:
             continue
         found[key] = raw
         try:
-            regular = key.startswith("/vsi") or stat_module.S_ISREG(os.stat(raw).st_mode)
-            if regular and gdal.IdentifyDriverEx(key, gdal.OF_RASTER, allowed_drivers=["VRT"]) is not None:
+            if INLINE_VRT in key:  # opened as GDAL opens it: relative names from the outer VRT's folder
+                options = [f"ROOT_PATH={root}"] if root else []
+                inner = gdal.OpenEx(key, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["VRT"],
+                                    open_options=options)
+            elif ((key.startswith("/vsi") or stat_module.S_ISREG(os.stat(raw).st_mode))
+                  and gdal.IdentifyDriverEx(key, gdal.OF_RASTER, allowed_drivers=["VRT"]) is not None):
                 inner = gdal.OpenEx(key, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=["VRT"])
-                stack.extend(inner.GetFileList() or [])
-                inner = None
+                root = os.path.dirname(key)
+            else:
+                continue
+            stack.extend((r, None) for r in inner.GetFileList() or [])
+            stack.extend((text, root) for text in inline_sources(inner))
+            inner = None
         except (OSError, RuntimeError, ValueError):
             continue  # a file GDAL cannot open as a VRT is a leaf
     return [found[k] for k in sorted(found)]
+
+
+def inline_sources(vrt: Any) -> list[str]:
+    """The source names of an open VRT that are inline `<VRTDataset>` text, read from the XML
+    GDAL itself serialises for the dataset (its own parser's view, not a re-parse of the file)."""
+    xml = vrt.GetMetadata("xml:VRT") if vrt is not None else None
+    if not xml:
+        return []
+    found, stack = [], [gdal.ParseXMLString(xml[0])]
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, list) or len(node) < 2 or node[0] != gdal.CXT_Element:
+            continue
+        for child in node[2:]:
+            if isinstance(child, list) and len(child) == 2 and child[0] == gdal.CXT_Text and INLINE_VRT in child[1]:
+                found.append(child[1])
+            else:
+                stack.append(child)
+    return found

@@ -23,10 +23,14 @@ def _tif(path, value: int, size: int = 16):
     return str(path)
 
 
+def _vrt_text(source: str, relative: int = 0, size: int = 16) -> str:
+    return (f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><VRTRasterBand dataType="Byte" band="1">'
+            f'<SimpleSource><SourceFilename relativeToVRT="{relative}">{source}</SourceFilename>'
+            '<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+
+
 def _vrt(path, source: str, size: int = 16):
-    path.write_text(f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}"><VRTRasterBand dataType="Byte" band="1">'
-                    f'<SimpleSource><SourceFilename relativeToVRT="0">{source}</SourceFilename>'
-                    '<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>')
+    path.write_text(_vrt_text(source, size=size))
     return str(path)
 
 
@@ -101,3 +105,44 @@ def test_ask_with_a_fifo_as_the_raster_ends_instead_of_hanging(tmp_path):
                            "tiny", "--out", str(tmp_path / "x.geojson")], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 2 and "not_a_raster" in done.stderr, done.stderr
+
+
+def test_the_leaves_of_an_inline_vrt_source_are_in_the_key(tmp_path):
+    """A VRT source given as inline <VRTDataset> text is no file (GDAL's list skips it): the key
+    holds a hash of the text and, through it, the files it reads (relative to the outer VRT, as
+    GDAL opens it), so rewriting such a leaf is seen and two inline texts never share a key."""
+    from xml.sax.saxutils import escape
+
+    (tmp_path / "sub").mkdir()
+    leaf = _tif(tmp_path / "sub" / "leaf.tif", 10)
+    other = _tif(tmp_path / "sub" / "leag.tif", 10)  # a name as long as the leaf's
+
+    def inline(source: str, relative: int = 0) -> str:
+        return escape(_vrt_text(source, relative))
+
+    outer = _vrt(tmp_path / "outer.vrt", inline("sub/leaf.tif", relative=1))
+    entries = _key(outer)[1]
+    assert leaf in [e[0] for e in entries]
+    assert [e[0] for e in entries].count("inline VRT") == 1
+    before = _key(outer)
+    time.sleep(0.01)
+    _tif(leaf, 20)  # same size, new pixels, behind the inline text
+    assert _key(outer) != before
+    # two outer VRTs of the same size and name, inline texts naming different leaves
+    a = _key(_vrt(tmp_path / "outer.vrt", inline(leaf)))
+    b = _key(_vrt(tmp_path / "outer.vrt", inline(other)))
+    assert {e for e in a[1] if e[0] == "inline VRT"} != {e for e in b[1] if e[0] == "inline VRT"}
+
+
+def test_inline_vrt_text_as_the_raster_itself_is_refused(tmp_path):
+    """The asked path is never opened as inline XML: RasterSource.open stats it first (no such
+    file), and the access policy resolves it as a file name."""
+    from lrs_focus.access import AccessPolicy
+    from lrs_focus.errors import RasterError, RasterNotFound
+
+    text = _vrt_text(_tif(tmp_path / "leaf.tif", 10))
+    assert gdal.Open(text).RasterXSize == 16  # GDAL alone would open it
+    with pytest.raises(RasterNotFound):
+        RasterSource.open(text)
+    with pytest.raises(RasterError):
+        AccessPolicy(roots=(str(tmp_path),)).check(text)
