@@ -362,3 +362,22 @@ def test_a_resampled_read_in_pieces_matches_gdal(files, noisy):
                 assert np.array_equal(got, want), (window, int((got != want).any(axis=2).sum()))
     finally:
         pool.close()
+
+
+def test_with_remote_access_seccomp_leaves_inet_sockets_only(files):
+    """--allow-remote: socket() for AF_INET/AF_INET6 (curl's TCP, DNS over UDP) and socketpair()
+    (curl's resolver thread) stay; AF_UNIX (a path socket: Landlock before ABI 9 does not see its
+    connect()), netlink and packet sockets do not; names still resolve (/etc/hosts)."""
+    done = _run_confined(
+        "import os\n"
+        "print(confine.seccomp_no_sockets(allow_inet=True))\n"
+        "confine.landlock([os.environ['ROOT']], child.system_paths(True), tcp_ports=[80, 443])\n"
+        "for family, kind in [(socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_INET6, socket.SOCK_DGRAM),"
+        " (socket.AF_INET, socket.SOCK_STREAM), (socket.AF_UNIX, socket.SOCK_STREAM),"
+        " (socket.AF_UNIX, socket.SOCK_DGRAM), (socket.AF_NETLINK, socket.SOCK_RAW)]:\n"
+        "    try: socket.socket(family, kind).close(); print('opened')\n"
+        "    except PermissionError: print('denied')\n"
+        "a, b = socket.socketpair(); print('pair')\n"
+        "print('resolved' if socket.getaddrinfo('localhost', 443) else 'NONE')\n", files[0])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[1:-1] == ["opened"] * 3 + ["denied"] * 3 + ["pair", "resolved"], done.stdout

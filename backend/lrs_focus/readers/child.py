@@ -138,8 +138,7 @@ def main(config: dict) -> int:
     confine.limit_resources(int(config["address_space_bytes"]))  # --unconfined too
     if config.get("confine", True):
         report = {"confined": True,
-                  "seccomp": "not applied: --allow-remote needs UDP for DNS" if config["allow_remote"]
-                  else confine.seccomp_no_sockets(),
+                  "seccomp": confine.seccomp_no_sockets(allow_inet=config["allow_remote"]),
                   **confine.landlock(config["roots"] or ["/"], system_paths(config["allow_remote"]),
                                      config.get("tcp_ports", ()))}
     conn.send(("ready", report))

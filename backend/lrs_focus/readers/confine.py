@@ -14,9 +14,10 @@ shared libraries, GDAL's and PROJ's data); write, create or remove nothing anywh
 or connect (Landlock ABI >= 4) except connect to `tcp_ports` (--allow-remote); no signals or
 abstract UNIX sockets outside its own domain (ABI >= 6); no connect/sendmsg to a UNIX socket bound
 to a path (ABI >= 9: RESOLVE_UNIX, never granted); and, by seccomp, no socket() of any family, no
-socketpair() and no io_uring unless remote access is on. A reader never makes a socket: it talks to
-the server over the socket it inherits, so refusing AF_UNIX too closes path UNIX sockets on every
-kernel (Landlock before ABI 9 does not see connect() on them).
+socketpair() and no io_uring (with remote access: socket() for AF_INET/AF_INET6 only, socketpair()
+allowed). A reader never makes a socket: it talks to the server over the socket it inherits, so
+refusing AF_UNIX too closes path UNIX sockets on every kernel (Landlock before ABI 9 does not see
+connect() on them).
 What each kernel gives: ABI 1 (5.13) files; 2 (5.19) + REFER; 3 (6.2) + TRUNCATE; 4 (6.7) + TCP
 bind/connect; 5 (6.10) + device ioctls; 6 (6.12) + scopes (abstract UNIX sockets, signals); 7
 (6.15) audit logging flags; 8 (7.0) restrict all threads at once (TSYNC; a reader confines itself
@@ -139,11 +140,12 @@ def landlock(read_roots: Iterable[str], system_paths: Iterable[str], tcp_ports: 
             else "not restricted by Landlock (ABI < 9): seccomp refuses socket()"}
 
 
-# -- seccomp: no socket(), socketpair() or io_uring --------------------------------------------------
+# -- seccomp: no socket() (but AF_INET/AF_INET6 for --allow-remote), no socketpair(), no io_uring ------
 _SCMP_ACT_ALLOW = 0x7FFF0000
-#: Syscalls a confined reader never makes: it inherits its one socket. io_uring could open sockets
-#: without the socket syscall.
-DENIED_SYSCALLS = (b"socket", b"socketpair", b"io_uring_setup", b"io_uring_enter", b"io_uring_register")
+_SCMP_CMP_LT, _SCMP_CMP_EQ, _SCMP_CMP_GT = 2, 4, 6
+_AF_INET, _AF_INET6 = 2, 10
+#: io_uring could open sockets without the socket syscall.
+_IO_URING = (b"io_uring_setup", b"io_uring_enter", b"io_uring_register")
 
 
 def _scmp_act_errno(code: int) -> int:
@@ -155,9 +157,21 @@ class _ScmpArgCmp(ctypes.Structure):
                 ("datum_b", ctypes.c_uint64)]
 
 
-def seccomp_no_sockets() -> str:
-    """Refuse (EACCES) socket() of every family (AF_UNIX too: a path UNIX socket is open to connect()
-    under Landlock ABI < 9), socketpair() and io_uring. Returns what was done, or why not."""
+def _family_rules(allow_inet: bool) -> list:
+    """socket()'s first argument (the family) refused: every value, or (remote access) every value
+    but AF_INET and AF_INET6, as one comparison per rule (libseccomp takes one per argument)."""
+    if not allow_inet:
+        return [None]
+    return ([(_SCMP_CMP_LT, _AF_INET), (_SCMP_CMP_GT, _AF_INET6)]
+            + [(_SCMP_CMP_EQ, f) for f in range(_AF_INET + 1, _AF_INET6)])
+
+
+def seccomp_no_sockets(allow_inet: bool = False) -> str:
+    """Refuse (EACCES) socket() of every family (AF_UNIX too: Landlock before ABI 9 leaves connect()
+    to a path UNIX socket open; a reader uses only the socket it inherits), socketpair() and io_uring.
+    `allow_inet` (--allow-remote): socket() for AF_INET/AF_INET6 (TCP for curl, UDP for DNS) and
+    socketpair() (curl's resolver thread wakes it by one) stay; AF_UNIX, netlink and packet sockets
+    do not (glibc's resolver then reads /etc/hosts and asks DNS itself). Returns what was done."""
     try:  # the soname, not ctypes.util.find_library: that one runs gcc and ldconfig
         lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError:
@@ -174,17 +188,23 @@ def seccomp_no_sockets() -> str:
         raise ConfinementError(errno.EINVAL, "seccomp_init failed")
     try:
         deny, rc = _scmp_act_errno(errno.EACCES), 0
-        for call in DENIED_SYSCALLS:
+        socket_nr = lib.seccomp_syscall_resolve_name(b"socket")
+        if socket_nr < 0:  # pragma: no cover - every Linux arch has it
+            raise ConfinementError(errno.ENOSYS, "seccomp does not know socket()")
+        for cmp in _family_rules(allow_inet):
+            args = None if cmp is None else (_ScmpArgCmp * 1)(_ScmpArgCmp(0, cmp[0], cmp[1], 0))
+            rc = rc or lib.seccomp_rule_add_array(ctx, deny, socket_nr, 0 if cmp is None else 1, args)
+        for call in _IO_URING + (() if allow_inet else (b"socketpair",)):
             number = lib.seccomp_syscall_resolve_name(call)
             if number >= 0:
                 rc = rc or lib.seccomp_rule_add_array(ctx, deny, number, 0, None)
-            elif call in (b"socket", b"socketpair"):  # pragma: no cover - every Linux arch has them
-                raise ConfinementError(errno.ENOSYS, f"seccomp does not know {call.decode()}()")
         rc = rc or lib.seccomp_load(ctx)
         if rc != 0:
             raise ConfinementError(-rc, f"seccomp rules refused: {os.strerror(-rc)}")
     finally:
         lib.seccomp_release(ctx)
+    if allow_inet:
+        return f"socket() only for AF_INET/AF_INET6 (--allow-remote), no io_uring ({platform.machine()})"
     return f"no socket(), socketpair() or io_uring ({platform.machine()})"
 
 
