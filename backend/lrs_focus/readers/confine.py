@@ -137,7 +137,7 @@ def landlock(read_roots: Iterable[str], system_paths: Iterable[str], tcp_ports: 
             else "not restricted (Landlock ABI < 4)",
             "scopes": "abstract unix sockets, signals" if abi >= 6 else "none (Landlock ABI < 6)",
             "unix_path_sockets": "no connect (Landlock ABI >= 9)" if abi >= 9
-            else "not restricted by Landlock (ABI < 9): seccomp refuses socket()"}
+            else "not restricted by Landlock (ABI < 9); see seccomp"}
 
 
 # -- seccomp: no socket() (but AF_INET/AF_INET6 for --allow-remote), no socketpair(), no io_uring ------
