@@ -118,7 +118,10 @@ def inline_sources(vrt: Any) -> list[str]:
     xml = vrt.GetMetadata("xml:VRT") if vrt is not None else None
     if not xml:
         return []
-    found, stack = [], [gdal.ParseXMLString(xml[0])]
+    text = xml[0]  # bytes (or surrogates) where a name is not UTF-8; GDAL's bindings take UTF-8 only
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "replace")  # such a name inside inline text is not followed
+    found, stack = [], [gdal.ParseXMLString(text)]
     while stack:
         node = stack.pop()
         if not isinstance(node, list) or len(node) < 2 or node[0] != gdal.CXT_Element:
