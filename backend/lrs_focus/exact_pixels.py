@@ -25,12 +25,16 @@ import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
-from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, run_bounded, take_columns
+from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_columns
 from .pyramid import LazyTiles, Level, PyramidConfig
 
+# transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
+# there they pull in ~400 modules and 33 MB, which the pixel path (`bench pyramid`'s processes, the
+# `pyramid` command) otherwise never loads
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESIZE_ROWS = 128  # output rows blended at a time
 BASE_PASS_BYTES = 16 << 20  # source rows x columns the base pass gathers at a time (then scatters)
 _MEAN = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
@@ -62,34 +66,55 @@ class SampleGrid:
     def nbytes(self) -> int:
         return int(self.pixels.nbytes)
 
-    def resize(self, index_y, index_x) -> np.ndarray:
-        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis."""
+    def resize(self, index_y, index_x, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis (into `out`)."""
         (yi0, yi1, ly), (xi0, xi1, lx) = index_y, index_x
         ry0, ry1 = np.searchsorted(self.rows, yi0), np.searchsorted(self.rows, yi1)
         cx0, cx1 = np.searchsorted(self.cols, xi0), np.searchsorted(self.cols, xi1)
         if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
                 and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
             raise ValueError("sample grid lacks rows or columns this resize needs")
-        out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
-        wx1 = lx[None, :, None]
+        into = out
+        if out is None or not out.flags.c_contiguous:  # a partial tile's part of a batch: blended aside
+            out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
+        # every array below is (rows, w * 3): numpy's loops then run along whole rows, not along the
+        # 3 channels of one pixel (several times faster); the weights are repeated per channel
+        w3 = 3 * lx.size
+        wx1 = np.repeat(lx, 3)[None, :]
         wx0 = np.float32(1.0) - wx1
+        mean, std = np.tile(_MEAN, lx.size), np.tile(_STD, lx.size)
+        flat = out.reshape(ly.size, w3)
         for a in range(0, ly.size, RESIZE_ROWS):  # output rows in bands: float32 temporaries stay small
             b = min(ly.size, a + RESIZE_ROWS)
             # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
             # normalisation is affine, so this is F.interpolate of the normalised image up to float32
-            # rounding (the equivalence tests bound the difference), at a quarter of the normalising
+            # rounding (the equivalence tests bound the difference), at a quarter of the normalising.
+            # In place where it can be: the same operations in the same order, fewer passes.
             y0, y1 = ry0[a:b], ry1[a:b]
             used_r = np.unique(np.concatenate([y0, y1]))
-            rows = self.pixels[used_r]
-            along_x = (take_columns(rows, cx0).astype(np.float32) * wx0
-                       + take_columns(rows, cx1).astype(np.float32) * wx1)
+            rows = self.pixels[used_r] if used_r.size * 2 < self.rows.size else self.pixels
+            at = used_r if rows is self.pixels else np.arange(used_r.size)
+            left = np.take(rows, cx0, axis=1)[at].reshape(used_r.size, w3).astype(np.float32)
+            right = np.take(rows, cx1, axis=1)[at].reshape(used_r.size, w3).astype(np.float32)
             del rows
-            wy1 = ly[a:b, None, None]
+            np.multiply(left, wx0, out=left)
+            np.multiply(right, wx1, out=right)
+            along_x = np.add(left, right, out=left)
+            del right
+            wy1 = ly[a:b, None]
             wy0 = np.float32(1.0) - wy1
             top, bottom = along_x[np.searchsorted(used_r, y0)], along_x[np.searchsorted(used_r, y1)]
-            out[a:b] = (top * wy0 + bottom * wy1) / np.float32(255.0)
-        out -= _MEAN
-        out /= _STD
+            del along_x, left
+            np.multiply(top, wy0, out=top)
+            np.multiply(bottom, wy1, out=bottom)
+            band = flat[a:b]
+            np.add(top, bottom, out=band)
+            band /= np.float32(255.0)
+            band -= mean
+            band /= std
+        if into is not None and into is not out:
+            into[...] = out
+            return into
         return out
 
     def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
@@ -122,9 +147,9 @@ class ExactPyramid(LazyTiles):
     band by band, and tiles of those levels then cost no reading at all.
     """
 
-    GRID_BYTES = 64 << 20  # bound of the base pass's gathered samples (all grids together)
+    GRID_BYTES = 160 << 20  # bound of the base pass's gathered samples (all grids together)
 
-    def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 16,
+    def __init__(self, src: Any, cfg: PyramidConfig | None = None, cache_tiles: int = 4,
                  check: Optional[Callable[[], None]] = None, grids: Optional[dict] = None):
         super().__init__(src, cfg, cache_tiles)
         self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
@@ -143,7 +168,7 @@ class ExactPyramid(LazyTiles):
             with self._count:
                 self.reads += 1
                 self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
-            return SampleGrid(rows, cols, pixels)
+            return SampleGrid(rows, cols, pixels) if pixels is not None else None
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         max_rows = max(1, STRIP_BYTES // (3 * (c1 - c0)))
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
@@ -168,6 +193,7 @@ class ExactPyramid(LazyTiles):
         all their grids and the base level's samples stay within GRID_BYTES: index -> (rows, cols)."""
         out = {}
         total = rows.size * cols.size * 3
+        limit = min(self.GRID_BYTES, getattr(self.grids, "capacity_bytes", self.GRID_BYTES))  # a cache keeps them
         for lv in self.geometry.levels[1:]:
             if lv.index in self.grids:
                 continue
@@ -175,36 +201,43 @@ class ExactPyramid(LazyTiles):
             r, c = _needed(iy), _needed(ix)
             if r.size >= self.geometry.height:  # dense sampling: tiles read their own windows cheaply
                 break
-            if total + r.size * c.size * 3 > self.GRID_BYTES:
+            if total + r.size * c.size * 3 > limit:
                 break
             total += r.size * c.size * 3
             out[lv.index] = (r, c)
         return out
 
     def _gather_many(self, targets: dict) -> dict:
-        """SampleGrids of several (rows, cols) sets from one pass over their union: the union's rows are
-        read in bands of about BASE_PASS_BYTES (cut on block rows), each scattered into the targets,
-        so memory holds the targets and one band, never the union's rows x columns."""
+        """SampleGrids of several (rows, cols) sets from one pass over their union. With `src.gather`,
+        each piece read (a strip, or a reader's chunk) is scattered into the targets by the thread
+        that read it, so memory holds the targets and the pieces in flight, never the union; otherwise
+        the union's rows are read in bands of about BASE_PASS_BYTES (cut on block rows) and scattered."""
         rows = functools.reduce(np.union1d, [r for r, _ in targets.values()])
         cols = functools.reduce(np.union1d, [c for _, c in targets.values()])
         out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
-        where = {k: np.searchsorted(cols, c) for k, (_, c) in targets.items()}
-        bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
-        oy = int(getattr(self.src, "origin", (0, 0))[1])  # a RasterWindow's rows are shifted
-        per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
-        i = 0
-        while i < rows.size:
-            j = min(rows.size, i + per_band)
-            if j < rows.size:  # end the band on a block boundary so no block row is decoded twice
-                edge = ((int(rows[j]) + oy) // bh) * bh - oy
-                k = int(np.searchsorted(rows, edge))
-                j = k if k > i else j
-            band = self._gather(rows[i:j], cols)
-            for key, (r, _) in targets.items():
-                lo, hi = np.searchsorted(r, [rows[i], int(rows[j - 1]) + 1])
-                if hi > lo:
-                    out[key][lo:hi] = take_columns(band.pixels[np.searchsorted(band.rows, r[lo:hi])], where[key])
-            i = j
+
+        def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+            for key, (r, c) in targets.items():
+                lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
+                clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
+                if hi > lo and chi > clo:
+                    picked = pixels[np.searchsorted(piece_rows, r[lo:hi])]
+                    out[key][lo:hi, clo:chi] = take_columns(picked, np.searchsorted(piece_cols, c[clo:chi]))
+
+        if getattr(self.src, "gather", None) is not None:
+            self._gather(rows, cols, sink=scatter)
+        else:
+            bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
+            per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
+            i = 0
+            while i < rows.size:
+                j = min(rows.size, i + per_band)
+                if j < rows.size:  # end the band on a block boundary so no block row is decoded twice
+                    k = int(np.searchsorted(rows, (int(rows[j]) // bh) * bh))
+                    j = k if k > i else j
+                band = self._gather(rows[i:j], cols)
+                scatter(band.rows, band.cols, band.pixels)
+                i = j
         return {k: SampleGrid(targets[k][0], targets[k][1], px) for k, px in out.items()}
 
     # -- the pyramid interface ------------------------------------------------------------------
@@ -266,16 +299,31 @@ class ExactPyramid(LazyTiles):
         return source.resize(iy, ix)
 
     def tiles(self, level, positions) -> list[np.ndarray]:
-        """Like `tile` for each position. Tiles of a level without a sample grid are read a tile row at
-        a time: the row's tiles need the same source rows, so one gather over the union of their
-        columns decodes a block they share once (a tile's own window would decode its edge blocks
-        again for its neighbour), in parallel strips; their blends then run on `src.workers` threads."""
+        return list(self.stack(level, positions))
+
+    def stack(self, level, positions) -> np.ndarray:
+        """(n, B, B, 3) read-only: the tiles at `positions`, blended straight into one array (a batch
+        is not held twice). Tiles of a level without a sample grid are read a tile row at a time:
+        the row's tiles need the same source rows, so one gather over the union of their columns
+        decodes a block they share once (a tile's own window would decode its edge blocks again for
+        its neighbour), in parallel strips; their blends then run on `src.workers` threads."""
         lv = self.geometry.level(level)
         positions = [(int(r), int(c)) for r, c in positions]
-        todo = [p for p in dict.fromkeys(positions) if (lv.index, *p) not in self._cache]
-        made: dict[tuple[int, int], np.ndarray] = {}
+        b = self.cfg.tile_size
+        out = np.zeros((len(positions), b, b, 3), dtype=np.float32)  # zeros: the padding
+        first: dict[tuple[int, int], int] = {}
+        todo = []
+        for i, p in enumerate(positions):
+            if p in first:
+                continue
+            first[p] = i
+            hit = self._cache.get((lv.index, *p))
+            if hit is not None:
+                self._cache.move_to_end((lv.index, *p))
+                out[i] = hit
+            else:
+                todo.append(p)
         if lv.index > 0 and len(todo) > 1 and lv.index not in self.grids and hasattr(self.src, "gather"):
-            b = self.cfg.tile_size
             for row in sorted({r for r, _ in todo}):
                 cols_here = sorted(c for r, c in todo if r == row)
                 content = {c: self.geometry.tile_content(lv, row, c) for c in cols_here}
@@ -285,18 +333,24 @@ class ExactPyramid(LazyTiles):
                 grid = self._gather(rows, functools.reduce(np.union1d, [_needed(ix) for _, ix in index.values()]))
 
                 def blend(c: int) -> None:
-                    out = self._blank()
-                    out[:content[c][0], :content[c][1]] = grid.resize(*index[c])
-                    out.setflags(write=False)
-                    made[(row, c)] = out
+                    h, w = content[c]
+                    grid.resize(*index[c], out=out[first[(row, c)], :h, :w])
 
                 run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
-        result = []
-        for r, c in positions:
-            tile = made.get((r, c))
-            if tile is None:
-                tile = self.tile(lv, r, c)
-            else:
-                self._remember((lv.index, r, c), tile)
-            result.append(tile)
-        return result
+                del grid
+                give_back_freed_memory()  # the row's samples and strips, freed on several threads
+                for c in cols_here:
+                    self._remember((lv.index, row, c), _frozen(out[first[(row, c)]].copy()))
+        else:
+            for p in todo:
+                out[first[p]] = self.tile(lv, *p)
+        for i, p in enumerate(positions):
+            if first[p] != i:
+                out[i] = out[first[p]]
+        out.setflags(write=False)
+        return out
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a

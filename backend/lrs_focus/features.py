@@ -175,6 +175,12 @@ class CachedGrids:
     def __init__(self, cache: FeatureCache, view: ViewKey):
         self.cache, self.view = cache, view
 
+    @property
+    def capacity_bytes(self) -> int:
+        """What the host tier can hold: the base pass gathers no more grids than this (a grid the
+        cache would refuse is gathered for nothing)."""
+        return int(self.cache.budgets["host"])
+
     def get(self, level: int) -> Any:
         from .exact_pixels import SampleGrid
 
@@ -274,4 +280,4 @@ class TileEncoder:
                 meter.beat()
 
     def _read(self, level: int, chunk: list[tuple[int, int]]) -> np.ndarray:
-        return np.stack(self.pyramid.tiles(level, chunk))
+        return self.pyramid.stack(level, chunk)

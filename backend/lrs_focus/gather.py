@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-STRIP_BYTES = 16 << 20  # source pixels (3 bytes each) in flight, all workers together
+STRIP_BYTES = 8 << 20  # source pixels (3 bytes each) in flight, all workers together
 MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
 MAX_WORKERS = 8
 
@@ -119,27 +119,87 @@ def split_rows(rows: np.ndarray, block_height: int, parts: int) -> list[np.ndarr
     return [g for g in np.split(rows, cuts) if g.size]
 
 
+Sink = Callable[[np.ndarray, np.ndarray, np.ndarray], None]  # (rows, cols, pixels of rows x cols)
+
+
+def block_chunks(rows: np.ndarray, block_height: int, max_rows: int) -> list[tuple[int, int]]:
+    """[a, b) index spans of sorted `rows`, each at most `max_rows` long and cut between block rows
+    (a block row taller than `max_rows` is cut inside): one reader's shares of a gather, in pieces
+    that fit its shared memory, no block decoded twice."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return []
+    max_rows = max(1, int(max_rows))
+    blocks = rows // max(1, int(block_height))
+    ends = list(np.flatnonzero(np.diff(blocks)) + 1) + [rows.size]  # where each block row's indices end
+    spans: list[tuple[int, int]] = []
+    a = prev = 0
+    for e in ends:
+        if e - a > max_rows:
+            if prev > a:
+                spans.append((a, prev))
+                a = prev
+            while e - a > max_rows:
+                spans.append((a, a + max_rows))
+                a += max_rows
+        prev = e
+    if a < rows.size:
+        spans.append((a, rows.size))
+    return spans
+
+
 def gather_strips(read: Callable[[Strip], np.ndarray], rows: np.ndarray, cols: np.ndarray,
                   strips: list[Strip], workers: int = 1,
-                  check: Optional[Callable[[], None]] = None) -> np.ndarray:
+                  check: Optional[Callable[[], None]] = None, sink: Optional[Sink] = None) -> Optional[np.ndarray]:
     """uint8 (len(rows), len(cols), 3): `read(strip, strip_rows)` -> (len(strip_rows), x1 - x0, 3),
     the asked rows of each strip, its asked columns copied into place; up to `workers` at once.
 
-    `check()` runs in the calling thread before each strip is started; when it raises, no new
-    strip starts, the strips being read finish (each is bounded), every thread has ended, and the
-    exception propagates."""
+    With `sink`, nothing is assembled: each strip's pixels go to `sink(strip_rows, arange(x0, x1),
+    pixels)` on the thread that read them (strips cover disjoint rows x columns), and None is
+    returned. `check()` runs in the calling thread before each strip is started; when it raises, no
+    new strip starts, the strips being read finish (each is bounded), every thread has ended, and
+    the exception propagates."""
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
+    out = np.empty((rows.size, cols.size, 3), dtype=np.uint8) if sink is None else None
 
     def one(strip: Strip) -> None:
         y0, y1, x0, x1 = strip
         r0, r1 = np.searchsorted(rows, [y0, y1])
         c0, c1 = np.searchsorted(cols, [x0, x1])
         if r1 > r0 and c1 > c0:
-            out[r0:r1, c0:c1] = take_columns(read(strip, rows[r0:r1]), cols[c0:c1] - x0)
+            pixels = read(strip, rows[r0:r1])
+            if sink is not None:
+                sink(rows[r0:r1], np.arange(x0, x1), pixels)
+            else:
+                out[r0:r1, c0:c1] = take_columns(pixels, cols[c0:c1] - x0)
 
-    run_bounded(one, strips, workers, check)
+    try:
+        run_bounded(one, strips, workers, check)
+    finally:
+        give_back_freed_memory()
     return out
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap pages freed by a gather to the system (glibc's `malloc_trim`; nothing elsewhere).
+
+    Strips are decoded on worker threads, each allocating from its own malloc arena; the blocks GDAL
+    caches and the strip buffers are freed in an order that leaves those arenas fragmented, so the
+    freed megabytes stay resident (60-70 MB over a 27k question) unless trimmed. A fixed mmap
+    threshold would avoid it too, but at about 4 CPU seconds of page faults per question."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callable[[], None]] = None) -> None:
@@ -196,7 +256,7 @@ class HandlePool:
 
 
 def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]], workers: int,
-                  max_bytes: int = STRIP_BYTES) -> np.ndarray:
+                  max_bytes: int = STRIP_BYTES, sink: Optional[Sink] = None) -> Optional[np.ndarray]:
     """`RasterSource.gather`: its strips read with `src.read_rgb` on handles borrowed from `src._handles`
     (never the source's own handle: gathers may run on several threads at once)."""
     workers = max(1, int(workers))
@@ -231,4 +291,4 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
             ds.FlushCache()
             src._handles.give_back(ds)
 
-    return gather_strips(read, rows, cols, strips, workers, check)
+    return gather_strips(read, rows, cols, strips, workers, check, sink)

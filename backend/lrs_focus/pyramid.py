@@ -329,6 +329,10 @@ class LazyTiles:
     def tiles(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> list[np.ndarray]:
         return [self.tile(level, r, c) for r, c in positions]
 
+    def stack(self, level: LevelRef, positions: Iterable[tuple[int, int]]) -> np.ndarray:
+        """(n, B, B, 3): the tiles at `positions` as one array, what a vision tower's batch takes."""
+        return np.stack(self.tiles(level, positions))
+
     def cache_info(self) -> dict[str, int]:
         return {"cached": len(self._cache), "capacity": self.cache_tiles, "reads": self.reads}
 

@@ -378,9 +378,11 @@ class RasterSource:
         return np.ascontiguousarray(rgb)
 
     def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, workers: Optional[int] = None,
-               max_bytes: int = STRIP_BYTES) -> np.ndarray:
-        """uint8 (len(rows), len(cols), 3) at sorted unique full-resolution rows x cols (gather.gather_source)."""
-        return gather_source(self, rows, cols, pad_rgb, check, self.workers if workers is None else workers, max_bytes)
+               max_bytes: int = STRIP_BYTES, sink=None) -> Optional[np.ndarray]:
+        """uint8 (len(rows), len(cols), 3) at sorted unique full-resolution rows x cols, or None when
+        the pieces go to `sink(rows, cols, pixels)` as they are read (gather.gather_source)."""
+        return gather_source(self, rows, cols, pad_rgb, check, self.workers if workers is None else workers,
+                             max_bytes, sink)
 
     def overview_for(self, factor: float) -> Optional[int]:
         """Index of the overview GDAL would pick when reading `factor` source px per output px.

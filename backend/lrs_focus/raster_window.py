@@ -35,6 +35,8 @@ class RasterWindow:
         ox, oy = self.origin
         return self.src.read_rgb((x0 + ox, y0 + oy, x1 + ox, y1 + oy), out_size, pad_rgb=pad_rgb)
 
-    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, **kw) -> np.ndarray:
+    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, sink=None, **kw) -> np.ndarray | None:
         ox, oy = self.origin
+        if sink is not None:
+            kw["sink"] = lambda r, c, pixels: sink(r - oy, c - ox, pixels)
         return self.src.gather(np.asarray(rows) + oy, np.asarray(cols) + ox, pad_rgb, check, **kw)

@@ -5,6 +5,8 @@ truncation quirk; and its reads stay small on a huge raster."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from osgeo import gdal
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from lrs_focus.exact_pixels import STRIP_BYTES, ExactPyramid, source_index, torch_fuses_index
+from lrs_focus.exact_pixels import STRIP_BYTES, ExactPyramid, _runs, source_index, torch_fuses_index
 from lrs_focus.pyramid import PyramidConfig
 from lrs_focus.raster import RasterSource, RasterWindow
 
@@ -102,6 +104,13 @@ class _HugeSource:
         return out
 
 
+def test_the_clip_constants_are_transformers_own():
+    from lrs_focus import exact_pixels
+
+    assert exact_pixels.OPENAI_CLIP_MEAN == tuple(OPENAI_CLIP_MEAN)
+    assert exact_pixels.OPENAI_CLIP_STD == tuple(OPENAI_CLIP_STD)
+
+
 def test_reads_stay_bounded_on_a_huge_raster():
     src = _HugeSource()
     checks = []
@@ -110,9 +119,13 @@ def test_reads_stay_bounded_on_a_huge_raster():
     assert max(src.reads) * 3 <= STRIP_BYTES
     gathered = sum(g.nbytes for g in pyr.grids.values())
     assert pyr.grids and gathered <= ExactPyramid.GRID_BYTES  # coarse levels' samples, bounded
-    rows_read = pyr.source_pixels / src.width
-    needed = 2 * (1008 + 336) + sum(g.rows.size for g in pyr.grids.values())
-    assert rows_read <= 1.2 * needed < src.height / 2  # the rows samples need (gaps < 8 rows merged)
+    _, _, rows, cols, _ = pyr._base_pass_plan()
+    needed = functools.reduce(np.union1d, [rows] + [g.rows for g in pyr.grids.values()])
+    cols = functools.reduce(np.union1d, [cols] + [g.cols for g in pyr.grids.values()])
+    rows_read = pyr.source_pixels / (int(cols[-1]) + 1 - int(cols[0]))
+    # the rows samples need, at most with the gaps under MERGE_GAP rows read through
+    assert needed.size <= rows_read <= sum(b - a for a, b in _runs(needed, src.height))
+    assert needed.size < src.height / 2
     before = pyr.source_pixels
     coarse = pyr.geometry.levels[min(pyr.grids)]
     pyr.tile(coarse.index, coarse.grid[0] // 2, coarse.grid[1] // 2)

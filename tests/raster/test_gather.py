@@ -12,7 +12,7 @@ import pytest
 from osgeo import gdal
 
 from lrs_focus.exact_pixels import ExactPyramid
-from lrs_focus.gather import plan_strips, split_rows
+from lrs_focus.gather import block_chunks, plan_strips, split_rows
 from lrs_focus.pyramid import PyramidConfig
 from lrs_focus.raster import RasterSource, RasterWindow
 
@@ -105,6 +105,54 @@ def test_strips_are_block_aligned_and_bounded():
         for y0, y1, x0, x1 in strips:
             # memory bound (one row at least), unless one block is larger than a strip's share
             assert (y1 - y0) * (x1 - x0) <= max(per_strip, x1 - x0) or block[1] * widest > per_strip
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_gather_streamed_to_a_sink_delivers_every_pixel_once(rasters, workers):
+    """The base pass scatters pieces as they are read (no union array): the pieces handed to the sink
+    tile the asked rows x columns exactly once, with the pixels of an assembled gather."""
+    src = RasterSource.open(rasters["rgb"])
+    rng = np.random.default_rng(11)
+    view = RasterWindow(src, [150, 60, 800, 640])
+    for source in (src, view):
+        rows, cols = _samples(rng, 300, source.height), _samples(rng, 250, source.width)
+        ox, oy = getattr(source, "origin", (0, 0))
+        want = src.gather(rows + oy, cols + ox, (7, 8, 9), workers=1)
+        seen = np.zeros((rows.size, cols.size), dtype=np.int64)
+        got = np.zeros_like(want)
+        lock = threading.Lock()
+
+        def sink(r, c, pixels):
+            assert pixels.shape == (r.size, c.size, 3)
+            ri = np.searchsorted(rows, r)
+            keep = np.isin(c, cols)
+            ci = np.searchsorted(cols, c[keep])
+            assert np.array_equal(rows[ri], r)  # only asked rows come back
+            with lock:
+                seen[np.ix_(ri, ci)] += 1
+                got[np.ix_(ri, ci)] = pixels[:, keep]
+
+        assert source.gather(rows, cols, (7, 8, 9), workers=workers, max_bytes=120_000, sink=sink) is None  # noqa: B023
+        assert (seen == 1).all()
+        np.testing.assert_array_equal(got, want)
+    src.close()
+
+
+def test_block_chunks_fit_and_never_split_a_block_row_that_fits():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        block = int(rng.choice([1, 7, 64, 256]))
+        rows = np.unique(rng.integers(0, 5000, int(rng.integers(1, 600))))
+        limit = int(rng.integers(1, 400))
+        spans = block_chunks(rows, block, limit)
+        assert spans[0][0] == 0 and spans[-1][1] == rows.size
+        assert all(a1 == b0 for (_, a1), (b0, _) in zip(spans, spans[1:]))
+        for a, b in spans:
+            assert 0 < b - a <= limit
+        for (_, a1), _ in zip(spans, spans[1:]):  # a cut inside a block row only where it alone exceeds limit
+            blk = rows[a1] // block
+            if rows[a1 - 1] // block == blk:
+                assert int(np.sum(rows // block == blk)) > limit
 
 
 def test_a_cancel_stops_a_parallel_gather_promptly_and_leaves_no_thread(rasters):

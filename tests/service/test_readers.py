@@ -275,14 +275,23 @@ def test_a_large_gather_splits_rows_over_the_free_readers(pool, files, monkeypat
         used = []
         real = src._gather_into
 
-        def spy(out, rows, cols, pad_rgb, both):
+        def spy(*args, **kwargs):
             used.append(len(src._readers))
-            return real(out, rows, cols, pad_rgb, both)
+            return real(*args, **kwargs)
 
         monkeypatch.setattr(src, "_gather_into", spy)
         rows, cols = np.arange(0, 200, 2), np.arange(3, 190)
         assert np.array_equal(src.gather(rows, cols), full[rows][:, cols])
         assert used == [2] and len(src._readers) == 1  # the helper went back to the pool
+        got, seen = np.zeros((rows.size, cols.size, 3), np.uint8), np.zeros((rows.size, cols.size), int)
+
+        def sink(r, c, pixels):  # streamed (the exact path's base pass): pieces land once each
+            ri, ci = np.searchsorted(rows, r), np.searchsorted(cols, c)
+            got[np.ix_(ri, ci)] = pixels
+            seen[np.ix_(ri, ci)] += 1
+
+        assert src.gather(rows, cols, sink=sink) is None
+        assert (seen == 1).all() and np.array_equal(got, full[rows][:, cols])
 
 
 def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):

@@ -36,8 +36,6 @@ from pathlib import Path
 
 DEFAULT_SIZES = "5000x5000,27328x20000"
 QUICK_SIZES = "1500x1200,3000x2000"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _default_cache() -> str:
@@ -249,7 +247,7 @@ def _measure_ours(raster: str, n_max: int, overviews: bool, seed: int, pixels: s
     for level, tiles in plan:
         t = time.perf_counter()
         for i in range(0, len(tiles), 16):  # the engine's chunks (encode_batch)
-            np.stack(pyr.tiles(level, tiles[i:i + 16]))
+            pyr.stack(level, tiles[i:i + 16])
         level_s.append(round(time.perf_counter() - t, 3))
         peaks.append(round(_peak_mb(), 1))
     t_end = time.perf_counter()
@@ -308,6 +306,7 @@ def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
     import torch
     import torch.nn.functional as F
     from osgeo import gdal
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     from ..pyramid import PyramidGeometry
 
@@ -319,8 +318,8 @@ def _measure_baseline(raster: str, n_tiles: int, seed: int) -> dict:
     t_read = time.perf_counter()
     image = torch.from_numpy(whole).float().div_(255.0)  # float32 copy, as ToTensor does
     del whole
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
     image.sub_(mean).div_(std)
     t_norm = time.perf_counter()
     geo = PyramidGeometry(image.shape[1], image.shape[2])

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import errors
-from ..gather import split_rows
+from ..gather import STRIP_BYTES, block_chunks, split_rows
 from ..raster import BandStretch, RasterSource
 
 #: A gather at least this large (rows x column span) also uses the readers free at that moment.
@@ -115,36 +115,46 @@ class ConfinedSource:
                                        pixels=True)
         return out
 
-    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check: Optional[Callable[[], None]] = None) -> np.ndarray:
+    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check: Optional[Callable[[], None]] = None,
+               sink=None) -> Optional[np.ndarray]:
         """uint8 (len(rows), len(cols), 3): source pixels at sorted unique rows/cols, the rows split
-        over up to `pool.parallel` readers (chunks that fit their shared memory)."""
+        over up to `pool.parallel` readers (chunks that fit their shared memory); with `sink`, each
+        chunk goes to `sink(rows, cols, pixels)` as it arrives and None is returned."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-        out = np.empty((rows.size, cols.size, 3), dtype=np.uint8)
+        out = np.empty((rows.size, cols.size, 3), dtype=np.uint8) if sink is None else None
         if rows.size == 0 or cols.size == 0:
             return out
         span = float(rows.size) * (int(cols[-1]) - int(cols[0]) + 1)
         self._charge(span)
         helpers = self._lease_helpers() if span >= PARALLEL_MIN_PIXELS else []
         try:
-            return self._gather_into(out, rows, cols, pad_rgb, _both(self.check, check))
+            self._gather_into(out, rows, cols, pad_rgb, _both(self.check, check), sink)
+            return out
         finally:
             self._give_back(helpers)
 
-    def _gather_into(self, out, rows, cols, pad_rgb, both) -> np.ndarray:
+    def _gather_into(self, out, rows, cols, pad_rgb, both, sink=None) -> None:
         # one group of whole block rows per reader (no block decoded by two), cut again where a
-        # group would not fit a reader's shared memory (and in columns where one row would not)
-        shm_cols = max(1, min(cols.size, self.pool.shm_bytes // 3))
-        shm_rows = max(1, self.pool.shm_bytes // (3 * shm_cols))
+        # group would not fit a reader's shared memory (in columns too where one row would not);
+        # streamed to a sink: pieces of at most STRIP_BYTES, so that the caller never holds much more
+        budget = self.pool.shm_bytes if sink is None else min(self.pool.shm_bytes, STRIP_BYTES)
+        piece_cols = max(1, min(cols.size, budget // 3))
+        piece_rows = max(1, budget // (3 * piece_cols))
         chunks, start = [], 0
         for group in split_rows(rows, self.block_size[1], len(self._readers)):
-            chunks += [((i, min(i + shm_rows, start + group.size)), (c, min(c + shm_cols, cols.size)))
-                       for i in range(start, start + group.size, shm_rows) for c in range(0, cols.size, shm_cols)]
+            chunks += [((start + a, start + b), (c, min(c + piece_cols, cols.size)))
+                       for a, b in block_chunks(group, self.block_size[1], piece_rows)
+                       for c in range(0, cols.size, piece_cols)]
             start += group.size
 
         def part(piece) -> None:
             (a, b), (c, d) = piece
-            out[a:b, c:d] = self._call("gather", both, rows=rows[a:b].tolist(), cols=cols[c:d].tolist(),
-                                       pad_rgb=[int(v) for v in pad_rgb], pixels=True)
+            pixels = self._call("gather", both, rows=rows[a:b].tolist(), cols=cols[c:d].tolist(),
+                                pad_rgb=[int(v) for v in pad_rgb], pixels=True)
+            if sink is not None:
+                sink(rows[a:b], cols[c:d], pixels)
+            else:
+                out[a:b, c:d] = pixels
 
         if len(self._readers) == 1 or len(chunks) == 1:
             for span in chunks:
@@ -152,7 +162,6 @@ class ConfinedSource:
         else:
             with ThreadPoolExecutor(len(self._readers), thread_name_prefix="lrs-gather") as ex:
                 list(ex.map(part, chunks))
-        return out
 
     def describe(self) -> dict:
         return {"path": self.path, "size": [self.height, self.width], "band_count": self.band_count,
