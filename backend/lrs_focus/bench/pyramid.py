@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None,
                         help="reader threads of ours and of the floor (default: the CPU count, at most 8)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of the floor and of ours per case: seconds and cpu_s are the best run's, "
+                             "peak_mb the highest (default 1)")
 
 
 def _log(msg: str) -> None:
@@ -93,6 +96,21 @@ def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixel
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _best_of(repeat: int, *child_args) -> dict:
+    """`_child` run `repeat` times: the fastest run's report, with the highest peak of all runs
+    and every run's seconds (a shared machine's noise hits single runs, not the best one)."""
+    runs = [_child(*child_args) for _ in range(max(1, int(repeat)))]
+    ok = [r for r in runs if "seconds" in r]
+    if not ok:
+        return runs[0]
+    best = dict(min(ok, key=lambda r: r["seconds"]))
+    if len(runs) > 1:
+        best["peak_mb"] = max(r["peak_mb"] for r in ok)
+        best["cpu_s"] = min(r["cpu_s"] for r in ok)
+        best["runs_seconds"] = [r["seconds"] for r in ok]
+    return best
+
+
 def run(args) -> dict:
     from ..gather import default_workers
     from ..samples import parse_sizes
@@ -108,6 +126,10 @@ def run(args) -> dict:
         from ..errors import BadOptions
 
         raise BadOptions(f"--workers must be >= 1, not {workers}")
+    if args.repeat < 1:
+        from ..errors import BadOptions
+
+        raise BadOptions(f"--repeat must be >= 1, not {args.repeat}")
     cache = Path(args.cache_dir)
     cases = []
     for w, h in sizes:
@@ -119,11 +141,11 @@ def run(args) -> dict:
         floors = {}
         for overviews in (True, False):
             _log(f"{w}x{h}: floor, every block at full resolution, {workers} worker(s)")
-            floors[overviews] = _child("floor", str(path), tiles, overviews, args.seed, "gdal", workers)
+            floors[overviews] = _best_of(args.repeat, "floor", str(path), tiles, overviews, args.seed, "gdal", workers)
         for pixels in [p.strip() for p in args.paths.split(",") if p.strip()]:
             for overviews in (True, False):
                 _log(f"{w}x{h}: ours, {pixels} pixels ({'with' if overviews else 'without'} overviews)")
-                ours = _child("ours", str(path), tiles, overviews, args.seed, pixels, workers)
+                ours = _best_of(args.repeat, "ours", str(path), tiles, overviews, args.seed, pixels, workers)
                 floor = floors[overviews]
                 case = {
                     "name": f"{w}x{h} {pixels} {'overviews' if overviews else 'no-overviews'}",
@@ -151,6 +173,7 @@ def run(args) -> dict:
         "ratio_means": "baseline peak_mb / ours peak_mb (time_ratio: baseline seconds / ours seconds; "
                        "floor_ratio: ours seconds / floor seconds)",
         "workers": workers,
+        "repeat": args.repeat,
         "cases": cases,
     }
 
