@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-STRIP_BYTES = 8 << 20  # source pixels (3 bytes each) in flight, all workers together
+STRIP_BYTES = 4 << 20  # source pixels (3 bytes each) in flight, all workers together
 MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
 MAX_WORKERS = 8
 
