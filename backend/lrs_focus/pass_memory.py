@@ -8,6 +8,7 @@ decoder layer at a time (inference keeps no per-layer states, see `RegionFocusMo
     q, k, v and the attention output      2 d + 2 kv_heads head_dim
     MLP (gate, up, their product)         3 intermediate
     KV cache of the answer's prefill      2 layers kv_heads head_dim   (LLM only)
+    inputs the caller holds (Qwen-VL)     3 d (+ d per deepstack level)
 
 times the dtype's size, plus the RFM's 4-D key mask of released stage B (n x n booleans, what
 sdpa gets for a mask with placeholders). The budget is 80 % of the CUDA device's memory (half the
@@ -15,7 +16,9 @@ host's on the CPU) less the model's weights, or LRS_FOCUS_PASS_MEMORY_MB: fixed 
 model, so the same question gets the same limits and trace.
 `pass_tokens` is the longest pass that fits; the run stops zooming or caps all-tiles before a
 longer RFM pass, and drops vision tokens before a longer LLM sequence
-(`trace.budget` gives the figures).
+(`trace.budget` gives the figures). Qwen2.5-VL / Qwen3-VL focus passes have their own per-token cost
+(`focus_token_bytes`); `vl_memory_limits` gives their limits under the same keys.
+tests/method/pass_memory_probe.py measures what our passes hold at 7B widths against these.
 """
 
 from __future__ import annotations
