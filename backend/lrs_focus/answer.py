@@ -22,7 +22,7 @@ from .options import AskOptions, ProgressFn, StopFn, stage_checker
 from .pyramid import ImagePyramid, PyramidConfig
 from .question_run import Run, cancel_check, is_vl
 from .score_map import heatmap_document
-from .vl_answer import check_options, run_question_vl, vl_budget
+from .vl_answer import check_options, run_question_vl, vl_budget, vl_within_memory
 from .work_meter import calibrate
 
 #: The pixel path of modes that do not force one. "exact" = the released preprocessing (bilinear
@@ -137,7 +137,8 @@ def answer_question(
         check_options(model, options)
         check_answer_server(engine, options)
         prompt = None
-        vl_budget(model, question, options)
+        vl_within_memory(model, vl_budget(model, question, options), options.focus_layer,
+                         getattr(engine, "answer_server", None) is None)
     else:
         refuse_vl_options(options)
         prompt = checked_prompt(engine.tokenizer, cfg.template, question)

@@ -266,20 +266,24 @@ def run_focus(
     vision_budget: int | None = None,
     all_tiles_max: int | None = None,
     pass_limit: int | None = None,
+    pass_entries: Callable[[int, list[Tile]], int] | None = None,
 ) -> FocusResult:
     """Run one selection; `check(stage, level, fraction, message)` is called at every stage boundary
     (the engine's progress + cancel hook). `vision_budget`: tile + newline tokens the LLM can take
     (None: no limit). `all_tiles_max`: tile cap of the all-tiles mode (None: 4 x n_max).
     `pass_limit`: the most canvas entries one scoring pass may hold (the model's positions less the
     text and thumbnail): paper mode stops zooming before a level that would exceed it, all-tiles
-    takes a coarser level (the N_max and tile caps bound tiles, not tokens). None: no limit."""
+    takes a coarser level (the N_max and tile caps bound tiles, not tokens). None: no limit.
+    `pass_entries(level, tiles)`: what such a pass holds (default `canvas_entries`; Qwen-VL counts
+    its tiles' tokens and captions)."""
     levels = geo.levels[: max_levels or len(geo.levels)]
+    entries_of = pass_entries or (lambda level, tiles: canvas_entries(geo, level, tiles))
     n_vis0 = thumbnail_tokens + 1
     if mode == "thumbnail":
         return FocusResult(mode, None, np.zeros(0, dtype=np.int64), [], None, 0, [])
     if mode == "all-tiles":
         return _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, all_tiles_max or 4 * n_max,
-                          pass_limit)
+                          pass_limit, entries_of)
     if mode == "released":
         return _released(geo, levels, encode, score, alpha, check, n_vis0, vision_budget)
     if mode != "paper":
@@ -308,7 +312,7 @@ def run_focus(
         next_tiles = zoom_tiles(geo, canvas, keep, nxt.index)
         if not next_tiles or len(next_tiles) > n_max:
             break
-        entries = canvas_entries(geo, nxt.index, next_tiles)
+        entries = entries_of(nxt.index, next_tiles)
         if pass_limit is not None and entries > pass_limit:
             notes["zoom_stopped"] = {"level": nxt.index, "tiles": len(next_tiles), "pass_entries": entries,
                                      "pass_limit": int(pass_limit), "reason": "the scoring pass would exceed the "
@@ -331,14 +335,16 @@ def _mask(canvas: Canvas, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_tiles, pass_limit=None) -> FocusResult:
+def _all_tiles(geo, levels, encode, score, check, n_vis0, vision_budget, max_tiles, pass_limit=None,
+               entries_of=None) -> FocusResult:
     """Every tile of the finest level with at most `max_tiles` tiles (and, when it may have to be
     scored, at most `pass_limit` canvas entries); scored only to drop tokens."""
     finest = levels[-1]
 
     def fits(lv) -> bool:
         every = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
-        return len(every) <= max_tiles and (pass_limit is None or canvas_entries(geo, lv.index, every) <= pass_limit)
+        entries = entries_of(lv.index, every) if entries_of else canvas_entries(geo, lv.index, every)
+        return len(every) <= max_tiles and (pass_limit is None or entries <= pass_limit)
 
     usable = [lv for lv in levels if fits(lv)] or [levels[0]]
     lv = usable[-1]

@@ -88,9 +88,7 @@ def within_memory(model: LrsFocusModel, budget: dict[str, int]) -> dict[str, int
     budget = {**budget, **mem}
     fixed = budget["max_length"] - budget["vision_budget"]
     if mem["llm_pass_tokens"] < fixed:
-        raise BadOptions(f"the answer pass needs {fixed} tokens for the text and thumbnail, but "
-                         f"{mem['memory_budget_bytes'] / 2**20:.0f} MB of memory hold {mem['llm_pass_tokens']} tokens "
-                         f"of this model ({pass_memory.ENV} or a free device raise it)")
+        raise BadOptions(pass_memory.refusal("the answer pass for the text and thumbnail", fixed, mem, "llm_pass_tokens"))
     if mem["llm_pass_tokens"] < budget["max_length"]:
         budget["vision_budget"] = mem["llm_pass_tokens"] - fixed
     return budget

@@ -28,6 +28,7 @@ from .trace import tile_scores
 from .model.prompts import refuse_bad_question
 from .model.qwen_vl import Prompt, PrefixCache, QwenVLFocusModel
 from .options import AskOptions, StopFn
+from . import pass_memory
 from .question_run import Run, cancel_between_layers
 from .stage_clock import clock_of
 from .work_meter import Metered, meter_of
@@ -78,8 +79,9 @@ class AttentionScorer:
 
     def __init__(self, model: QwenVLFocusModel, question: str, thumbnail: torch.Tensor, thumb_grid: tuple,
                  geometry: Any, relative: bool, layer: int | None, heads: list[int] | None,
-                 cache: Any = None, view: Any = None):
+                 cache: Any = None, view: Any = None, limits: dict[str, int] | None = None):
         self.model, self.question, self.thumbnail, self.thumb_grid = model, question, thumbnail, thumb_grid
+        self.limits = limits  # trace.budget: positions and rfm_pass_tokens bound every focus pass
         self.geometry, self.relative, self.layer, self.heads = geometry, relative, layer, heads
         self.cache, self.view = cache, view
         self.seconds = 0.0
@@ -93,6 +95,17 @@ class AttentionScorer:
         return [(None, self.thumb_grid)] + [
             (tile_caption(where_words(geo.tile_window(level, r, c), geo.width, geo.height)), tile_grid)
             for r, c in tiles]
+
+    def refuse_too_long(self, n: int, canvas: Canvas) -> None:
+        """A pass the zoom stop and the all-tiles cap could not avoid (paper mode's base level, all-tiles'
+        coarsest level) is refused with the figures rather than run past the positions or memory."""
+        lim = self.limits
+        if lim is None or n <= min(lim["positions"], lim.get("rfm_pass_tokens", n)):
+            return
+        what = f"the focus pass over {len(canvas.tiles)} tiles of level {canvas.level}"
+        if n > lim["positions"]:
+            raise BadOptions(f"{what} needs {n} tokens, past the model's {lim['positions']} positions")
+        raise BadOptions(pass_memory.refusal(what, n, lim, "rfm_pass_tokens"))
 
     def _prefix(self, prompt: Prompt, feats: list[torch.Tensor], canvas: Canvas) -> PrefixCache:
         layer = self.model._layer(self.layer)
@@ -112,6 +125,7 @@ class AttentionScorer:
         t0 = clock.now()
         t = canvas.feats.shape[1]
         prompt = self.model.build_prompt(self.images(canvas.level, canvas.tiles), self.question)
+        self.refuse_too_long(len(prompt.ids), canvas)
         self.max_tokens = max(self.max_tokens, len(prompt.ids))
         feats = [self.thumbnail] + [f.flatten(0, 1) for f in canvas.feats]
         hits = self.prefix_hits
@@ -262,13 +276,38 @@ def vl_budget(model: QwenVLFocusModel, question: str, options: AskOptions) -> di
             "positions": limit}
 
 
+def vl_within_memory(model: QwenVLFocusModel, budget: dict[str, int], focus_layer: int | None,
+                     local_answer: bool = True) -> dict[str, int]:
+    """`vl_budget` bounded by memory too (pass_memory.vl_memory_limits), as LLaVA's `within_memory`:
+    focus passes by `rfm_pass_tokens` (the run stops zooming or caps all-tiles before; a pass it cannot
+    avoid is refused with the figures), the answer by `llm_pass_tokens` (tiles drop first; refused
+    with the figures when the text and thumbnail alone do not fit). An answer server's memory is its
+    own: with one, the answer keeps the positions bound only."""
+    mem = pass_memory.vl_memory_limits(model, model._layer(focus_layer))
+    budget = {**budget, **mem}
+    fixed = budget["max_length"] - budget["vision_budget"]
+    if local_answer:
+        if mem["llm_pass_tokens"] < fixed:
+            raise BadOptions(pass_memory.refusal("the answer pass for the text and thumbnail", fixed, mem,
+                                                 "llm_pass_tokens"))
+        budget["vision_budget"] = min(budget["max_length"], mem["llm_pass_tokens"]) - fixed
+    return budget
+
+
+def answer_length(budget: dict[str, int], local_answer: bool) -> int:
+    """The longest answer sequence: max_length, and the memory's `llm_pass_tokens` when answered here."""
+    return min(budget["max_length"], budget["llm_pass_tokens"]) if local_answer else budget["max_length"]
+
+
 def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOptions, check, should_stop: StopFn | None,
                     key: ViewKey | None = None) -> Run:
     """`run_question` for Qwen2.5-VL / Qwen3-VL: attention focus per level, thumbnail + kept tiles."""
     model: QwenVLFocusModel = engine.model
     cfg = model.config
     check_options(model, options)
-    budget = vl_budget(model, question, options)
+    local_answer = getattr(engine, "answer_server", None) is None
+    budget = vl_within_memory(model, vl_budget(model, question, options), options.focus_layer, local_answer)
+    longest = answer_length(budget, local_answer)
     n_max = int(options.n_max or cfg.n_max)
     cache = getattr(engine, "cache", None)
     encoder = TileEncoder(model, pyramid, key, cache, check)
@@ -280,7 +319,7 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
         # layers 0..L of the LLM, a tile is about tokens_per_tile^2 tokens plus its caption
         meter.plan(geo, options.mode, n_max, float(options.alpha), budget["text_tokens"],
                    cfg.tokens_per_tile ** 2, (model._layer(options.focus_layer) + 1, cfg.num_layers),
-                   int(options.max_new_tokens), budget["max_length"], 0, options.max_levels)
+                   int(options.max_new_tokens), longest, 0, options.max_levels)
     beat = meter.beat if meter is not None else None
     with torch.inference_mode(), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")
@@ -291,23 +330,29 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
         timings["thumbnail"] = clock.now() - t0
         thumb_grid = model.grid_for(*geo.thumbnail_size)
         scorer = AttentionScorer(model, question, thumbnail, thumb_grid, geo, options.focus == "relative",
-                                 options.focus_layer, options.focus_heads, cache, key)
+                                 options.focus_layer, options.focus_heads, cache, key, budget)
         if meter is not None:
             meter.encoder, meter.scorer = encoder, scorer
         t0 = clock.now()
         per_tile = cfg.tokens_per_tile ** 2
         overhead = caption_tokens(model)  # once per question: ten tokenizations
-        room = budget["positions"] - budget["text_tokens"] - int(thumbnail.shape[0])
+        # a focus pass is text + thumbnail + at most (caption + 256 tokens) per tile: bounded by the
+        # positions and the memory's rfm_pass_tokens
+        room = min(budget["positions"], budget["rfm_pass_tokens"]) - budget["text_tokens"] - int(thumbnail.shape[0])
         result = run_focus(geo, options.mode, Metered(meter, "tiles", encoder), Metered(meter, "score", scorer),
                            alpha=float(options.alpha), n_max=n_max,
                            max_levels=options.max_levels, check=check, thumbnail_tokens=int(thumbnail.shape[0]),
-                           vision_budget=None, pass_limit=room // (per_tile + overhead) * per_tile)
+                           vision_budget=None, pass_limit=room,
+                           pass_entries=lambda level, tiles: len(tiles) * (per_tile + overhead))
         timings["encode"] = encoder.seconds
         timings["select"] = clock.now() - t0 - encoder.seconds - scorer.seconds
         t0, s0 = clock.now(), scorer.seconds
         thumb_tokens = int(thumbnail.shape[0])  # the processor may upscale thin views past one tile's tokens
-        vision_budget = budget["max_length"] - budget["text_tokens"] - thumb_tokens
+        vision_budget = longest - budget["text_tokens"] - thumb_tokens
         if vision_budget < 0:
+            if longest < budget["max_length"]:
+                raise BadOptions(pass_memory.refusal("the answer pass for the text and thumbnail",
+                                                     budget["text_tokens"] + thumb_tokens, budget, "llm_pass_tokens"))
             raise BadOptions(f"the question and prompt take {budget['text_tokens']} tokens; with this view's "
                              f"{thumb_tokens}-token thumbnail they exceed the sequence limit of {budget['max_length']}")
         budget["vision_budget"] = vision_budget
@@ -326,8 +371,8 @@ def run_question_vl(engine: Any, pyramid: Any, question: str, options: AskOption
             result.canvas.feats = None
         if should_stop is not None and should_stop():
             raise Cancelled("cancelled during generation")
-    if vl.sequence_tokens > budget["max_length"]:
-        raise AssertionError(f"sequence of {vl.sequence_tokens} tokens exceeds {budget['max_length']}")
+    if vl.sequence_tokens > longest:
+        raise AssertionError(f"sequence of {vl.sequence_tokens} tokens exceeds {longest}")
     result.notes["focus"] = {"signal": options.focus or "attention",
                              "layer": model._layer(options.focus_layer),
                              "heads": list(options.focus_heads) if options.focus_heads else "all",
