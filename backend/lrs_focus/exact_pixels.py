@@ -265,6 +265,11 @@ class ExactPyramid(LazyTiles):
         width = int(cols[-1]) + 1 - int(cols[0])
         return sum((y1 - y0) * width for y0, y1 in _runs(rows, max(1, STRIP_BYTES // (3 * width))))
 
+    def gridded_levels(self) -> set[int]:
+        """Levels whose tiles come from sample grids (read nothing): those the base pass gathers."""
+        have = {lv.index for lv in self.geometry.levels[1:] if lv.index in self.grids}
+        return have if self._thumbnail is not None else have | set(self._base_pass_plan()[4])
+
     def _base_and_thumbnail(self) -> None:
         """The base level, the thumbnail and the sample grids of the coarse levels, from one read."""
         th, tw = self.geometry.thumbnail_size

@@ -15,7 +15,7 @@ from .model.prompts import PromptIds, encode_prompt, refuse_bad_question
 from .options import AskOptions, StopFn
 from .question_run import Run, cancel_between_layers
 from .stage_clock import clock_of
-from .work_meter import Metered, base_pass_pixels, meter_of
+from .work_meter import Metered, base_pass_pixels, gridded_levels, meter_of
 from . import pass_memory
 from .pass_memory import memory_limits
 
@@ -126,7 +126,7 @@ def run_question_llava(engine: Any, pyramid: Any, question: str, options: AskOpt
         meter.plan(pyramid.geometry, options.mode, n_max, float(options.alpha), budget["text_tokens"],
                    cfg.thumbnail_tokens, (len(model.rfm.layers), len(model.llm.model.layers)),
                    int(options.max_new_tokens), budget["max_length"], base_pass_pixels(pyramid), options.max_levels,
-                   exact=hasattr(pyramid, "source_pixels"))
+                   exact=hasattr(pyramid, "source_pixels"), gridded=gridded_levels(pyramid))
     beat = meter.beat if meter is not None else None
     with torch.inference_mode(), model.float16_rotary(released_numerics), cancel_between_layers(model, should_stop, beat):
         check("encode", None, 0.0, "encoding the thumbnail")

@@ -111,9 +111,10 @@ class WorkMeter:
     # -- the plan --------------------------------------------------------------------------------
     def plan(self, geo: Any, mode: str, n_max: int, alpha: float, text_tokens: int, thumb_tokens: int,
              layers: tuple[int, int], max_new_tokens: int, max_length: int, pixels: int = 0,
-             max_levels: int | None = None, exact: bool = False) -> None:
+             max_levels: int | None = None, exact: bool = False, gridded: frozenset = frozenset()) -> None:
         """Plan the run's work once the pyramid is known. `layers`: (RFM layers, LLM layers); `pixels`:
-        the exact base pass's source pixels; `exact`: finer tiles read their own source windows."""
+        the exact base pass's source pixels; `exact`: finer tiles read their own source windows, but
+        those of `gridded` levels (samples the base pass gathers) read nothing."""
         rfm_layers, llm_layers = layers
         t = geo.cfg.tokens_per_tile
         levels = geo.levels[: max_levels or len(geo.levels)]
@@ -135,7 +136,8 @@ class WorkMeter:
         first = 0 if mode != "all-tiles" else len([c for c in counts if c <= 4 * n_max] or counts[:1]) - 1
         self.levels = [{"tile": float(n), "token_layer": float((fixed + n * t * (t + 1)) * rfm_layers)
                         if mode != "all-tiles" else 0.0,
-                        "pixel": float(n * tile_pixels(geo, levels[first + i])) if exact and first + i else 0.0}
+                        "pixel": float(n * tile_pixels(geo, levels[first + i]))
+                        if exact and first + i and levels[first + i].index not in gridded else 0.0}
                        for i, n in enumerate(tiles)]
         kept = tiles[-1] * t * (t + 1) * (alpha if mode in ("paper", "released") else 1.0) if tiles else 0
         self.left = {"tile": 1.0, "token_layer": float(min(max_length, fixed + kept) * llm_layers),
@@ -265,6 +267,12 @@ def base_pass_pixels(pyramid: Any) -> int:
         return int(count())
     except (TypeError, ValueError, IndexError):
         return int(pyramid.geometry.height) * int(pyramid.geometry.width)
+
+
+def gridded_levels(pyramid: Any) -> frozenset:
+    """Levels whose tiles the exact pyramid cuts from sample grids (the base pass gathers them)."""
+    levels = getattr(pyramid, "gridded_levels", None)
+    return frozenset(levels()) if levels is not None else frozenset()
 
 
 class Metered:

@@ -118,6 +118,26 @@ def test_overall_is_monotone_and_heartbeats_keep_coming():
     assert sent[-1][2] == 1.0
 
 
+def test_levels_the_base_pass_gathers_are_planned_without_reading():
+    """At 27k the exact base pass gathers levels 1 and 2: the meter prices their tiles as blends
+    (no source pixels), and level 3's as a read of its windows."""
+    from lrs_focus.exact_pixels import ExactPyramid
+    from lrs_focus.work_meter import gridded_levels, tile_pixels
+
+    class Declared:  # what the plan needs: the declared size and blocks (nothing is read)
+        height, width, block_size = 20000, 27328, (256, 256)
+
+    pyr = ExactPyramid(Declared())
+    assert gridded_levels(pyr) == {1, 2}
+    geo = pyr.geometry
+    meter = WorkMeter(lambda *a, overall=None: None, None, Rates())
+    meter.plan(geo, "paper", 80, 0.25, 40, 576, (5, 28), 16, 8192, pixels=geo.height * geo.width, exact=True,
+               gridded=gridded_levels(pyr))
+    pixels = [lv["pixel"] for lv in meter.levels]
+    assert pixels[0] == pixels[1] == pixels[2] == 0.0
+    assert pixels[3] == meter.levels[3]["tile"] * tile_pixels(geo, geo.levels[3]) > 0
+
+
 def test_qwen_vl_questions_report_overall_too(sentinel2_vrt):
     """The Qwen-VL run plans its work like the LLaVA one (tiles per level, the focus passes' token-layers
     up to the focus layer, the answer): every message from the plan on carries a monotone `overall`."""
