@@ -167,7 +167,8 @@ class ExactPyramid(LazyTiles):
             pixels = gather(rows, cols, _PAD_RGB, **kw)
             with self._count:
                 self.reads += 1
-                self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
+                if pixels is not None:  # a sink counts its pieces as they come (`_gather_many`)
+                    self.source_pixels += (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
             return SampleGrid(rows, cols, pixels) if pixels is not None else None
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         max_rows = max(1, STRIP_BYTES // (3 * (c1 - c0)))
@@ -216,7 +217,16 @@ class ExactPyramid(LazyTiles):
         cols = functools.reduce(np.union1d, [c for _, c in targets.values()])
         out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
 
+        # `source_pixels` grows with every piece (the progress meter times the pass by it), to the
+        # window spanned once all have come
+        span = (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
+        start, delivered = self.source_pixels, [0]
+
         def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+            c0, c1 = np.searchsorted(cols, [piece_cols[0], piece_cols[-1] + 1])
+            with self._count:
+                delivered[0] += piece_rows.size * int(c1 - c0)
+                self.source_pixels = start + span * delivered[0] // (rows.size * cols.size)
             for key, (r, c) in targets.items():
                 lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
                 clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
