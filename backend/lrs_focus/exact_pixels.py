@@ -222,11 +222,13 @@ class ExactPyramid(LazyTiles):
         span = (int(rows[-1]) + 1 - int(rows[0])) * (int(cols[-1]) + 1 - int(cols[0]))
         start, delivered = self.source_pixels, [0]
 
-        def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+        def count(piece_rows: np.ndarray, piece_cols: np.ndarray) -> None:
             c0, c1 = np.searchsorted(cols, [piece_cols[0], piece_cols[-1] + 1])
             with self._count:
                 delivered[0] += piece_rows.size * int(c1 - c0)
                 self.source_pixels = start + span * delivered[0] // (rows.size * cols.size)
+
+        def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
             for key, (r, c) in targets.items():
                 lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
                 clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
@@ -235,7 +237,11 @@ class ExactPyramid(LazyTiles):
                     out[key][lo:hi, clo:chi] = take_columns(picked, np.searchsorted(piece_cols, c[clo:chi]))
 
         if getattr(self.src, "gather", None) is not None:
-            self._gather(rows, cols, sink=scatter)
+            def streamed(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+                count(piece_rows, piece_cols)
+                scatter(piece_rows, piece_cols, pixels)
+
+            self._gather(rows, cols, sink=streamed)
         else:
             bh = max(1, int(getattr(self.src, "block_size", (1, 1))[1]))
             per_band = max(1, BASE_PASS_BYTES // (3 * cols.size))
