@@ -238,7 +238,20 @@ class WorkMeter:
         if self.planned:  # a short job gets more frequent messages: no silence of a large share of it
             interval = min(HEARTBEAT_S, max(0.02, 0.1 * (now - self.t0 + self._remaining(now))))
         if now - self.last_sent >= interval and self.last[0] is not None:
-            self._send(*self.last, now)
+            with self._lock:
+                stage_message = self.last
+                self._send_locked(*self._reading_news(*stage_message), now)
+                self.last = stage_message  # the next heartbeat starts from the stage's own message again
+
+    def _reading_news(self, stage: str, level: Optional[int], fraction: float, message: str) -> tuple:
+        """The thumbnail's stage message, while the exact base pass under it still reads: what it reads
+        (on a large raster that is most of the job; "encoding the thumbnail" said nothing of it), and
+        the share read as the stage's fraction. Other stages: their own message."""
+        read = int(getattr(self.pixel_source, "source_pixels", 0)) if self.pixel_source is not None else 0
+        if stage != "encode" or level is not None or not 0 <= read < self.pixels_total:
+            return stage, level, fraction, message
+        return (stage, level, read / self.pixels_total, f"reading the raster for the thumbnail and base level: "
+                f"{read / 1e6:,.0f} of {self.pixels_total / 1e6:,.0f} million pixels")
 
 
 def tile_pixels(geo: Any, level: Any) -> int:

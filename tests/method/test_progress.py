@@ -135,3 +135,35 @@ def test_qwen_vl_questions_report_overall_too(sentinel2_vrt):
     assert None not in planned, sent
     assert planned == sorted(planned) and planned[-1] == 1.0
     assert 0 < planned[0] < 1
+
+
+def test_heartbeats_of_the_base_pass_say_what_it_reads():
+    """On a large raster the exact base pass under "encoding the thumbnail" is most of the job: its
+    heartbeats say how much of the raster is read (as the stage's fraction too), then the stage's
+    own message comes back once the pass is done."""
+    from types import SimpleNamespace
+
+    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
+
+    now = [0.0]
+    sent = []
+    meter = WorkMeter(lambda *a, overall=None: sent.append((*a, overall)), None, Rates(), clock=lambda: now[0])
+    geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
+    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_721_403_450)
+    meter.check("encode", None, 0.0, "encoding the thumbnail")
+    pass_ = SimpleNamespace(source_pixels=0)
+    meter.reading(pass_)
+    meter.start("thumbnail")
+    for read in (0, 400_000_000, 1_721_403_450):
+        pass_.source_pixels = read
+        now[0] += 1.0
+        meter.beat()
+    stage, level, fraction, message, _ = sent[-3]
+    assert (stage, level, fraction) == ("encode", None, 0.0)
+    assert message == "reading the raster for the thumbnail and base level: 0 of 1,721 million pixels"
+    assert sent[-2][2] == pytest.approx(400 / 1721.40345) and "400 of 1,721 million" in sent[-2][3]
+    assert sent[-1][2:4] == (0.0, "encoding the thumbnail")  # read: the stage's own message again
+    meter.check("encode", 0, 0.0, "encoding 9 base tiles")
+    now[0] += 1.0
+    meter.beat()
+    assert sent[-1][3] == "encoding 9 base tiles"
