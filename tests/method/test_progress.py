@@ -167,3 +167,32 @@ def test_heartbeats_of_the_base_pass_say_what_it_reads():
     now[0] += 1.0
     meter.beat()
     assert sent[-1][3] == "encoding 9 base tiles"
+
+
+def test_overall_keeps_moving_while_a_band_of_the_base_pass_is_read():
+    """The base pass counts its pixels per band (a quarter of a large raster, seconds each): between two
+    counts `overall` kept still for the band's whole read, then jumped (seen in QGIS: 27 % for 5 s, then
+    49 %). The band in flight now counts at the measured rate, so every heartbeat moves the bar a little."""
+    from types import SimpleNamespace
+
+    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
+
+    now = [0.0]
+    sent = []
+    meter = WorkMeter(lambda *a, overall=None: sent.append((now[0], overall)), None, Rates(), clock=lambda: now[0])
+    geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
+    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_600_000_000)
+    meter.check("encode", None, 0.0, "encoding the thumbnail")
+    pass_ = SimpleNamespace(source_pixels=0)
+    meter.reading(pass_)
+    meter.start("thumbnail")
+    for step in range(1, 61):  # 4 bands of 400 Mpx, 7.5 s each (a rate 12x the default's)
+        now[0] += 0.5
+        if step % 15 == 0:
+            pass_.source_pixels += 400_000_000
+        meter.beat()
+    during = [o for t, o in sent if 8.0 <= t < 30.0]  # from the first band's count on
+    assert all(b > a for a, b in zip(during, during[1:])), during
+    steps = [b - a for a, b in zip(during, during[1:])]
+    assert max(steps) < 0.05, steps  # no jump at a band's end
+    assert abs(during[-1] - 29.5 / 30.0) < 0.1
