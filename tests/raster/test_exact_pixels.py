@@ -179,9 +179,8 @@ def test_base_pass_plan_counts_what_the_pass_reads(tmp_path):
     they must be the same count. A large raster's sample rows are sparse, and a read through `gather`
     spans every row between them: a plan of only the sample runs was 6x short here (and on a 48000 x
     36000 VRT), so `overall` ran ahead, then stalled, in the plugin's bar."""
-    ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / "tall.tif"), 3000, 6000, 3, gdal.GDT_Byte,
-                                              options=["TILED=YES", "SPARSE_OK=TRUE"])
-    ds = None
+    gdal.GetDriverByName("GTiff").Create(str(tmp_path / "tall.tif"), 3000, 6000, 3, gdal.GDT_Byte,
+                                         options=["TILED=YES", "SPARSE_OK=TRUE"])  # closed at once: empty, sparse
     src = RasterSource.open(str(tmp_path / "tall.tif"), percentiles=None)
     for source in (_HugeGatherSource(), src, _HugeSource()):  # gather strips; strips of sample runs read here
         pyr = ExactPyramid(source, TINY)
