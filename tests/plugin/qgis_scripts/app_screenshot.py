@@ -9,7 +9,7 @@ LRS_SHOT_MODE this
   to LRS_SHOT_LIVE is cancelled: which notices stay in the message bar;
 - "progress": asks, holds the task's worker at the first progress message with overall >= 0.2 while
   the dock is read and shot (what a user sees at that moment), lets it finish; then asks about
-  LRS_SHOT_BIG and presses Cancel at its first `encode` message: what the stage line says until the end;
+  LRS_SHOT_BIG and presses Cancel at its first base-pass heartbeat: what the stage line says until the end;
 then lets the canvas render, saves a PNG of the main window and a JSON report, and quits QGIS.
 
 Arguments come from the environment: LRS_SHOT_MODE, LRS_SHOT_RASTER, LRS_SHOT_QUESTION,
@@ -140,22 +140,35 @@ def wait_cancel():
     later(2500, shoot)
 
 
+def hold_progress(hold):
+    """Every AskTask delivers its progress messages, then calls `hold(stage, level, fraction, message,
+    overall)` in its worker thread. Patched on the class before Ask is pressed: the worker may reach
+    the ask before an attribute of the task could be set."""
+    from lrs_focus_plugin.ask_task import AskTask
+
+    deliver = state.setdefault("deliver", AskTask._on_progress)
+
+    def held(task, stage, level, fraction, message, overall=None):
+        deliver(task, stage, level, fraction, message, overall)
+        hold(stage, level, fraction, message, overall)
+
+    AskTask._on_progress = held
+
+
 def ask_and_hold():
     """The worker thread waits at one real message until the main thread has read the dock."""
     plugin, report = state["plugin"], state["report"]
     resume = threading.Event()
     report["bar_values"] = []
-    plugin.dock.ask_button.click()
-    task = plugin.task
-    deliver = task._on_progress
 
-    def held(stage, level, fraction, message, overall=None):
-        deliver(stage, level, fraction, message, overall)
+    def hold(stage, level, fraction, message, overall):
         if overall is not None and overall >= 0.2 and "held" not in state:
             state["held"] = {"stage": stage, "level": level, "message": message, "overall": overall}
             resume.wait(20)
 
-    task._on_progress = held
+    hold_progress(hold)
+    plugin.dock.ask_button.click()
+    task = plugin.task
     task.progressChanged.connect(lambda _p: report["bar_values"].append(plugin.dock.progress.value()))
 
     def look():
@@ -187,30 +200,34 @@ def wait_then_cancel_big():
     big = iface.addRasterLayer(os.environ["LRS_SHOT_BIG"], "large raster")
     plugin.dock.layer_combo.setLayer(big)
     report["lines_after_cancel"] = []
-    plugin.dock.ask_button.click()
-    task, resume = plugin.task, threading.Event()
-    deliver = task._on_progress
+    resume = threading.Event()
 
-    def held(stage, level, fraction, message, overall=None):
-        """The first `encode` message waits until Cancel was pressed and 1.5 s more: the backend's
-        messages of that time queue up, as they do on their way when a user presses Cancel."""
-        deliver(stage, level, fraction, message, overall)
-        if stage == "encode" and not resume.is_set():
+    def reading(message):  # a heartbeat of the base pass: more come every 0.5 s while it reads
+        return message.startswith("reading the raster")
+
+    def hold(stage, level, fraction, message, overall):
+        """The first heartbeat of the base pass waits until Cancel was pressed and 2 s more: the
+        backend's messages of that time queue up, as they are on their way when a user presses Cancel."""
+        if reading(message) and not resume.is_set():
+            state["cancel_hold_t"] = time.monotonic()
             resume.wait(20)
 
-    def on_stage(stage, _text):
+    hold_progress(hold)
+    plugin.dock.ask_button.click()
+    task = plugin.task
+
+    def on_stage(_stage, text):
         dock = plugin.dock
         if "cancel_at" in report:
             report["lines_after_cancel"].append(dock.stage.text())
-        elif stage == "encode":
+        elif reading(text):
             state["cancel_t"] = time.monotonic()
             dock.cancel_button.click()
             report["cancel_at"] = {"bar": dock.progress.value(), "line": dock.stage.text(),
                                    "cancel_enabled": dock.cancel_button.isEnabled()}
             later(30, lambda: shoot_window("cancelling"))
-            later(1500, resume.set)
+            later(2000, resume.set)
 
-    task._on_progress = held
     task.stageChanged.connect(on_stage)  # after the plugin's own slot: the dock is updated
     later(250, wait_cancelled)
 
@@ -224,6 +241,7 @@ def wait_cancelled():
     report["stage"] = plugin.dock.stage.text()
     report["bar_after_cancel"] = plugin.dock.progress.value()
     report["cancel_seconds"] = time.monotonic() - state.get("cancel_t", time.monotonic())
+    report["worker_held"] = "cancel_hold_t" in state
     later(1000, shoot)
 
 
