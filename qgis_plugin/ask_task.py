@@ -113,6 +113,8 @@ class AskTask(QgsTask):
 
     def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str,
                      overall: Optional[float] = None) -> None:
+        if self.isCanceled():  # messages on their way after Cancel move neither QGIS's bar nor the dock's
+            return
         self.setProgress(self._overall.update(stage, level, fraction, overall))
         self.stageChanged.emit(stage, stage_text(stage, level, message))
 

@@ -143,7 +143,7 @@ def test_progress_bar_shows_overall_and_cancel_says_so(plugin_zip, backend, sent
     big = mosaic_vrt(tmp_path / "big", 48000, 36000)  # still reading after the cancel's 2 s wait
     doc, _ = run_full_qgis("progress", plugin_zip, backend.endpoint, sentinel2_vrt, tmp_path, {"LRS_SHOT_BIG": str(big)})
     held = doc["held"]
-    print(f"held at {held}; cancel at {doc.get('cancel_at')}, {len(doc.get('lines_after_cancel', []))} messages after it, "
+    print(f"held at {held}; cancel at {doc.get('cancel_at')}, {doc.get('worker_messages_after_cancel')} messages after it, "
           f"cancelled in {doc.get('cancel_seconds', 0):.2f} s; bar values {doc['bar_values']}")
     assert held["overall"] >= 0.2 and held["bar"] == round(100 * held["overall"]), held
     assert held["bar_text"] == f"{held['bar']}%" and held["stage_line"] == held["message"], held
@@ -152,8 +152,10 @@ def test_progress_bar_shows_overall_and_cancel_says_so(plugin_zip, backend, sent
     cancel = doc["cancel_at"]
     assert cancel["line"] == f"cancelling at {cancel['bar']} %: waiting for the backend to stop..." and \
         not cancel["cancel_enabled"], cancel
-    # messages already on their way do not overwrite it
+    # messages on their way reach the worker after it, and move neither the line nor QGIS's task bar
+    assert doc["worker_messages_after_cancel"] >= 1, doc
     assert doc["lines_after_cancel"] and all(line == cancel["line"] for line in doc["lines_after_cancel"]), doc
+    assert {round(p) for p in doc["task_progress_after_cancel"]} == {cancel["bar"]}, doc
     assert doc["worker_held"] and doc["stage"] == "cancelled" and 2 <= doc["cancel_seconds"] < 12, doc
     assert (tmp_path / "out" / "held.png").stat().st_size > 20_000
     assert (tmp_path / "out" / "cancelling.png").stat().st_size > 20_000

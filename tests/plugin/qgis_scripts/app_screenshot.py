@@ -199,7 +199,7 @@ def wait_then_cancel_big():
     report["stage_after_answer"] = plugin.dock.stage.text()
     big = iface.addRasterLayer(os.environ["LRS_SHOT_BIG"], "large raster")
     plugin.dock.layer_combo.setLayer(big)
-    report["lines_after_cancel"] = []
+    report.update(lines_after_cancel=[], task_progress_after_cancel=[], worker_messages_after_cancel=0)
     resume = threading.Event()
 
     def reading(message):  # a heartbeat of the base pass: more come every 0.5 s while it reads
@@ -208,7 +208,9 @@ def wait_then_cancel_big():
     def hold(stage, level, fraction, message, overall):
         """The first heartbeat of the base pass waits until Cancel was pressed and 2 s more: the
         backend's messages of that time queue up, as they are on their way when a user presses Cancel."""
-        if reading(message) and not resume.is_set():
+        if resume.is_set():
+            report["worker_messages_after_cancel"] += 1
+        elif reading(message):
             state["cancel_hold_t"] = time.monotonic()
             resume.wait(20)
 
@@ -218,9 +220,7 @@ def wait_then_cancel_big():
 
     def on_stage(_stage, text):
         dock = plugin.dock
-        if "cancel_at" in report:
-            report["lines_after_cancel"].append(dock.stage.text())
-        elif reading(text):
+        if "cancel_at" not in report and reading(text):
             state["cancel_t"] = time.monotonic()
             dock.cancel_button.click()
             report["cancel_at"] = {"bar": dock.progress.value(), "line": dock.stage.text(),
@@ -235,6 +235,9 @@ def wait_then_cancel_big():
 def wait_cancelled():
     plugin = state["plugin"]
     if plugin.task is not None and time.monotonic() - state["t0"] < 150:
+        if "cancel_at" in state["report"]:  # what the dock and QGIS's task bar show meanwhile
+            state["report"]["lines_after_cancel"].append(plugin.dock.stage.text())
+            state["report"]["task_progress_after_cancel"].append(plugin.task.progress())
         later(250, wait_cancelled)
         return
     report = state["report"]
