@@ -17,7 +17,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from .backend_process import BackendLauncher
 from .params import AskRequest, BackendSettings, StoreTarget
-from .progress import OverallProgress
+from .progress import OverallProgress, stage_text
 
 
 def task_flags():
@@ -113,9 +113,10 @@ class AskTask(QgsTask):
 
     def _on_progress(self, stage: str, level: Optional[int], fraction: float, message: str,
                      overall: Optional[float] = None) -> None:
+        if self.isCanceled():  # messages on their way after Cancel move neither QGIS's bar nor the dock's
+            return
         self.setProgress(self._overall.update(stage, level, fraction, overall))
-        where = f" (level {level})" if level is not None else ""
-        self.stageChanged.emit(stage, f"{stage}{where}: {message}" if message else f"{stage}{where}")
+        self.stageChanged.emit(stage, stage_text(stage, level, message))
 
     def _file_result(self, seconds: float) -> None:
         """Worker thread: the tiles and heatmap into the project's GeoPackage (no QGIS objects)."""

@@ -190,6 +190,7 @@ class AskDock(QgsDockWidget):
         self.progress.setValue(0)
         self.stage = QLabel("idle", body)
         self.stage.setWordWrap(True)
+        self.cancelling = False  # Cancel pressed: progress messages no longer replace the stage line
         layout.addWidget(self.progress)
         layout.addWidget(self.stage)
 
@@ -281,6 +282,7 @@ class AskDock(QgsDockWidget):
     def show_running(self, running: bool) -> None:
         self.ask_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        self.cancelling = False
         if running:
             self.progress.setValue(0)
             self.answer.clear()
@@ -288,7 +290,18 @@ class AskDock(QgsDockWidget):
     def show_stage(self, text: str, percent: Optional[float] = None) -> None:
         self.stage.setText(text)
         if percent is not None:
-            self.progress.setValue(int(percent))
+            self.progress.setValue(round(percent))  # int() showed overall 0.29 as 28 %
+
+    def show_progress(self, text: str, percent: float) -> None:
+        """A progress message of the running task: ignored once Cancel was pressed, so the line keeps
+        saying "cancelling" until the backend has stopped (messages already on their way overwrote it)."""
+        if not self.cancelling:
+            self.show_stage(text, percent)
+
+    def show_cancelling(self) -> None:
+        self.cancelling = True
+        self.cancel_button.setEnabled(False)
+        self.stage.setText(f"cancelling at {self.progress.value()} %: waiting for the backend to stop...")
 
     def show_answer(self, text: str) -> None:
         self.answer.setPlainText(clean_text(text))

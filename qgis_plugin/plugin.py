@@ -164,8 +164,8 @@ class LrsFocusPlugin:
             return None
         layer = self.dock.layer_combo.currentLayer()
         task = AskTask(request, settings.load_backend(), layer.crs(), self.launcher, store=target)
-        task.stageChanged.connect(lambda _stage, text: self.dock and self.dock.show_stage(text, task.progress()))
-        task.progressChanged.connect(lambda p: self.dock and self.dock.show_stage(self.dock.stage.text(), p))
+        task.stageChanged.connect(lambda _stage, text: self.dock and self.dock.show_progress(text, task.progress()))
+        task.progressChanged.connect(lambda p: self.dock and self.dock.show_progress(self.dock.stage.text(), p))
         task.backendReady.connect(lambda health: self.dock and self.dock.show_backend(health))
         task.answered.connect(lambda result, layers: self._answered(task, result, layers))
         task.failed.connect(lambda code, message: self._failed(task, code, message))
@@ -177,7 +177,7 @@ class LrsFocusPlugin:
 
     def cancel(self) -> None:
         if self.task is not None:
-            self.dock.show_stage("cancelling...")
+            self.dock.show_cancelling()
             self.task.cancel()
 
     def _project_closed(self) -> None:

@@ -1,7 +1,9 @@
 """One monotone fraction for the whole job, from the backend's (stage, level, fraction[, overall]) events.
 
 A backend that sends `overall` (the job's share done, measured from its work: pixels to decode,
-tiles to encode, tokens to prefill and generate) drives the bar after the queue: JOB_SPAN maps it.
+tiles to encode, tokens to prefill and generate) drives the bar as it is: overall 0.4 shows 40 %, the
+figure `lrs-focus ask` prints as `job 40%` (connect, queue, open and pyramid, which come before the
+first `overall`, take the bar's first 6 %; it waits there until `overall` passes them).
 The fixed stage spans below are the fallback for an older backend without `overall`.
 
 The backend reports each stage's own fraction (0..1 within "encode level 2", then 0 again in
@@ -27,7 +29,6 @@ SPANS = {
     "generate": (85.0, 99.0),
     "done": (100.0, 100.0),
 }
-JOB_SPAN = (2.0, 99.0)  # where `overall` 0..1 lands on the bar (connect and queue come before)
 ENCODE_SHARE = 0.8  # of a level's slot: encoding its tiles; the rest: scoring them
 
 
@@ -62,10 +63,24 @@ class OverallProgress:
         if stage == "done":
             where: Optional[float] = 100.0
         elif overall is not None:
-            lo, hi = JOB_SPAN
-            where = lo + (hi - lo) * min(max(float(overall), 0.0), 1.0)
+            where = 100.0 * min(max(float(overall), 0.0), 1.0)
         else:
             where = position(stage, level, fraction)
         if where is not None:
             self.percent = max(self.percent, where)
         return self.percent
+
+
+#: what a stage does, for a message that came without text
+STAGE_WORDS = {"connect": "contacting the backend", "queued": "queued", "open": "opening the raster",
+               "pyramid": "planning the pyramid", "encode": "encoding tiles", "focus": "scoring tiles",
+               "generate": "writing the answer", "done": "done"}
+
+
+def stage_text(stage: str, level: Optional[int], message: str) -> str:
+    """The stage line under the bar: the backend's message, which already names the stage and level
+    ("encoded 16/34 tiles of level 2"; a prefix "encode (level 2):" repeated it), else the stage in words."""
+    if message:
+        return message
+    words = STAGE_WORDS.get(stage, stage)
+    return f"{words} (level {level})" if level is not None else words

@@ -195,3 +195,27 @@ def add_external_overviews(path, compress: Optional[str] = "DEFLATE") -> Path:
     _build_overviews(ds, compress)
     ds = None
     return Path(str(path) + ".ovr")
+
+
+def mosaic_vrt(directory: Path, width: int = 20000, height: int = 15000, block: tuple[int, int] = (1000, 750)) -> Path:
+    """A width x height RGB raster made of one noisy GeoTIFF block repeated (a VRT): seconds to write,
+    and every pixel the base pass reads is really decoded by GDAL (progress tests, the plugin's bar)."""
+    bw, bh = block
+    tif = directory / "block.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(tif), bw, bh, 3, gdal.GDT_Byte, ["TILED=YES"])
+    rng = np.random.default_rng(0)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 256, size=(bh, bw), dtype=np.uint8))
+    ds = None
+    bands = []
+    for b in range(1, 4):
+        sources = "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">block.tif</SourceFilename><SourceBand>{b}</SourceBand>"
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{bw}\" ySize=\"{bh}\"/>"
+            f"<DstRect xOff=\"{x}\" yOff=\"{y}\" xSize=\"{bw}\" ySize=\"{bh}\"/></SimpleSource>"
+            for y in range(0, height, bh) for x in range(0, width, bw))
+        bands.append(f"<VRTRasterBand dataType=\"Byte\" band=\"{b}\">{sources}</VRTRasterBand>")
+    vrt = directory / "mosaic.vrt"
+    vrt.write_text(f"<VRTDataset rasterXSize=\"{width}\" rasterYSize=\"{height}\">"
+                   "<GeoTransform>500000, 1, 0, 4000000, 0, -1</GeoTransform>" + "".join(bands) + "</VRTDataset>")
+    return vrt

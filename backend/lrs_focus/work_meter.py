@@ -104,6 +104,8 @@ class WorkMeter:
         self.pixel_source: Any = None  # the exact pyramid being read (its `source_pixels` grows)
         self.pixels_total = 0
         self.pixel_t0: float | None = None
+        self.pixel_seen = (0, 0.0)  # (source_pixels, when the meter saw that count first)
+        self.pixel_step = 0  # how much the count grew last time (one band of the pass)
         self.encoder: Any = None  # TileEncoder: its `seconds` / tiles of the first level give the tile rate
         self.tile_rate_fixed = False
         self.scorer: Any = None  # RfmScorer: its `seconds` / `token_layers` refine the token rate
@@ -164,8 +166,25 @@ class WorkMeter:
             self.rates.token_layer = sc.seconds / sc.token_layers
         if self.pixel_source is not None and self.pixel_t0 is not None:
             read = int(getattr(self.pixel_source, "source_pixels", 0))
-            if read > 0 and read < self.pixels_total and now > self.pixel_t0:
-                self.rates.pixel = (now - self.pixel_t0) / read
+            if read != self.pixel_seen[0]:
+                self.pixel_step, self.pixel_seen = read - self.pixel_seen[0], (read, now)
+            # the time the count last grew, not `now`: the count grows per band of the pass (a quarter of
+            # a large raster), and dividing by `now` made the rate slower and slower between bands, which
+            # held `overall` still for a band's whole read, then jumped it
+            seen_at = self.pixel_seen[1]
+            if 0 < read < self.pixels_total and seen_at > self.pixel_t0:
+                self.rates.pixel = (seen_at - self.pixel_t0) / read
+
+    def _pixels_read(self, now: float) -> float:
+        """Source pixels the base pass has read by `now`: the count, plus the band in flight at the rate
+        measured so far, up to the last band's size (half of what is unread before the first count),
+        so a slower band holds the bar until its count comes instead of claiming the rest done."""
+        if self.pixel_source is None or self.pixel_t0 is None:
+            return 0.0
+        read, seen_at = self.pixel_seen
+        unread = max(0, self.pixels_total - read)
+        flying = (now - seen_at) / self.rates.pixel if self.rates.pixel > 0 else 0.0
+        return read + min(flying, unread, self.pixel_step if self.pixel_step > 0 else 0.5 * unread)
 
     def _price(self, units: dict[str, float]) -> float:
         return sum(v * getattr(self.rates, k) for k, v in units.items())
@@ -173,8 +192,7 @@ class WorkMeter:
     def _remaining(self, now: float) -> float:
         self._measure(now)
         left = self._price(self.left) + sum(self._price(lv) for lv in self.levels)
-        read = int(getattr(self.pixel_source, "source_pixels", 0)) if self.pixel_source is not None else 0
-        left += max(0, self.pixels_total - read) * self.rates.pixel
+        left += max(0, self.pixels_total - self._pixels_read(now)) * self.rates.pixel
         return left + max(0.0, self._price(self.lump) - (now - self.lump_start))
 
     def _share(self, now: float) -> float:
@@ -209,6 +227,7 @@ class WorkMeter:
     def reading(self, pyramid: Any) -> None:
         """The exact base pass may start on `pyramid` (its `source_pixels` counts what was read)."""
         self.pixel_source, self.pixel_t0 = pyramid, self.clock()
+        self.pixel_seen = (0, self.pixel_t0)
 
     # -- messages ----------------------------------------------------------------------------------
     def _send(self, stage: str, level: Optional[int], fraction: float, message: str, now: float) -> None:
@@ -240,7 +259,20 @@ class WorkMeter:
         if self.planned:  # a short job gets more frequent messages: no silence of a large share of it
             interval = min(HEARTBEAT_S, max(0.02, 0.1 * (now - self.t0 + self._remaining(now))))
         if now - self.last_sent >= interval and self.last[0] is not None:
-            self._send(*self.last, now)
+            with self._lock:
+                stage_message = self.last
+                self._send_locked(*self._reading_news(*stage_message), now)
+                self.last = stage_message  # the next heartbeat starts from the stage's own message again
+
+    def _reading_news(self, stage: str, level: Optional[int], fraction: float, message: str) -> tuple:
+        """The thumbnail's stage message, while the exact base pass under it still reads: what it reads
+        (on a large raster that is most of the job; "encoding the thumbnail" said nothing of it), and
+        the share read as the stage's fraction. Other stages: their own message."""
+        read = int(getattr(self.pixel_source, "source_pixels", 0)) if self.pixel_source is not None else 0
+        if stage != "encode" or level is not None or not 0 <= read < self.pixels_total:
+            return stage, level, fraction, message
+        return (stage, level, read / self.pixels_total, f"reading the raster for the thumbnail and base level: "
+                f"{read / 1e6:,.0f} of {self.pixels_total / 1e6:,.0f} million pixels")
 
 
 def tile_pixels(geo: Any, level: Any) -> int:

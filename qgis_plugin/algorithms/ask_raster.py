@@ -215,7 +215,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
 
     def _ask(self, backend: BackendSettings, request: AskRequest, feedback) -> dict[str, Any]:
         from ..deps import missing_zmq_text, zmq_problem
-        from ..progress import OverallProgress
+        from ..progress import OverallProgress, stage_text
 
         problem = zmq_problem()
         if problem:
@@ -227,7 +227,7 @@ class AskRasterAlgorithm(QgsProcessingAlgorithm):
 
         def on_progress(stage, level, fraction, message, overall=None):
             feedback.setProgress(bar.update(stage, level, fraction, overall))
-            feedback.setProgressText(f"{stage}" + (f" level {level}" if level is not None else ""))
+            feedback.setProgressText(stage_text(stage, level, message))
 
         opts = request.options
         bands = ",".join(map(str, opts.bands)) if opts.bands else "the backend's default"

@@ -9,40 +9,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from lrs_focus.samples import mosaic_vrt
 from lrs_focus.work_meter import Rates, WorkMeter
 
 LINE = re.compile(r"^\[(?P<stage>\w+)(?: level (?P<level>\d+))? +(?P<fraction>\d+)%(?: \| job +(?P<overall>\d+)%)?\] ")
-
-
-def mosaic_vrt(directory: Path, width: int = 20000, height: int = 15000, block: tuple[int, int] = (1000, 750)) -> Path:
-    """A width x height RGB raster made of one noisy GeoTIFF block repeated (a VRT): seconds to write,
-    and every pixel the base pass reads is really decoded by GDAL."""
-    from osgeo import gdal
-
-    bw, bh = block
-    tif = directory / "block.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(str(tif), bw, bh, 3, gdal.GDT_Byte, ["TILED=YES"])
-    rng = np.random.default_rng(0)
-    for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 256, size=(bh, bw), dtype=np.uint8))
-    ds = None
-    bands = []
-    for b in range(1, 4):
-        sources = "".join(
-            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">block.tif</SourceFilename><SourceBand>{b}</SourceBand>"
-            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{bw}\" ySize=\"{bh}\"/>"
-            f"<DstRect xOff=\"{x}\" yOff=\"{y}\" xSize=\"{bw}\" ySize=\"{bh}\"/></SimpleSource>"
-            for y in range(0, height, bh) for x in range(0, width, bw))
-        bands.append(f"<VRTRasterBand dataType=\"Byte\" band=\"{b}\">{sources}</VRTRasterBand>")
-    vrt = directory / "mosaic.vrt"
-    vrt.write_text(f"<VRTDataset rasterXSize=\"{width}\" rasterYSize=\"{height}\">"
-                   "<GeoTransform>500000, 1, 0, 4000000, 0, -1</GeoTransform>" + "".join(bands) + "</VRTDataset>")
-    return vrt
 
 
 def timed_messages(cmd: list[str], env: dict) -> tuple[list[tuple[float, dict]], int, str]:
@@ -155,3 +128,64 @@ def test_qwen_vl_questions_report_overall_too(sentinel2_vrt):
     assert None not in planned, sent
     assert planned == sorted(planned) and planned[-1] == 1.0
     assert 0 < planned[0] < 1
+
+
+def test_heartbeats_of_the_base_pass_say_what_it_reads():
+    """On a large raster the exact base pass under "encoding the thumbnail" is most of the job: its
+    heartbeats say how much of the raster is read (as the stage's fraction too), then the stage's
+    own message comes back once the pass is done."""
+    from types import SimpleNamespace
+
+    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
+
+    now = [0.0]
+    sent = []
+    meter = WorkMeter(lambda *a, overall=None: sent.append((*a, overall)), None, Rates(), clock=lambda: now[0])
+    geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
+    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_721_403_450)
+    meter.check("encode", None, 0.0, "encoding the thumbnail")
+    pass_ = SimpleNamespace(source_pixels=0)
+    meter.reading(pass_)
+    meter.start("thumbnail")
+    for read in (0, 400_000_000, 1_721_403_450):
+        pass_.source_pixels = read
+        now[0] += 1.0
+        meter.beat()
+    stage, level, fraction, message, _ = sent[-3]
+    assert (stage, level, fraction) == ("encode", None, 0.0)
+    assert message == "reading the raster for the thumbnail and base level: 0 of 1,721 million pixels"
+    assert sent[-2][2] == pytest.approx(400 / 1721.40345) and "400 of 1,721 million" in sent[-2][3]
+    assert sent[-1][2:4] == (0.0, "encoding the thumbnail")  # read: the stage's own message again
+    meter.check("encode", 0, 0.0, "encoding 9 base tiles")
+    now[0] += 1.0
+    meter.beat()
+    assert sent[-1][3] == "encoding 9 base tiles"
+
+
+def test_overall_keeps_moving_while_a_band_of_the_base_pass_is_read():
+    """The base pass counts its pixels per band (a quarter of a large raster, seconds each): between two
+    counts `overall` kept still for the band's whole read, then jumped (seen in QGIS: 27 % for 5 s, then
+    49 %). The band in flight now counts at the measured rate, so every heartbeat moves the bar a little."""
+    from types import SimpleNamespace
+
+    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
+
+    now = [0.0]
+    sent = []
+    meter = WorkMeter(lambda *a, overall=None: sent.append((now[0], overall)), None, Rates(), clock=lambda: now[0])
+    geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
+    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_600_000_000)
+    meter.check("encode", None, 0.0, "encoding the thumbnail")
+    pass_ = SimpleNamespace(source_pixels=0)
+    meter.reading(pass_)
+    meter.start("thumbnail")
+    for step in range(1, 61):  # 4 bands of 400 Mpx, 7.5 s each (a rate 12x the default's)
+        now[0] += 0.5
+        if step % 15 == 0:
+            pass_.source_pixels += 400_000_000
+        meter.beat()
+    during = [o for t, o in sent if 8.0 <= t < 30.0]  # from the first band's count on
+    assert all(b > a for a, b in zip(during, during[1:])), during
+    steps = [b - a for a, b in zip(during, during[1:])]
+    assert max(steps) < 0.05, steps  # no jump at a band's end
+    assert abs(during[-1] - 29.5 / 30.0) < 0.1

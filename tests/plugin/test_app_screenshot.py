@@ -131,3 +131,31 @@ def test_missing_pyzmq_is_explained_not_a_traceback(plugin_zip, sentinel2_vrt, t
     assert not doc["ask_enabled"] and "without pyzmq" in doc["backend_on_show"]
     assert not any("Traceback" in m or "Python error" in m for m in doc["messages"]), doc["messages"]
     assert "Traceback" not in done.stderr
+
+
+def test_progress_bar_shows_overall_and_cancel_says_so(plugin_zip, backend, sentinel2_vrt, tmp_path):
+    """Full QGIS, the real backend: the worker is held at a real message with overall >= 0.2 while the
+    dock is read (the bar shows the backend's figure, 0.4 -> 40, not a stage span; the line is the
+    message); then Cancel mid-run on a 20000 x 15000 raster: the line says so until the backend stopped."""
+    from lrs_focus.samples import mosaic_vrt
+
+    (tmp_path / "big").mkdir()
+    big = mosaic_vrt(tmp_path / "big", 48000, 36000)  # still reading after the cancel's 2 s wait
+    doc, _ = run_full_qgis("progress", plugin_zip, backend.endpoint, sentinel2_vrt, tmp_path, {"LRS_SHOT_BIG": str(big)})
+    held = doc["held"]
+    print(f"held at {held}; cancel at {doc.get('cancel_at')}, {doc.get('worker_messages_after_cancel')} messages after it, "
+          f"cancelled in {doc.get('cancel_seconds', 0):.2f} s; bar values {doc['bar_values']}")
+    assert held["overall"] >= 0.2 and held["bar"] == round(100 * held["overall"]), held
+    assert held["bar_text"] == f"{held['bar']}%" and held["stage_line"] == held["message"], held
+    assert doc["bar_values"] == sorted(doc["bar_values"]) and doc["bar_values"][-1] == 100, doc["bar_values"]
+    assert doc["answer"] and doc["stage_after_answer"].startswith("done in ")
+    cancel = doc["cancel_at"]
+    assert cancel["line"] == f"cancelling at {cancel['bar']} %: waiting for the backend to stop..." and \
+        not cancel["cancel_enabled"], cancel
+    # messages on their way reach the worker after it, and move neither the line nor QGIS's task bar
+    assert doc["worker_messages_after_cancel"] >= 1, doc
+    assert doc["lines_after_cancel"] and all(line == cancel["line"] for line in doc["lines_after_cancel"]), doc
+    assert {round(p) for p in doc["task_progress_after_cancel"]} == {cancel["bar"]}, doc
+    assert doc["worker_held"] and doc["stage"] == "cancelled" and 2 <= doc["cancel_seconds"] < 12, doc
+    assert (tmp_path / "out" / "held.png").stat().st_size > 20_000
+    assert (tmp_path / "out" / "cancelling.png").stat().st_size > 20_000

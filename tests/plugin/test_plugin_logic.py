@@ -81,12 +81,23 @@ def test_progress_follows_the_backends_overall_and_falls_back_without_it(pure):
     progress = pure[1]
     bar = progress.OverallProgress()
     assert bar.update("open", None, 0.0) == progress.position("open", None, 0.0)  # no overall yet: spans
-    lo, hi = progress.JOB_SPAN
-    assert bar.update("encode", None, 0.0, 0.5) == pytest.approx(lo + (hi - lo) * 0.5)  # thumbnail at half the job
-    assert bar.update("encode", 0, 0.0, 0.4) == pytest.approx(lo + (hi - lo) * 0.5)  # never back
-    assert bar.update("done", None, 1.0, 1.0) == 100
+    assert bar.update("encode", None, 0.0, 0.01) == progress.position("open", None, 0.0)  # waits for overall
+    assert round(bar.update("encode", None, 0.0, 0.29)) == 29  # the backend's own figure (`job 29%`)
+    assert bar.update("encode", None, 0.0, 0.5) == 50  # thumbnail (its base pass) at half the job
+    assert bar.update("encode", 0, 0.0, 0.4) == 50  # never back
+    assert bar.update("generate", None, 0.0, 1.5) == 100 and bar.update("done", None, 1.0, 1.0) == 100
     old = progress.OverallProgress()
     assert old.update("encode", None, 0.0) == progress.position("encode", None, 0.0) < 15
+
+
+def test_stage_line_is_the_backends_message(pure):
+    """The backend's message names stage and level already ("encode (level 2): encoded 16/34 tiles of
+    level 2" said it twice); a message without text gets the stage in words."""
+    progress = pure[1]
+    assert progress.stage_text("encode", 2, "encoded 16/34 tiles of level 2") == "encoded 16/34 tiles of level 2"
+    assert progress.stage_text("focus", 3, "") == "scoring tiles (level 3)"
+    assert progress.stage_text("generate", None, "") == "writing the answer"
+    assert progress.stage_text("mystery", None, "") == "mystery"
 
 
 def test_results_location(pure, tmp_path):

@@ -173,3 +173,37 @@ def test_a_process_without_torch_gets_torchs_index_rule_from_a_probe_then_its_ca
     doc = json.loads(cache.read_text())
     cache.write_text(json.dumps({"key": doc["key"], "fused": not doc["fused"]}))
     assert run()[0] == str(int(not doc["fused"]))  # the cache is what answered
+
+
+
+class _HugeGatherSource(_HugeSource):
+    """The same raster read as RasterSource and the confined readers read it: `gather` in block-aligned
+    strips (pixels not computed: only what the pyramid counts matters here)."""
+
+    block_size = (256, 256)
+
+    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, sink=None):
+        self.reads.append(len(rows) * len(cols))
+        if sink is None:
+            return np.zeros((len(rows), len(cols), 3), dtype=np.uint8)
+        for part in np.array_split(np.asarray(rows), 3):  # streamed in pieces, as the base pass reads
+            if part.size:
+                sink(part, np.asarray(cols), np.zeros((part.size, len(cols), 3), dtype=np.uint8))
+        return None
+
+
+def test_base_pass_plan_counts_what_the_pass_reads(tmp_path):
+    """The work meter prices the base pass with `base_pass_pixels()` and measures it with `source_pixels`:
+    they must be the same count. A large raster's sample rows are sparse, and a read through `gather`
+    spans every row between them: a plan of only the sample runs was 6x short here (and on a 48000 x
+    36000 VRT), so `overall` ran ahead, then stalled, in the plugin's bar."""
+    gdal.GetDriverByName("GTiff").Create(str(tmp_path / "tall.tif"), 3000, 6000, 3, gdal.GDT_Byte,
+                                         options=["TILED=YES", "SPARSE_OK=TRUE"])  # closed at once: empty, sparse
+    src = RasterSource.open(str(tmp_path / "tall.tif"), percentiles=None)
+    for source in (_HugeGatherSource(), src, _HugeSource()):  # gather strips; strips of sample runs read here
+        pyr = ExactPyramid(source, TINY)
+        planned = pyr.base_pass_pixels()
+        pyr.base_image()
+        assert planned == pyr.source_pixels > 0, type(source).__name__
+        assert pyr.base_pass_pixels() == 0
+    src.close()

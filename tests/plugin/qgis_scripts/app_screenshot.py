@@ -7,6 +7,9 @@ LRS_SHOT_MODE this
 - "nozmq": does nothing but look (QGIS was started with a Python path where pyzmq fails to import);
 - "notices": the start-up health check fails (nothing at the configured endpoint), then a question
   to LRS_SHOT_LIVE is cancelled: which notices stay in the message bar;
+- "progress": asks, holds the task's worker at the first progress message with overall >= 0.2 while
+  the dock is read and shot (what a user sees at that moment), lets it finish; then asks about
+  LRS_SHOT_BIG and presses Cancel at its first base-pass heartbeat: what the stage line says until the end;
 then lets the canvas render, saves a PNG of the main window and a JSON report, and quits QGIS.
 
 Arguments come from the environment: LRS_SHOT_MODE, LRS_SHOT_RASTER, LRS_SHOT_QUESTION,
@@ -15,6 +18,7 @@ LRS_SHOT_ENDPOINT, LRS_SHOT_PNG, LRS_SHOT_REPORT, LRS_SHOT_OUT (a folder for Pro
 
 import json
 import os
+import threading
 import time
 
 import qgis.utils
@@ -84,6 +88,8 @@ def start():
         later(4000, ask_and_cancel)
     elif MODE == "processing":
         later(1500, run_processing)
+    elif MODE == "progress":
+        ask_and_hold()
     else:
         report["backend_on_show"] = plugin.dock.backend.text()
         report["dependency_note"] = plugin.dock.dependency_note.text() if plugin.dock.dependency_note.isVisible() else ""
@@ -132,6 +138,119 @@ def wait_cancel():
         return
     state["report"]["stage"] = plugin.dock.stage.text()
     later(2500, shoot)
+
+
+def hold_progress(hold):
+    """Every AskTask delivers its progress messages, then calls `hold(stage, level, fraction, message,
+    overall)` in its worker thread. Patched on the class before Ask is pressed: the worker may reach
+    the ask before an attribute of the task could be set."""
+    from lrs_focus_plugin.ask_task import AskTask
+
+    deliver = state.setdefault("deliver", AskTask._on_progress)
+
+    def held(task, stage, level, fraction, message, overall=None):
+        deliver(task, stage, level, fraction, message, overall)
+        hold(stage, level, fraction, message, overall)
+
+    AskTask._on_progress = held
+
+
+def ask_and_hold():
+    """The worker thread waits at one real message until the main thread has read the dock."""
+    plugin, report = state["plugin"], state["report"]
+    resume = threading.Event()
+    report["bar_values"] = []
+
+    def hold(stage, level, fraction, message, overall):
+        if overall is not None and overall >= 0.2 and "held" not in state:
+            state["held"] = {"stage": stage, "level": level, "message": message, "overall": overall}
+            resume.wait(20)
+
+    hold_progress(hold)
+    plugin.dock.ask_button.click()
+    task = plugin.task
+    task.progressChanged.connect(lambda _p: report["bar_values"].append(plugin.dock.progress.value()))
+
+    def look():
+        if "held" not in state and plugin.task is not None:
+            later(50, look)
+            return
+        if "held" in state and not state.get("settled"):
+            state["settled"] = True  # the signals the worker emitted before it stopped: delivered in 300 ms
+            later(300, look)
+            return
+        if "held" in state:
+            dock = plugin.dock
+            report["held"] = dict(state["held"], bar=dock.progress.value(), bar_text=dock.progress.text(),
+                                  stage_line=dock.stage.text())
+            shoot_window("held")
+        resume.set()
+        later(250, wait_then_cancel_big)
+
+    later(50, look)
+
+
+def wait_then_cancel_big():
+    plugin, report = state["plugin"], state["report"]
+    if plugin.task is not None and time.monotonic() - state["t0"] < 150:
+        later(250, wait_then_cancel_big)
+        return
+    report["answer"] = plugin.dock.answer.toPlainText()
+    report["stage_after_answer"] = plugin.dock.stage.text()
+    big = iface.addRasterLayer(os.environ["LRS_SHOT_BIG"], "large raster")
+    plugin.dock.layer_combo.setLayer(big)
+    report.update(lines_after_cancel=[], task_progress_after_cancel=[], worker_messages_after_cancel=0)
+    resume = threading.Event()
+
+    def reading(message):  # a heartbeat of the base pass: more come every 0.5 s while it reads
+        return message.startswith("reading the raster")
+
+    def hold(stage, level, fraction, message, overall):
+        """The first heartbeat of the base pass waits until Cancel was pressed and 2 s more: the
+        backend's messages of that time queue up, as they are on their way when a user presses Cancel."""
+        if resume.is_set():
+            report["worker_messages_after_cancel"] += 1
+        elif reading(message):
+            state["cancel_hold_t"] = time.monotonic()
+            resume.wait(20)
+
+    hold_progress(hold)
+    plugin.dock.ask_button.click()
+    task = plugin.task
+
+    def on_stage(_stage, text):
+        dock = plugin.dock
+        if "cancel_at" not in report and reading(text):
+            state["cancel_t"] = time.monotonic()
+            dock.cancel_button.click()
+            report["cancel_at"] = {"bar": dock.progress.value(), "line": dock.stage.text(),
+                                   "cancel_enabled": dock.cancel_button.isEnabled()}
+            later(30, lambda: shoot_window("cancelling"))
+            later(2000, resume.set)
+
+    task.stageChanged.connect(on_stage)  # after the plugin's own slot: the dock is updated
+    later(250, wait_cancelled)
+
+
+def wait_cancelled():
+    plugin = state["plugin"]
+    if plugin.task is not None and time.monotonic() - state["t0"] < 150:
+        if "cancel_at" in state["report"]:  # what the dock and QGIS's task bar show meanwhile
+            state["report"]["lines_after_cancel"].append(plugin.dock.stage.text())
+            state["report"]["task_progress_after_cancel"].append(plugin.task.progress())
+        later(250, wait_cancelled)
+        return
+    report = state["report"]
+    report["stage"] = plugin.dock.stage.text()
+    report["bar_after_cancel"] = plugin.dock.progress.value()
+    report["cancel_seconds"] = time.monotonic() - state.get("cancel_t", time.monotonic())
+    report["worker_held"] = "cancel_hold_t" in state
+    later(1000, shoot)
+
+
+def shoot_window(name):
+    """An extra PNG of the main window in LRS_SHOT_OUT (the test keeps them with LRS_FOCUS_SCREENSHOTS)."""
+    iface.mainWindow().grab().save(os.path.join(os.environ["LRS_SHOT_OUT"], f"{name}.png"))
 
 
 def run_processing():
