@@ -130,23 +130,29 @@ def test_qwen_vl_questions_report_overall_too(sentinel2_vrt):
     assert 0 < planned[0] < 1
 
 
-def test_heartbeats_of_the_base_pass_say_what_it_reads():
-    """On a large raster the exact base pass under "encoding the thumbnail" is most of the job: its
-    heartbeats say how much of the raster is read (as the stage's fraction too), then the stage's
-    own message comes back once the pass is done."""
+def _meter_reading(pixels: int, send, now: list) -> tuple:
+    """A meter (fake clock `now[0]`) planned for a 48000 x 36000 paper question whose exact base pass of
+    `pixels` has started: (meter, the pass whose `source_pixels` the test sets)."""
     from types import SimpleNamespace
 
     from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
 
-    now = [0.0]
-    sent = []
-    meter = WorkMeter(lambda *a, overall=None: sent.append((*a, overall)), None, Rates(), clock=lambda: now[0])
+    meter = WorkMeter(send, None, Rates(), clock=lambda: now[0])
     geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
-    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_721_403_450)
+    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=pixels)
     meter.check("encode", None, 0.0, "encoding the thumbnail")
     pass_ = SimpleNamespace(source_pixels=0)
     meter.reading(pass_)
     meter.start("thumbnail")
+    return meter, pass_
+
+
+def test_heartbeats_of_the_base_pass_say_what_it_reads():
+    """On a large raster the exact base pass under "encoding the thumbnail" is most of the job: its
+    heartbeats say how much of the raster is read (as the stage's fraction too), then the stage's
+    own message comes back once the pass is done."""
+    now, sent = [0.0], []
+    meter, pass_ = _meter_reading(1_721_403_450, lambda *a, overall=None: sent.append((*a, overall)), now)
     for read in (0, 400_000_000, 1_721_403_450):
         pass_.source_pixels = read
         now[0] += 1.0
@@ -166,19 +172,8 @@ def test_overall_keeps_moving_while_a_band_of_the_base_pass_is_read():
     """The base pass counts its pixels per band (a quarter of a large raster, seconds each): between two
     counts `overall` kept still for the band's whole read, then jumped (seen in QGIS: 27 % for 5 s, then
     49 %). The band in flight now counts at the measured rate, so every heartbeat moves the bar a little."""
-    from types import SimpleNamespace
-
-    from lrs_focus.pyramid import PyramidConfig, PyramidGeometry
-
-    now = [0.0]
-    sent = []
-    meter = WorkMeter(lambda *a, overall=None: sent.append((now[0], overall)), None, Rates(), clock=lambda: now[0])
-    geo = PyramidGeometry(36000, 48000, PyramidConfig(tile_size=56, base_long_side=168, tokens_per_tile=4))
-    meter.plan(geo, "paper", 80, 0.25, 40, 16, (2, 2), 16, 8192, pixels=1_600_000_000)
-    meter.check("encode", None, 0.0, "encoding the thumbnail")
-    pass_ = SimpleNamespace(source_pixels=0)
-    meter.reading(pass_)
-    meter.start("thumbnail")
+    now, sent = [0.0], []
+    meter, pass_ = _meter_reading(1_600_000_000, lambda *a, overall=None: sent.append((now[0], overall)), now)
     for step in range(1, 61):  # 4 bands of 400 Mpx, 7.5 s each (a rate 12x the default's)
         now[0] += 0.5
         if step % 15 == 0:
