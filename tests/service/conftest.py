@@ -233,3 +233,15 @@ def http_server():
     server = CountingHttpServer()
     yield server
     server.close()
+
+
+
+def root_and_outside(base: Path, ok_size: int = 64) -> tuple[Path, Path]:
+    """An allowed root holding ok.tif and, beside it, a folder outside the roots holding secret.tif:
+    what the attacks on the readers try to reach."""
+    root, outside = base / "root", base / "outside"
+    root.mkdir()
+    outside.mkdir()
+    small_geotiff(root / "ok.tif", size=ok_size)
+    small_geotiff(outside / "secret.tif")
+    return root, outside

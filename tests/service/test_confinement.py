@@ -20,7 +20,7 @@ from lrs_focus.client import Client, ServiceError
 from lrs_focus.raster import RasterSource
 
 from . import attack_rasters as A
-from .conftest import ServeCli, small_geotiff
+from .conftest import ServeCli, root_and_outside, small_geotiff
 
 pytestmark = pytest.mark.skipif(__import__("lrs_focus.readers.confine", fromlist=["x"]).landlock_abi() < 4,
                                 reason="needs a kernel with Landlock ABI >= 4")
@@ -54,12 +54,7 @@ class Listener:
 
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
-    base = tmp_path_factory.mktemp("confined")
-    root, outside = base / "root", base / "outside"
-    root.mkdir()
-    outside.mkdir()
-    small_geotiff(root / "ok.tif")
-    small_geotiff(outside / "secret.tif")
+    root, outside = root_and_outside(tmp_path_factory.mktemp("confined"))
     listener = Listener()
     rasters = {**A.source_escapes(root, outside), "aux_overview_outside": A.overview_escape(root, outside),
                "outside_by_link": str(root / "link.tif"), "passwd_direct": "/etc/passwd",

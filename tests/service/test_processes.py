@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lrs_focus import protocol as P
 from lrs_focus.client import Client, ServiceError
 
-from .conftest import ServeCli, run_cli, small_geotiff
+from .conftest import ServeCli, root_and_outside, run_cli, small_geotiff
 from .strategies import Conversation, requests
 from .test_hardening import ISSUE_FRAMES
 
@@ -27,12 +27,7 @@ N_PROCESS_EXAMPLES = 200
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """One `serve` process for the module: allowed root with a GeoTIFF, a FIFO, hostile VRTs."""
-    base = tmp_path_factory.mktemp("served")
-    root, outside = base / "root", base / "outside"
-    root.mkdir()
-    outside.mkdir()
-    small_geotiff(root / "ok.tif")
-    small_geotiff(outside / "secret.tif")
+    root, outside = root_and_outside(tmp_path_factory.mktemp("served"))
     os.mkfifo(root / "pipe.tif")
     (root / "escape.tif").symlink_to(outside / "secret.tif")
     server = ServeCli("--allow-root", str(root), "--queue-size", "4", "--max-new-tokens-limit", "8",

@@ -18,19 +18,14 @@ from lrs_focus.raster import RasterSource
 from lrs_focus.readers.confine import landlock_abi
 from lrs_focus.readers.pool import ReaderPool
 
-from .conftest import small_geotiff
+from .conftest import root_and_outside, small_geotiff
 
 pytestmark = pytest.mark.skipif(landlock_abi() < 4, reason="needs a kernel with Landlock ABI >= 4")
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    base = tmp_path_factory.mktemp("readers")
-    root, outside = base / "root", base / "outside"
-    root.mkdir()
-    outside.mkdir()
-    small_geotiff(root / "ok.tif", size=200)
-    small_geotiff(outside / "secret.tif")
+    root, outside = root_and_outside(tmp_path_factory.mktemp("readers"), ok_size=200)
     os.mkfifo(root / "pipe_metadata.txt")
     small_geotiff(root / "pipe.tif")
     return root, outside
@@ -50,12 +45,19 @@ def _run_confined(code: str, root: Path) -> subprocess.CompletedProcess:
                           env=dict(os.environ, ROOT=str(root)))
 
 
-def test_landlock_alone_denies_files_outside_and_tcp(files, tmp_path):
-    root, outside = files
+@pytest.fixture
+def loopback_port():
+    """A listening TCP port on 127.0.0.1 (what a confined reader must not reach), closed afterwards."""
     server = __import__("socket").socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
-    port = server.getsockname()[1]
+    yield server.getsockname()[1]
+    server.close()
+
+
+def test_landlock_alone_denies_files_outside_and_tcp(files, loopback_port):
+    root, outside = files
+    port = loopback_port
     done = _run_confined(
         "import os\n"
         "confine.landlock([os.environ['ROOT']], child.system_paths())\n"
@@ -67,7 +69,6 @@ def test_landlock_alone_denies_files_outside_and_tcp(files, tmp_path):
         "except PermissionError: print('denied')\n"
         f"try: socket.create_connection(('127.0.0.1', {port}), timeout=5); print('CONNECTED')\n"
         "except PermissionError: print('denied')\n", root)
-    server.close()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["denied"] * 5
 
@@ -294,12 +295,9 @@ def test_a_large_gather_splits_rows_over_the_free_readers(pool, files, monkeypat
         assert (seen == 1).all() and np.array_equal(got, full[rows][:, cols])
 
 
-def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):
+def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files, loopback_port):
     """--allow-remote: Landlock lets TCP connect reach ports 80 and 443 only (hosts are the policy's)."""
-    server = __import__("socket").socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
+    port = loopback_port
     done = _run_confined(
         "import os\n"
         "confine.landlock([os.environ['ROOT']], child.system_paths(True), tcp_ports=[80, 443])\n"
@@ -308,7 +306,6 @@ def test_with_remote_access_readers_may_connect_to_the_web_ports_only(files):
         "try: socket.create_connection(('127.0.0.1', 443), timeout=5); print('CONNECTED')\n"
         "except PermissionError: print('denied')\n"
         "except OSError: print('allowed')\n", files[0])
-    server.close()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["denied", "allowed"]  # 443: refused by no listener, not by the kernel
 
