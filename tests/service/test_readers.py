@@ -61,7 +61,7 @@ def test_landlock_alone_denies_files_outside_and_tcp(files, loopback_port):
     done = _run_confined(
         "import os\n"
         "confine.landlock([os.environ['ROOT']], child.system_paths())\n"
-        f"open(os.environ['ROOT'] + '/ok.tif', 'rb').read(4)\n"
+        "open(os.environ['ROOT'] + '/ok.tif', 'rb').read(4)\n"
         "for path in [" + repr(str(outside / "secret.tif")) + ", '/etc/passwd', '/dev/zero']:\n"
         "    try: open(path, 'rb'); print('READ', path)\n"
         "    except PermissionError: print('denied')\n"

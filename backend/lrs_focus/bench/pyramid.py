@@ -243,8 +243,6 @@ def zoom_plan(geo, n_max: int, seed: int) -> list[tuple[int, list[tuple[int, int
 
 def _measure_ours(raster: str, n_max: int, overviews: bool, seed: int, pixels: str = "gdal",
                   workers: int = 1) -> dict:
-    import numpy as np
-
     from ..exact_pixels import ExactPyramid
     from ..pyramid import ImagePyramid
     from ..raster import RasterSource
