@@ -138,8 +138,7 @@ class ConfinedSource:
         # group would not fit a reader's shared memory (in columns too where one row would not);
         # streamed to a sink: pieces of at most STRIP_BYTES, so that the caller never holds much more
         budget = self.pool.shm_bytes if sink is None else min(self.pool.shm_bytes, STRIP_BYTES)
-        piece_cols = max(1, min(cols.size, budget // 3))
-        piece_rows = max(1, budget // (3 * piece_cols))
+        piece_rows, piece_cols = _piece_shape(cols.size, budget)
         chunks, start = [], 0
         for group in split_rows(rows, self.block_size[1], len(self._readers)):
             chunks += [((start + a, start + b), (c, min(c + piece_cols, cols.size)))
@@ -268,11 +267,16 @@ class ConfinedSource:
                 self._cond.notify_all()
 
 
+def _piece_shape(w: int, budget: int) -> tuple[int, int]:
+    """(rows, cols) of an RGB piece of at most `budget` bytes from w columns: whole rows where a row
+    fits, else columns cut too."""
+    cols = max(1, min(w, budget // 3))
+    return max(1, budget // (3 * cols)), cols
+
+
 def _pieces(h: int, w: int, shm_bytes: int) -> list:
-    """((row0, row1), (col0, col1)) pieces of an h x w RGB answer, each at most shm_bytes: whole
-    rows where a row fits, else columns cut too."""
-    cols = max(1, min(w, shm_bytes // 3))
-    rows = max(1, shm_bytes // (3 * cols))
+    """((row0, row1), (col0, col1)) pieces of an h x w RGB answer, each at most shm_bytes (`_piece_shape`)."""
+    rows, cols = _piece_shape(w, shm_bytes)
     return [((a, min(h, a + rows)), (c, min(w, c + cols))) for a in range(0, h, rows) for c in range(0, w, cols)]
 
 
