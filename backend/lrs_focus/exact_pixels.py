@@ -92,6 +92,7 @@ class SampleGrid:
             # In place where it can be: the same operations in the same order, fewer passes.
             y0, y1 = ry0[a:b], ry1[a:b]
             used_r = np.unique(np.concatenate([y0, y1]))
+            # the band's rows first where they are few (a wide grid's row copy is cheap), else columns
             rows = self.pixels[used_r] if used_r.size * 2 < self.rows.size else self.pixels
             at = used_r if rows is self.pixels else np.arange(used_r.size)
             left = np.take(rows, cx0, axis=1)[at].reshape(used_r.size, w3).astype(np.float32)
@@ -158,9 +159,10 @@ class ExactPyramid(LazyTiles):
         self._count = threading.Lock()
 
     # -- reading --------------------------------------------------------------------------------
-    def _gather(self, rows: np.ndarray, cols: np.ndarray, **kw) -> SampleGrid:
+    def _gather(self, rows: np.ndarray, cols: np.ndarray, **kw) -> Optional[SampleGrid]:
         """uint8 source pixels at the given sorted rows/cols: `src.gather` (parallel block-aligned
-        strips) when the source has one, else strips of <= STRIP_BYTES read here one by one."""
+        strips) when the source has one (None when a `sink` takes the pieces), else strips of
+        <= STRIP_BYTES read here one by one."""
         gather = getattr(self.src, "gather", None)
         if gather is not None:
             kw.setdefault("check", self.check)
@@ -382,9 +384,9 @@ class ExactPyramid(LazyTiles):
 
                 run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
                 del grid
-                give_back_freed_memory()  # the row's samples and strips, freed on several threads
                 for c in cols_here:
                     self._remember((lv.index, row, c), _frozen(out[first[(row, c)]].copy()))
+            give_back_freed_memory()  # the rows' samples, freed on several threads (once: rows reuse them)
         else:
             for p in todo:
                 out[first[p]] = self.tile(lv, *p)
