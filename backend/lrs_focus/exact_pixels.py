@@ -363,9 +363,8 @@ class ExactPyramid(LazyTiles):
             if p in first:
                 continue
             first[p] = i
-            hit = self._cache.get((lv.index, *p))
+            hit = self._recall((lv.index, *p))
             if hit is not None:
-                self._cache.move_to_end((lv.index, *p))
                 out[i] = hit
             else:
                 todo.append(p)

@@ -304,9 +304,8 @@ class LazyTiles:
         """(B, B, 3): the tile's image part, padding beyond the image; read-only, LRU-cached."""
         lv = self.geometry.level(level)
         key = (lv.index, int(row), int(col))
-        hit = self._cache.get(key)
+        hit = self._recall(key)
         if hit is not None:
-            self._cache.move_to_end(key)
             return hit
         ch, cw = self.geometry.tile_content(lv, row, col)
         out = self._blank()
@@ -318,6 +317,13 @@ class LazyTiles:
         out.setflags(write=False)
         self._remember(key, out)
         return out
+
+    def _recall(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        """The cached tile (now the most recently used), or None."""
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+        return hit
 
     def _remember(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
         if self.cache_tiles:
