@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_columns
+from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -66,8 +66,9 @@ class SampleGrid:
     def nbytes(self) -> int:
         return int(self.pixels.nbytes)
 
-    def resize(self, index_y, index_x, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis (into `out`)."""
+    def resize(self, index_y, index_x, out: Optional[np.ndarray] = None, workers: int = 1) -> np.ndarray:
+        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis (into `out`);
+        bands of output rows on up to `workers` threads (a whole level: the base, the thumbnail)."""
         (yi0, yi1, ly), (xi0, xi1, lx) = index_y, index_x
         ry0, ry1 = np.searchsorted(self.rows, yi0), np.searchsorted(self.rows, yi1)
         cx0, cx1 = np.searchsorted(self.cols, xi0), np.searchsorted(self.cols, xi1)
@@ -84,7 +85,9 @@ class SampleGrid:
         wx0 = np.float32(1.0) - wx1
         mean, std = np.tile(_MEAN, lx.size), np.tile(_STD, lx.size)
         flat = out.reshape(ly.size, w3)
-        for a in range(0, ly.size, RESIZE_ROWS):  # output rows in bands: float32 temporaries stay small
+        pixels = self.pixels.view(np.dtype((np.void, 3)))[..., 0]
+
+        def band(a: int) -> None:  # output rows [a, a + RESIZE_ROWS): float32 temporaries stay small
             b = min(ly.size, a + RESIZE_ROWS)
             # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
             # normalisation is affine, so this is F.interpolate of the normalised image up to float32
@@ -92,12 +95,14 @@ class SampleGrid:
             # In place where it can be: the same operations in the same order, fewer passes.
             y0, y1 = ry0[a:b], ry1[a:b]
             used_r = np.unique(np.concatenate([y0, y1]))
-            # the band's rows first where they are few (a wide grid's row copy is cheap), else columns
-            rows = self.pixels[used_r] if used_r.size * 2 < self.rows.size else self.pixels
-            at = used_r if rows is self.pixels else np.arange(used_r.size)
-            left = np.take(rows, cx0, axis=1)[at].reshape(used_r.size, w3).astype(np.float32)
-            right = np.take(rows, cx1, axis=1)[at].reshape(used_r.size, w3).astype(np.float32)
-            del rows
+
+            def taken(cx: np.ndarray) -> np.ndarray:
+                # the band's rows x these columns in one step, a pixel per item: neither a copy of
+                # whole rows (5.6 MB a band of a level's grid at 27k) nor the columns of unused rows
+                picked = pixels[used_r[:, None], cx[None, :]].view(np.uint8)
+                return picked.reshape(used_r.size, w3).astype(np.float32)
+
+            left, right = taken(cx0), taken(cx1)
             np.multiply(left, wx0, out=left)
             np.multiply(right, wx1, out=right)
             along_x = np.add(left, right, out=left)
@@ -108,11 +113,13 @@ class SampleGrid:
             del along_x, left
             np.multiply(top, wy0, out=top)
             np.multiply(bottom, wy1, out=bottom)
-            band = flat[a:b]
-            np.add(top, bottom, out=band)
-            band /= np.float32(255.0)
-            band -= mean
-            band /= std
+            rows_out = flat[a:b]
+            np.add(top, bottom, out=rows_out)
+            rows_out /= np.float32(255.0)
+            rows_out -= mean
+            rows_out /= std
+
+        run_bounded(band, list(range(0, ly.size, RESIZE_ROWS)), workers)
         if into is not None and into is not out:
             into[...] = out
             return into
@@ -225,9 +232,10 @@ class ExactPyramid(LazyTiles):
         start, delivered = self.source_pixels, [0]
 
         def count(piece_rows: np.ndarray, piece_cols: np.ndarray) -> None:
+            r0, r1 = np.searchsorted(rows, [piece_rows[0], piece_rows[-1] + 1])
             c0, c1 = np.searchsorted(cols, [piece_cols[0], piece_cols[-1] + 1])
             with self._count:
-                delivered[0] += piece_rows.size * int(c1 - c0)
+                delivered[0] += int(r1 - r0) * int(c1 - c0)
                 self.source_pixels = start + span * delivered[0] // (rows.size * cols.size)
 
         def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
@@ -235,8 +243,8 @@ class ExactPyramid(LazyTiles):
                 lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
                 clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
                 if hi > lo and chi > clo:
-                    picked = pixels[np.searchsorted(piece_rows, r[lo:hi])]
-                    out[key][lo:hi, clo:chi] = take_columns(picked, np.searchsorted(piece_cols, c[clo:chi]))
+                    out[key][lo:hi, clo:chi] = take_grid(pixels, np.searchsorted(piece_rows, r[lo:hi]),
+                                                         np.searchsorted(piece_cols, c[clo:chi]))
 
         if getattr(self.src, "gather", None) is not None:
             def streamed(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
@@ -319,10 +327,12 @@ class ExactPyramid(LazyTiles):
         union = grids.pop(-1)
         for level, grid in grids.items():  # `grids` may be the engine's cache (get / in / setitem only)
             self.grids[level] = grid
-        level = union.resize(*i_base)
+        workers = int(getattr(self.src, "workers", 1))
+        level = union.resize(*i_base, workers=workers)
         thumb = self._blank()
-        thumb[:th, :tw] = union.resize(*i_thumb)
+        thumb[:th, :tw] = union.resize(*i_thumb, workers=workers)
         del union
+        give_back_freed_memory()  # the resizes' temporaries, freed on the workers' heaps
         for a in (level, thumb):
             a.setflags(write=False)
         self._base, self._thumbnail = level, thumb
@@ -383,9 +393,9 @@ class ExactPyramid(LazyTiles):
 
                 run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
                 del grid
-                for c in cols_here:
-                    self._remember((lv.index, row, c), _frozen(out[first[(row, c)]].copy()))
             give_back_freed_memory()  # the rows' samples, freed on several threads (once: rows reuse them)
+            for p in todo[-self.cache_tiles:] if self.cache_tiles else []:  # the LRU keeps the last ones only
+                self._remember((lv.index, *p), _frozen(out[first[p]].copy()))
         else:
             for p in todo:
                 out[first[p]] = self.tile(lv, *p)
