@@ -96,15 +96,14 @@ class SampleGrid:
             y0, y1 = ry0[a:b], ry1[a:b]
             used_r = np.unique(np.concatenate([y0, y1]))
 
-            def taken(cx: np.ndarray) -> np.ndarray:
+            def weighted(cx: np.ndarray, wx: np.ndarray) -> np.ndarray:
                 # the band's rows x these columns in one step, a pixel per item: neither a copy of
-                # whole rows (5.6 MB a band of a level's grid at 27k) nor the columns of unused rows
+                # whole rows (5.6 MB a band of a level's grid at 27k) nor the columns of unused rows;
+                # the uint8 values go to float32 inside the multiply (exact), not in a pass of their own
                 picked = pixels[used_r[:, None], cx[None, :]].view(np.uint8)
-                return picked.reshape(used_r.size, w3).astype(np.float32)
+                return np.multiply(picked.reshape(used_r.size, w3), wx, dtype=np.float32)
 
-            left, right = taken(cx0), taken(cx1)
-            np.multiply(left, wx0, out=left)
-            np.multiply(right, wx1, out=right)
+            left, right = weighted(cx0, wx0), weighted(cx1, wx1)
             along_x = np.add(left, right, out=left)
             del right
             wy1 = ly[a:b, None]
