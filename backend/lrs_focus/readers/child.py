@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import sys
+import sysconfig
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -110,10 +111,12 @@ class ReaderLoop:
 
 
 def system_paths(remote: bool = False) -> list[str]:
-    """What Python, numpy and GDAL read after start-up: the interpreter and venv, the package,
-    shared libraries, GDAL's and PROJ's data."""
+    """What Python, numpy and GDAL read after start-up: the standard library (its extension modules
+    included), the venv, the package, shared libraries, GDAL's and PROJ's data. Not the rest of the
+    interpreter's installation: with Debian's Python `sys.base_prefix` is all of /usr."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)), here,
+    std = sysconfig.get_paths()
+    paths = {sys.prefix, std["stdlib"], std["platstdlib"], here,
              "/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/share/gdal", "/usr/share/proj"}
     if remote:  # curl's certificates and name resolution
         paths |= {"/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/resolv.conf", "/etc/hosts",

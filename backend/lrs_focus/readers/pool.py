@@ -31,6 +31,50 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 60.0
 
 
+OUTPUT_LINES_PER_MINUTE = 60  # a reader's lines logged per minute; the rest are read and counted
+OUTPUT_LINE_CHARS = 300
+
+
+def _printable(text: str) -> str:
+    """Control characters (a terminal's escape sequences) and lone surrogates as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
+def relay_output(stream, pid: int) -> None:
+    """A reader's stdout and stderr (GDAL's warnings, a crash's traceback) into the server's log.
+
+    What a reader prints is partly the raster's doing: GDAL quotes file names, metadata and XML it
+    parsed. So a line is logged as `reader PID: ...`, cut to OUTPUT_LINE_CHARS with its control
+    characters escaped, at most OUTPUT_LINES_PER_MINUTE lines a minute (then one line saying how
+    many were left out); the pipe is always drained (a reader never blocks on a full pipe), a line
+    is read in bounded pieces (a newline-free flood costs no memory), and it ends with the reader."""
+    window, shown, left_out, cont = time.monotonic(), 0, 0, False
+    with stream:
+        while True:
+            piece = stream.readline(4 * OUTPUT_LINE_CHARS)
+            if not piece:
+                break
+            first, cont = not cont, not piece.endswith(b"\n")
+            if not first:  # the rest of a line already logged (cut) or left out
+                continue
+            now = time.monotonic()
+            if now - window >= 60.0:
+                if left_out:
+                    log.warning("reader %d: %d more lines of output were left out", pid, left_out)
+                window, shown, left_out = now, 0, 0
+            if shown >= OUTPUT_LINES_PER_MINUTE:
+                left_out += 1
+                continue
+            shown += 1
+            text = _printable(piece.decode("utf-8", "backslashreplace").rstrip("\r\n"))
+            if len(text) > OUTPUT_LINE_CHARS or cont:
+                text = text[:OUTPUT_LINE_CHARS] + " [cut]"
+            log.warning("reader %d: %s", pid, text)
+    if left_out:
+        log.warning("reader %d: %d more lines of output were left out", pid, left_out)
+
+
 def _error(name: str, message: str) -> errors.LrsFocusError:
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.LrsFocusError)):
@@ -59,8 +103,11 @@ class Reader:
         cfg = dict(config, conn_fd=child.fileno(), shm_fd=self.shm_fd, shm_bytes=shm_bytes)
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "lrs_focus.readers.child", json.dumps(cfg)],  # nosec B603
-                                     pass_fds=(child.fileno(), self.shm_fd), stdin=subprocess.DEVNULL, env=env)
+                                     pass_fds=(child.fileno(), self.shm_fd), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         child.close()
+        threading.Thread(target=relay_output, args=(self.proc.stdout, self.proc.pid), daemon=True,
+                         name=f"reader-{self.proc.pid}-output").start()
         self.conn = Connection(parent.detach())
         self.cpu_s = float(config["cpu_s"])
         self.dead = False
