@@ -74,10 +74,13 @@ def test_readers_get_the_standard_library_not_the_rest_of_the_interpreters_prefi
     root.mkdir()
     interpreter = Path(sys.executable).resolve()
     include = Path(sysconfig.get_paths()["include"])
-    outside = [p for p in (interpreter, include / "Python.h") if p.exists()]
+    venv_bin = Path(sys.prefix) / "bin" / "python"  # the venv: its site-packages, not the rest
+    outside = [p for p in (interpreter, include / "Python.h", venv_bin) if p.exists()]
     assert outside, "nothing of the interpreter's prefix to test with"
     code = ("import os, sys\n"
+            "os.chdir(os.environ['ROOT'])\n"  # a working directory `python -m` would put on sys.path
             "from lrs_focus.readers import confine, child\n"
+            "assert os.getcwd() not in child.system_paths(), 'the working directory is not granted'\n"
             "confine.landlock([os.environ['ROOT']], child.system_paths())\n"
             "import decimal, csv, _ctypes, sqlite3\n"  # stdlib .py and lib-dynload .so, imported confined
             "print('imported')\n"

@@ -112,11 +112,15 @@ class ReaderLoop:
 
 def system_paths(remote: bool = False) -> list[str]:
     """What Python, numpy and GDAL read after start-up: the standard library (its extension modules
-    included), the venv, the package, shared libraries, GDAL's and PROJ's data. Not the rest of the
-    interpreter's installation: with Debian's Python `sys.base_prefix` is all of /usr."""
+    included), the import path (the venv's site-packages, an editable install's folder; not the
+    working directory `python -m` puts first), the package, shared libraries, GDAL's and PROJ's
+    data. Not the rest of the interpreter's installation: with Debian's Python `sys.prefix` and
+    `sys.base_prefix` are all of /usr."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     std = sysconfig.get_paths()
-    paths = {sys.prefix, std["stdlib"], std["platstdlib"], here,
+    cwd = os.getcwd()
+    imports = {os.path.abspath(p) for p in sys.path if p and os.path.isdir(p)} - {cwd, "/"}
+    paths = {std["stdlib"], std["platstdlib"], std["purelib"], std["platlib"], here, *imports,
              "/usr/lib", "/lib", "/lib64", "/usr/lib64", "/usr/share/gdal", "/usr/share/proj"}
     if remote:  # curl's certificates and name resolution
         paths |= {"/etc/ssl", "/etc/ca-certificates", "/usr/share/ca-certificates", "/etc/resolv.conf", "/etc/hosts",
