@@ -74,6 +74,7 @@ report = {
     "canvas_extent": rect(iface.canvas.extent()),
     "history": [dock.history.item(i).text() for i in range(dock.history.count())],
     "backend_label": dock.backend.text(),
+    "crs_note": dock.crs_note.text() if not dock.crs_note.isHidden() else "",
     "messages": messages_after_asks,
     "export_messages": iface.messages[len(messages_after_asks):],
 }
