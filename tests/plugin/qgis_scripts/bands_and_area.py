@@ -134,7 +134,7 @@ report["asks"]["visible extent"] = ask(multi, "What is visible?", "visible exten
 
 
 def draw():
-    plugin._area_drawn(QgsRectangle(*spec["drawn_3857"]))  # what the map tool emits after a drag
+    plugin.area_picker.drawn_rectangle(QgsRectangle(*spec["drawn_3857"]))  # what the map tool emits after a drag
 
 
 report["asks"]["drawn rectangle"] = ask(multi, "What is in the box?", "drawn rectangle", draw)
@@ -154,7 +154,7 @@ def select():
 
 report["asks"]["selected features on rotated"] = ask(rotated, "What is in the polygon?", "selected features", select)
 report["asks"]["no overlap"] = ask(multi, "Outside?", "drawn rectangle",
-                                   lambda: plugin._area_drawn(QgsRectangle(0, 0, 10, 10)))
+                                   lambda: plugin.area_picker.drawn_rectangle(QgsRectangle(0, 0, 10, 10)))
 report["asks"]["bad bands"] = ask(multi, "Bands?", "whole raster", lambda: dock.bands.setText("9,1,2"))
 dock.bands.setText("")
 emit(report)
