@@ -78,6 +78,12 @@ report = {
     "messages": messages_after_asks,
     "export_messages": iface.messages[len(messages_after_asks):],
 }
+if not layer.crs().isValid():  # the user gives the layer a CRS: the dock's no-CRS line goes
+    from qgis.core import QgsCoordinateReferenceSystem  # noqa: E402
+
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32633"))
+    report["crs_note_after_crs_set"] = dock.crs_note.text() if not dock.crs_note.isHidden() else ""
+    layer.setCrs(QgsCoordinateReferenceSystem())
 if project_file:
     QgsProject.instance().write(project_file)
     QgsProject.instance().clear()
