@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Optional
 
 
-def crs_notice(name: str, path: Optional[str], layer_has_crs: bool) -> str:
-    """The notice for raster layer `name` read from `path`; "" when it has a CRS (or no readable file)."""
+def crs_notice(path: Optional[str], layer_has_crs: bool) -> str:
+    """The notice for the raster layer read from `path`; "" when it has a CRS (or no readable file).
+
+    It names no layer: it sits under the dock's Raster box, and a name would go stale on renaming."""
     if layer_has_crs or not path:
         return ""
     from .result_files import raster_ground
@@ -23,6 +25,6 @@ def crs_notice(name: str, path: Optional[str], layer_has_crs: bool) -> str:
     except (OSError, RuntimeError):  # RuntimeError: GDAL with exceptions on
         return ""
     if not georeferenced:
-        return (f"'{name}' has no georeferencing: answers are drawn in its pixel units (y negative "
+        return ("This raster has no georeferencing: answers are drawn in its pixel units (y negative "
                 "downward), over the raster, not on a georeferenced map.")
-    return f"'{name}' has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map."
+    return "This raster has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map."

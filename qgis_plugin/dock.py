@@ -261,7 +261,7 @@ class AskDock(QgsDockWidget):
         """Say so when the chosen raster has no CRS (again when the user sets one on the layer)."""
         layer = self.layer_combo.currentLayer()
         check = check_layer(layer)
-        notice = crs_notice(layer.name(), check.path, layer.crs().isValid()) if check.ok else ""
+        notice = crs_notice(check.path, layer.crs().isValid()) if check.ok else ""
         self.crs_note.setText(notice)
         self.crs_note.setVisible(bool(notice))
 

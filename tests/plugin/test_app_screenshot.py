@@ -99,8 +99,8 @@ def test_raster_without_crs_answer_lands_on_it(plugin_zip, backend, tmp_path):
     said = doc["messages"] + doc["log"]
     assert not any("transform" in m.lower() or "Undefined" in m for m in said), said
     assert doc["bar_top"].startswith("LRS Focus: Answer: "), doc["messages"]
-    assert doc["crs_note"].startswith("'no CRS") and doc["crs_note"].endswith(
-        "' has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map."), doc
+    assert doc["crs_note"] == "This raster has no CRS: answers are drawn in its own map units, over the raster, " \
+                              "not on a georeferenced map.", doc["crs_note"]
     x0, y0, x1, y1 = doc["raster_extent"]
     focus, heat = doc["results"][0], doc["results"][1]
     assert focus["name"].startswith("focus (level ") and heat["name"].endswith("(final)"), doc["results"]

@@ -169,10 +169,10 @@ def test_crs_notice_says_where_answers_of_a_raster_without_crs_are_drawn(plugin_
                                        epsg=None)
     pixels = write_synthetic_raster(tmp_path / "px.tif", 64, 48, geotransform=None, epsg=None)
     utm = write_synthetic_raster(tmp_path / "utm.tif", 64, 48)
-    assert crs_notice("gt", str(map_units), False) == (
-        "'gt' has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map.")
-    assert crs_notice("px", str(pixels), False).startswith("'px' has no georeferencing: answers are drawn in its pixel")
+    assert crs_notice(str(map_units), False) == (
+        "This raster has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map.")
+    assert crs_notice(str(pixels), False).startswith("This raster has no georeferencing: answers are drawn in its pixel")
     # a CRS on the layer (QGIS's, or one the user set on a file without one): nothing to say
-    assert crs_notice("utm", str(utm), True) == "" and crs_notice("gt", str(map_units), True) == ""
+    assert crs_notice(str(utm), True) == "" and crs_notice(str(map_units), True) == ""
     # no file to read (a refused layer): no notice, no exception
-    assert crs_notice("gone", str(tmp_path / "missing.tif"), False) == "" and crs_notice("none", None, False) == ""
+    assert crs_notice(str(tmp_path / "missing.tif"), False) == "" and crs_notice(None, False) == ""

@@ -130,7 +130,7 @@ def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
     assert run["finished"] and run["error"] is None, run["error"]
     assert doc["raster_crs"] == ""
     assert doc["raster_extent"] == [0.0, -1000.0, 1500.0, 0.0]  # how QGIS draws it
-    assert doc["crs_note"].startswith("'raster' has no georeferencing: answers are drawn in its pixel units")
+    assert doc["crs_note"].startswith("This raster has no georeferencing: answers are drawn in its pixel units")
     assert doc["crs_note_after_crs_set"] == ""  # the user set a CRS on the layer: the line went
     group = doc["tree"][0]
     focus, heat, levels = group["children"][0], group["children"][1], group["children"][-1]
