@@ -70,6 +70,10 @@ def area_window(choice: str, layer, ground, iface, drawn: Optional[DrawnArea]):
     if choice == "whole raster":
         return None, "the whole raster"
     raster_crs = layer.crs()
+    if not raster_crs.isValid():
+        # QGIS draws a raster without CRS untransformed, so its coordinates are the canvas's:
+        # an area in another CRS (selected features) goes where the user sees it
+        raster_crs = iface.mapCanvas().mapSettings().destinationCrs()
     try:
         if choice == "visible extent":
             canvas = iface.mapCanvas()

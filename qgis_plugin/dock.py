@@ -33,6 +33,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .area import AREAS
+from .crs_notice import crs_notice
 from .display_text import clean_text
 from .history import HistoryEntry
 from .params import MAX_N_MAX, MODES, AskOptions
@@ -97,6 +98,12 @@ class AskDock(QgsDockWidget):
         self.layer_note.setWordWrap(True)
         self.layer_note.setStyleSheet("color: #b00020;")
         form.addRow("", self.layer_note)
+        self.crs_note = QLabel(body)  # a raster without CRS: where its answers are drawn
+        self.crs_note.setObjectName("lrsFocusCrsNote")
+        self.crs_note.setWordWrap(True)
+        self.crs_note.setStyleSheet("color: #555;")
+        self.crs_note.setVisible(False)
+        form.addRow("", self.crs_note)
 
         self.question = QLineEdit(body)
         self.question.setObjectName("lrsFocusQuestion")
@@ -247,7 +254,16 @@ class AskDock(QgsDockWidget):
         check = check_layer(layer)
         self.layer_note.setText("" if check.ok else check.reason)
         self.layer_note.setVisible(not check.ok)
+        self.show_crs_note()
         self.layerChanged.emit(layer)
+
+    def show_crs_note(self) -> None:
+        """Say so when the chosen raster has no CRS (again when the user sets one on the layer)."""
+        layer = self.layer_combo.currentLayer()
+        check = check_layer(layer)
+        notice = crs_notice(check.path, layer.crs().isValid()) if check.ok else ""
+        self.crs_note.setText(notice)
+        self.crs_note.setVisible(bool(notice))
 
     # -- called by the plugin -----------------------------------------------------------------
     def show_displayed_bands(self, text: str) -> None:

@@ -41,3 +41,21 @@ def drop_task_notices(iface, description: str) -> int:
         except RuntimeError:  # already deleted
             continue
     return dropped
+
+
+#: QGIS < 3.26 has no silent tasks and pushes "Task complete" / "Task failed" to the message bar
+#: when a task of 5 s or more ends (after the task's own signals): the plugin removes that notice
+#: and posts its own message in its place.
+AFTER_TASK_NOTICE_MS = 400
+
+
+def notify_after_task_notice(iface, message: str, level: str, duration: int, description: str = "") -> None:
+    """Once QGIS's own notice of task `description` is up: drop it, then post `message` (if any)."""
+    from qgis.PyQt.QtCore import QTimer
+
+    def post():
+        drop_task_notices(iface, description)
+        if message:
+            notify(iface, message, level, duration)
+
+    QTimer.singleShot(AFTER_TASK_NOTICE_MS, post)

@@ -22,17 +22,15 @@ from .backend_process import BackendLauncher
 from .compat import qaction_class
 from .deps import missing_zmq_text, zmq_problem
 from .display_text import clean_text
-from .log import drop_task_notices, log, notify
+from .area_picker import AreaPicker
+from .log import log, notify, notify_after_task_notice
+from .project_results import ProjectResults, restore_last_result
 
 MENU = "&LRS Focus"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
 
 #: Appended to answers of a backend started with `--model tiny`, so nobody mistakes noise for a prediction.
 RANDOM_WEIGHTS_NOTE = "[random-weight test model: this answer is noise]"
-#: QGIS < 3.26 has no silent tasks and pushes "Task complete" / "Task failed" to the message bar
-#: when a task of 5 s or more ends (after the task's own signals): the plugin removes that notice
-#: and posts its own message in its place.
-AFTER_TASK_NOTICE_MS = 400
 #: Error codes that mean the backend itself is gone (the dock's Backend line then says so).
 BACKEND_GONE = ("timeout", "backend_exited", "backend_start_failed", "bad_endpoint", "shutting_down")
 
@@ -47,14 +45,11 @@ class LrsFocusPlugin:
         self.task = None
         self.health_task = None
         self.last_layers: list = []
-        self.drawn = None  # ask_request.DrawnArea
-        self.extent_tool = None
-        self.previous_tool = None
+        self.area_picker = AreaPicker(iface, lambda: self.dock)
+        self.results = ProjectResults(iface, self._refresh_history)
         self.watched_layer = None
         self.zmq_problem: Optional[str] = None
         self.backend_checked = False
-        self.area_band = None  # the drawn rectangle on the canvas (QgsRubberBand)
-        self.relocating = False
 
     # -- QGIS plugin API ----------------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802
@@ -90,18 +85,18 @@ class LrsFocusPlugin:
         self.dock.cancelRequested.connect(self.cancel)
         self.dock.zoomRequested.connect(self.zoom_to_focus)
         self.dock.settingsRequested.connect(self.open_settings)
-        self.dock.drawRequested.connect(self.draw_area)
+        self.dock.drawRequested.connect(self.area_picker.draw)
         self.dock.exportRequested.connect(self.export_result)
         self.dock.checkRequested.connect(self.check_backend)
         self.dock.layerChanged.connect(self._watch_layer)
-        self.dock.area.currentTextChanged.connect(self._area_choice_changed)
+        self.dock.area.currentTextChanged.connect(self.area_picker.choice_changed)
         configure.triggered.connect(self.open_settings)
         project = QgsProject.instance()
         project.readProject.connect(self._refresh_history)
         project.readProject.connect(self._restore_last_result)
         project.cleared.connect(self._refresh_history)
         project.cleared.connect(self._project_closed)
-        project.projectSaved.connect(self._project_saved)
+        project.projectSaved.connect(self.results.saved)
         self._refresh_history()
         self._watch_layer(self.dock.layer_combo.currentLayer())
         self.zmq_problem = zmq_problem()
@@ -127,18 +122,13 @@ class LrsFocusPlugin:
         for signal, slot in ((project.readProject, self._refresh_history),
                              (project.readProject, self._restore_last_result),
                              (project.cleared, self._refresh_history), (project.cleared, self._project_closed),
-                             (project.projectSaved, self._project_saved)):
+                             (project.projectSaved, self.results.saved)):
             try:
                 signal.disconnect(slot)
             except TypeError:
                 pass
         self._watch_layer(None)
-        if self.extent_tool is not None:
-            canvas = self.iface.mapCanvas()
-            if canvas.mapTool() is self.extent_tool:
-                canvas.unsetMapTool(self.extent_tool)
-            self.extent_tool = None
-        self._clear_area_band()
+        self.area_picker.unload()
         if self.dock is not None:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
@@ -158,7 +148,7 @@ class LrsFocusPlugin:
             notify(self.iface, "A question is already running: wait for it or press Cancel.", "warning")
             return None
         try:
-            request, target, described = build_request(self.dock, self.iface, self.drawn)
+            request, target, described = build_request(self.dock, self.iface, self.area_picker.drawn)
         except RequestProblem as exc:
             notify(self.iface, str(exc), "warning")
             return None
@@ -183,8 +173,7 @@ class LrsFocusPlugin:
     def _project_closed(self) -> None:
         """The project was closed (New, Open, Close) while a question ran: its answer must not land in the next one."""
         self.last_layers = []
-        self.drawn = None
-        self._clear_area_band()
+        self.area_picker.forget()
         if self.dock is not None:
             self.dock.zoom_button.setEnabled(False)
         if self.task is not None:
@@ -193,16 +182,7 @@ class LrsFocusPlugin:
 
     def _restore_last_result(self, *_) -> None:
         """A reopened project's newest answer is what "Zoom to focus" goes to."""
-        from qgis.core import QgsRasterLayer
-
-        from .result_layers import latest_result_layers, result_layer_nodes
-        from .result_style import set_heat_legend
-
-        root = QgsProject.instance().layerTreeRoot()
-        for node in result_layer_nodes(root):
-            if isinstance(node.layer(), QgsRasterLayer):
-                set_heat_legend(node.layer())  # custom legends are not stored in the project
-        self.last_layers = latest_result_layers(root)
+        self.last_layers = restore_last_result()
         if self.dock is not None:
             self.dock.zoom_button.setEnabled(bool(self.last_layers))
 
@@ -245,11 +225,11 @@ class LrsFocusPlugin:
         problems = [p for p in (task.store_error, stored.warning if stored else "") if p]
         for problem in problems:
             notify(self.iface, problem, "warning", duration=15)
-        self._notify_after_task_notice(f"Answer: {answer}", "success", 10, task.description())
+        notify_after_task_notice(self.iface, f"Answer: {answer}", "success", 10, task.description())
         if layers:
             self.zoom_to_focus()
         if QgsProject.instance().fileName():  # asked before a Save As finished: file it with the project now
-            self._relocate_results(write=False)
+            self.results.relocate(write=False)
 
     def _answered_after_close(self, task, answer: str) -> None:
         """Neither layers nor history go to the project now open; say where the answer was filed."""
@@ -259,7 +239,7 @@ class LrsFocusPlugin:
         self.dock.show_answer(answer)
         self.dock.zoom_button.setEnabled(False)
         self.dock.show_stage(f"answered after its project was closed: not added to this project. {where}.")
-        self._notify_after_task_notice(
+        notify_after_task_notice(self.iface, 
             f"The answer to \"{task.request.question}\" arrived after its project was closed, so it was not added "
             f"to this project. {where}. Answer: {answer}", "warning", 0, task.description())
 
@@ -270,97 +250,32 @@ class LrsFocusPlugin:
         self.dock.show_running(False)
         if code == "cancelled":
             self.dock.show_stage("cancelled", 0)
-            self._notify_after_task_notice("Question cancelled.", "info", 4, task.description())
+            notify_after_task_notice(self.iface, "Question cancelled.", "info", 4, task.description())
             return
         self.dock.show_stage(f"failed [{code}]: {message}", 0)
         if code in BACKEND_GONE:  # the Backend line must not keep showing the model of a dead backend
             when = datetime.datetime.now().strftime("%H:%M:%S")
             self.dock.show_backend(None, f"no answer at {when} ({code}); press Check once it runs again")
-        self._notify_after_task_notice(f"[{code}] {message}", "critical", 15, task.description())
+        notify_after_task_notice(self.iface, f"[{code}] {message}", "critical", 15, task.description())
 
-    def _notify_after_task_notice(self, message: str, level: str, duration: int, description: str = "") -> None:
-        def post():
-            drop_task_notices(self.iface, description)
-            if message:
-                notify(self.iface, message, level, duration)
-
-        QTimer.singleShot(AFTER_TASK_NOTICE_MS, post)
-
-    # -- the area -----------------------------------------------------------------------------
-    def draw_area(self) -> None:
-        """Map tool: drag a rectangle; the next question is about that part of the raster."""
-        from qgis.gui import QgsMapToolExtent
-
-        canvas = self.iface.mapCanvas()
-        if self.extent_tool is None:
-            self.extent_tool = QgsMapToolExtent(canvas)
-            self.extent_tool.extentChanged.connect(self._area_drawn)
-        if canvas.mapTool() is not self.extent_tool:
-            self.previous_tool = canvas.mapTool()
-        canvas.setMapTool(self.extent_tool)
-        self.dock.show_area("drag a rectangle on the map...")
-
-    def _area_drawn(self, rectangle) -> None:
-        from .area import describe_size
-        from .ask_request import DrawnArea
-
-        canvas = self.iface.mapCanvas()
-        if rectangle.isEmpty():
-            return
-        crs = canvas.mapSettings().destinationCrs()
-        self.drawn = DrawnArea(rectangle, crs)
-        self._show_area_band(rectangle)
-        if self.dock is not None:
-            self.dock.area.setCurrentText("drawn rectangle")
-            self.dock.show_area("drawn: " + describe_size(rectangle, crs, self.dock.layer_combo.currentLayer()))
-        if self.previous_tool is not None:
-            canvas.setMapTool(self.previous_tool)
-
-    def _show_area_band(self, rectangle) -> None:
-        """The drawn rectangle stays on the map (dashed) while it is the area to ask about."""
-        from qgis.core import Qgis, QgsGeometry, QgsWkbTypes
-        from qgis.gui import QgsRubberBand
-        from qgis.PyQt.QtGui import QColor
-
-        from .compat import enum_value
-
-        if self.area_band is None:
-            polygon = enum_value((Qgis, "GeometryType.Polygon"), (QgsWkbTypes, "GeometryType.PolygonGeometry"),
-                                 (QgsWkbTypes, "PolygonGeometry"))
-            self.area_band = QgsRubberBand(self.iface.mapCanvas(), polygon)
-            self.area_band.setColor(QColor(255, 255, 255, 255))
-            self.area_band.setFillColor(QColor(255, 255, 255, 0))
-            self.area_band.setSecondaryStrokeColor(QColor(16, 16, 16, 170))
-            self.area_band.setWidth(2)
-            self.area_band.setLineStyle(Qt.PenStyle.DashLine)
-        self.area_band.setToGeometry(QgsGeometry.fromRect(rectangle), None)
-        self.area_band.show()
-
-    def _clear_area_band(self) -> None:
-        if self.area_band is not None:
-            try:
-                self.area_band.reset()
-                self.iface.mapCanvas().scene().removeItem(self.area_band)
-            except RuntimeError:
-                pass
-            self.area_band = None
-
-    def _area_choice_changed(self, choice: str) -> None:
-        if self.area_band is not None:
-            self.area_band.setVisible(choice == "drawn rectangle")
-
-    # -- bands --------------------------------------------------------------------------------
+    # -- the chosen layer: bands, CRS --------------------------------------------------------
     def _watch_layer(self, layer) -> None:
-        """Keep the dock's 'as displayed' line in step with the layer's style."""
+        """Keep the dock's 'as displayed' line in step with the layer's style, its CRS note with its CRS."""
         if self.watched_layer is not None:
             try:
                 self.watched_layer.rendererChanged.disconnect(self._show_displayed_bands)
+                self.watched_layer.crsChanged.disconnect(self._show_crs_note)
             except (TypeError, RuntimeError):
                 pass
         self.watched_layer = layer if layer is not None and hasattr(layer, "renderer") else None
         if self.watched_layer is not None:
             self.watched_layer.rendererChanged.connect(self._show_displayed_bands)
+            self.watched_layer.crsChanged.connect(self._show_crs_note)
         self._show_displayed_bands()
+
+    def _show_crs_note(self) -> None:
+        if self.dock is not None:
+            self.dock.show_crs_note()
 
     def _show_displayed_bands(self) -> None:
         from .display_bands import displayed_bands
@@ -391,7 +306,7 @@ class LrsFocusPlugin:
         self.health_task = None
         if self.dock is not None:
             self.dock.show_backend(task.health if ok else None, text)
-        self._notify_after_task_notice("", "info", 0, task.description())
+        notify_after_task_notice(self.iface, "", "info", 0, task.description())
 
     def export_result(self, entry) -> Optional[list]:
         from qgis.PyQt.QtWidgets import QFileDialog
@@ -435,40 +350,6 @@ class LrsFocusPlugin:
         dialog = SettingsDialog(self.iface.mainWindow())
         if dialog.exec():
             self.dock.set_options(settings.load_options())
-
-    def _project_saved(self) -> None:
-        """First save (or Save As elsewhere): move the answers into the project's own GeoPackage.
-
-        Deferred: a .qgz is zipped after projectSaved, so writing again from inside the signal
-        would be overwritten by the first write's archive."""
-        if not self.relocating:
-            QTimer.singleShot(0, lambda: self._relocate_results(write=True))
-
-    def _relocate_results(self, write: bool) -> int:
-        from .ask_request import results_gpkg
-        from .result_layers import relocate_results
-        from .results_store import results_location
-
-        project = QgsProject.instance()
-        if not project.fileName():
-            return 0
-        unsaved = results_location("", "", QgsApplication.qgisSettingsDirPath())
-        try:
-            moved, problems = relocate_results(project, results_gpkg(project), unsaved)
-        except OSError as exc:
-            moved, problems = 0, [str(exc)]
-        for problem in problems:
-            notify(self.iface, f"The answers could not be moved beside the project: {problem}", "warning", 15)
-        if moved:
-            log(f"{moved} answer layer(s) moved into {results_gpkg(project)}")
-            self._refresh_history()
-            if write:
-                self.relocating = True
-                try:
-                    project.write()  # the file now names the project's own GeoPackage
-                finally:
-                    self.relocating = False
-        return moved
 
     def _refresh_history(self, *_) -> None:
         if self.dock is not None:

@@ -12,8 +12,9 @@ layers and touches the project's layer tree. The group, at the top of the tree, 
 
 Earlier results stay in the tree, unchecked and collapsed, so their labels never mix with the
 new ones. The layers read the project's GeoPackage / GeoTIFF (results_store), so they come back
-when the project is reopened. Non-georeferenced rasters: tiles have srs_id -1 and the heatmap no
-CRS, and QGIS draws both untransformed, on the raster (x, -y).
+when the project is reopened. Every result layer takes the raster layer's CRS, also when it has
+none (a raster without CRS or georeferencing): tiles (srs_id -1) and heatmap are then drawn
+untransformed, like the raster, in its map units or pixels (x, -y).
 """
 
 from __future__ import annotations
@@ -59,8 +60,7 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
     final = stored.stopped_at
     if stored.area_layer:
         area = QgsVectorLayer(f"{stored.gpkg_path}|layername={stored.area_layer}", "asked area", "ogr")
-        if raster_crs is not None and raster_crs.isValid():
-            area.setCrs(raster_crs)
+        follow_raster_crs(area, raster_crs)
         result_style.style_area(area)
         layers.append(area)
         _add(project, group, area, visible=True)
@@ -90,8 +90,7 @@ def add_result_group(stored: StoredResult, question: str, job_id: str,
         heat = QgsRasterLayer(part.path, name, "gdal")
         if not heat.isValid():
             continue
-        if raster_crs is not None and raster_crs.isValid():
-            heat.setCrs(raster_crs)
+        follow_raster_crs(heat, raster_crs)
         result_style.style_heatmap(heat, part.breaks)
         layers.append(heat)
         _add(project, target, heat, visible=visible, expanded=visible)  # its legend: which end is "more attention"
@@ -120,9 +119,18 @@ def _tiles_layer(stored: StoredResult, name: str, subset: str, raster_crs) -> Qg
     # (no-lock) connection was pooled, and that connection then fails once QGIS switches the file
     # to WAL ("unable to open database file" while rendering).
     layer = QgsVectorLayer(f"{stored.gpkg_path}|layername={stored.tiles_layer}|subset={subset}", name, "ogr")
-    if raster_crs is not None and raster_crs.isValid():
-        layer.setCrs(raster_crs)  # what QGIS draws the raster in, even if the user overrode its CRS
+    follow_raster_crs(layer, raster_crs)
     return layer
+
+
+def follow_raster_crs(layer, raster_crs: Optional[QgsCoordinateReferenceSystem]) -> None:
+    """Give a result layer the raster layer's CRS: what QGIS draws the raster in, even if the user
+    overrode it, and also when it has none. A raster without CRS is drawn untransformed; its tiles
+    (srs_id -1) read as QGIS's valid "Undefined Cartesian SRS", which the canvas would try to
+    transform to the project CRS ("No transform available ..." in red). With no CRS either, both
+    are drawn as they are, the tiles exactly over the raster."""
+    if raster_crs is not None:
+        layer.setCrs(QgsCoordinateReferenceSystem(raster_crs))
 
 
 def _add(project: QgsProject, group: QgsLayerTreeGroup, layer, visible: bool, expanded: bool = False,

@@ -252,7 +252,7 @@ class HeatLegend(QgsMapLayerLegend):
     """The heatmap's classes in words, without QGIS's "Band 1: ... (Gray)" header line.
 
     Not stored in the project: the plugin sets it again on the answers' heatmaps when a project
-    is read (plugin._restore_last_result)."""
+    is read (project_results.restore_last_result)."""
 
     def __init__(self, layer: QgsRasterLayer):
         super().__init__()

@@ -83,6 +83,37 @@ def test_answer_reads_at_a_glance(plugin_zip, backend, sentinel2_vrt, tmp_path):
     assert not any("Band 1" in t or "Gray" in t for texts in doc["legend"].values() for t in texts), doc["legend"]
 
 
+def test_raster_without_crs_answer_lands_on_it(plugin_zip, backend, tmp_path):
+    """A raster with a geotransform but no CRS in a project in EPSG:4326 (QGIS's default for a
+    first layer without CRS): QGIS draws it untransformed, in its map units. The answer's layers
+    must be drawn the same way, over it, without QGIS's red "No transform available between
+    Undefined Cartesian SRS and EPSG:4326" (the tiles' srs_id -1 read as a CRS of their own),
+    and the dock must say why this raster cannot sit on a georeferenced map."""
+    from lrs_focus.samples import write_synthetic_raster
+
+    raster = write_synthetic_raster(tmp_path / "no_crs.tif", 1200, 900, geotransform=(1000.0, 10.0, 0.0, 5000.0, 0.0, -10.0),
+                                    epsg=None)
+    doc, _ = run_full_qgis("nocrs", plugin_zip, backend.endpoint, raster, tmp_path, name="no CRS")
+    assert doc["answer"] and doc["raster_crs"] == "" and doc["project_crs"] == "EPSG:4326", doc
+    assert doc["raster_extent"] == [1000.0, -4000.0, 13000.0, 5000.0]  # the geotransform's, untransformed
+    said = doc["messages"] + doc["log"]
+    assert not any("transform" in m.lower() or "Undefined" in m for m in said), said
+    assert doc["bar_top"].startswith("LRS Focus: Answer: "), doc["messages"]
+    assert doc["crs_note"] == "This raster has no CRS: answers are drawn in its own map units, over the raster, " \
+                              "not on a georeferenced map.", doc["crs_note"]
+    x0, y0, x1, y1 = doc["raster_extent"]
+    focus, heat = doc["results"][0], doc["results"][1]
+    assert focus["name"].startswith("focus (level ") and heat["name"].endswith("(final)"), doc["results"]
+    fx0, fy0, fx1, fy1 = focus["extent"]
+    assert x0 <= fx0 < fx1 <= x1 and y0 <= fy0 < fy1 <= y1, (focus, doc["raster_extent"])
+    assert heat["extent"] == pytest.approx(doc["raster_extent"], abs=1e-6)
+    assert not any(layer["crs_valid"] for layer in doc["results"]), doc["results"]
+    # "Zoom to focus" went to the tiles in the raster's units (no transform made it jump elsewhere)
+    cx0, cy0, cx1, cy1 = doc["canvas_extent"]
+    assert cx0 <= fx0 and fx1 <= cx1 and cy0 <= fy0 and fy1 <= cy1 and cx1 - cx0 < 3 * (x1 - x0), doc["canvas_extent"]
+    assert doc["canvas_cyan"] > 0.002 and doc["canvas_warm"] > 0.002
+
+
 @pytest.mark.skipif(not os.environ.get("LRS_FOCUS_BIG_RASTER"), reason="set LRS_FOCUS_BIG_RASTER=path of a large raster")
 def test_large_raster_answer(plugin_zip, backend, tmp_path):
     """The picture of docs/plugin.md for a large raster (e.g. the 20000 x 15000 synthetic one)."""

@@ -67,11 +67,17 @@ def report(backend, run_qgis_module, tmp_path_factory):
     drawn = _bbox(_to_map(MULTI_GT, [(300, 200), (700, 200), (700, 600), (300, 600)], "EPSG:32618", "EPSG:3857"))
     visible = _bbox(_to_map(MULTI_GT, [(100, 100), (600, 100), (600, 500), (100, 500)], "EPSG:32618", "EPSG:3857"))
     polygon = _to_map(ROTATED_GT, [(100, 100), (400, 100), (400, 300), (100, 300), (100, 100)], "EPSG:32618", "EPSG:4326")
+    plain = write_synthetic_raster(folder / "plain.tif", 500, 400, geotransform=None, epsg=None)
+    # drawn by QGIS at x 0..500, y -400..0 of whatever CRS the canvas has (EPSG:3857 in the script)
+    to_4326 = _transform("EPSG:3857", "EPSG:4326")
+    on_plain = [to_4326.TransformPoint(x, y)[:2] for x, y in [(100, -100), (400, -100), (400, -300), (100, -300),
+                                                              (100, -100)]]
     rotated_box = _bbox([gdal.ApplyGeoTransform(list(ROTATED_GT), x, y) for x, y in [(200, 150), (600, 450)]])
     spec = {
         "multiband": str(multi), "rotated": str(rotated), "rgb8": str(rgb8), "palette": str(palette),
         "drawn_3857": drawn, "visible_3857": visible,
         "selected_wkt_4326": "POLYGON((" + ", ".join(f"{x} {y}" for x, y in polygon) + "))",
+        "plain": str(plain), "plain_wkt_4326": "POLYGON((" + ", ".join(f"{x!r} {y!r}" for x, y in on_plain) + "))",
         "areas": [["multiband, rectangle in EPSG:3857", "multiband", "EPSG:3857", drawn],
                   ["rotated, rectangle in its own CRS", "rotated", "EPSG:32618", rotated_box],
                   ["multiband, rectangle half outside", "multiband", "EPSG:32618",
@@ -151,6 +157,13 @@ def test_selected_feature_on_a_rotated_raster(report):
     assert ask["error"] is None, ask
     _close(ask["options"]["window"], (100, 100, 400, 300))
     assert _inside(ask["windows"], ask["options"]["window"])
+
+
+def test_selected_feature_over_a_raster_without_crs_is_taken_where_it_is_drawn(report):
+    """No CRS on the raster: QGIS draws it in the canvas's coordinates, so the polygon (EPSG:4326)
+    is reprojected to the canvas CRS, not read as degrees (which missed the raster)."""
+    assert report[0]["plain_canvas_crs"] == "EPSG:3857"
+    _close(report[0]["plain_selected"], (100, 100, 400, 300))
 
 
 def test_area_outside_the_raster_is_refused(report):

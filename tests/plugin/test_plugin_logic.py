@@ -158,3 +158,21 @@ def test_export_entry(plugin_import, pure, tmp_path):
     row = ds.GetLayerByName("lrs_focus_results").GetNextFeature().items()
     assert row["answer"] == "a river" and row["heatmap"] == "out_heatmap.tif"
     assert ds.GetLayerByName("focus_tiles").GetFeatureCount() == 4
+
+
+def test_crs_notice_says_where_answers_of_a_raster_without_crs_are_drawn(plugin_import, tmp_path):
+    """The dock's line for a raster layer without CRS, from the file as GDAL (and QGIS) reads it."""
+    from lrs_focus.samples import write_synthetic_raster
+    from lrs_focus_plugin.crs_notice import crs_notice
+
+    map_units = write_synthetic_raster(tmp_path / "gt.tif", 64, 48, geotransform=(1000.0, 10.0, 0.0, 5000.0, 0.0, -10.0),
+                                       epsg=None)
+    pixels = write_synthetic_raster(tmp_path / "px.tif", 64, 48, geotransform=None, epsg=None)
+    utm = write_synthetic_raster(tmp_path / "utm.tif", 64, 48)
+    assert crs_notice(str(map_units), False) == (
+        "This raster has no CRS: answers are drawn in its own map units, over the raster, not on a georeferenced map.")
+    assert crs_notice(str(pixels), False).startswith("This raster has no georeferencing: answers are drawn in its pixel")
+    # a CRS on the layer (QGIS's, or one the user set on a file without one): nothing to say
+    assert crs_notice(str(utm), True) == "" and crs_notice(str(map_units), True) == ""
+    # no file to read (a refused layer): no notice, no exception
+    assert crs_notice(str(tmp_path / "missing.tif"), False) == "" and crs_notice(None, False) == ""

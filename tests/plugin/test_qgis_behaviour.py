@@ -124,21 +124,37 @@ def test_ungeoreferenced_raster_lines_up(run_qgis, backend, tmp_path):
     for b in range(1, 4):
         ds.GetRasterBand(b).WriteArray((np.indices((1000, 1500)).sum(0) * b % 255).astype("uint8"))
     ds = None
-    doc = run_qgis("dock_ask.py", backend.endpoint, path, "What is in the top left corner?")
+    doc = run_qgis("dock_ask.py", backend.endpoint, path, "What is in the top left corner?", 120, 1,
+                   tmp_path / "plain.qgz")
     run = doc["runs"][0]
     assert run["finished"] and run["error"] is None, run["error"]
     assert doc["raster_crs"] == ""
     assert doc["raster_extent"] == [0.0, -1000.0, 1500.0, 0.0]  # how QGIS draws it
+    assert doc["crs_note"].startswith("This raster has no georeferencing: answers are drawn in its pixel units")
+    assert doc["crs_note_after_crs_set"] == ""  # the user set a CRS on the layer: the line went
     group = doc["tree"][0]
     focus, heat, levels = group["children"][0], group["children"][1], group["children"][-1]
     layers = levels["children"]
-    # tiles: srs_id -1 (QGIS: "Undefined Cartesian", drawn untransformed); heatmap: no CRS
-    assert heat["valid"] and not heat["crs_valid"] and focus["crs"] == ""
+    # like the raster, every result layer has no CRS, also after the project is reopened: the tiles'
+    # srs_id -1 alone reads as QGIS's valid "Undefined Cartesian SRS", which the canvas then tries
+    # to transform to the project CRS ("No transform available ...")
+    for tree in (doc["tree"], doc["reopened_tree"]):
+        kept = [n for n in _layers(tree[0]) if n["crs_valid"]]
+        assert not kept, [(n["layer"], n["crs"]) for n in kept]
+    assert heat["valid"] and focus["valid"]
     base = [f["bbox"] for l in layers for f in l["features"] if f["level"] == 0]
     union = [min(b[0] for b in base), min(b[1] for b in base), max(b[2] for b in base), max(b[3] for b in base)]
     assert union == pytest.approx(doc["raster_extent"], abs=1e-6)
     x0, y0, x1, y1 = run["heatmap"]["window"]
     assert heat["extent"] == pytest.approx([x0, -y1, x1, -y0], abs=1e-6)  # y negative downward, like the raster
+
+
+def _layers(node: dict) -> list[dict]:
+    """The layer nodes under a node of qgis_env.layer_tree, depth first."""
+    children = node.get("children")
+    if children is None:
+        return [node]
+    return [leaf for child in children for leaf in _layers(child)]
 
 
 @pytest.mark.slow

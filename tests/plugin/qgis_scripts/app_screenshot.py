@@ -32,8 +32,17 @@ QUESTION = os.environ.get("LRS_SHOT_QUESTION", "")
 PNG = os.environ["LRS_SHOT_PNG"]
 REPORT = os.environ["LRS_SHOT_REPORT"]
 iface = qgis.utils.iface
-state = {"t0": time.monotonic(), "report": {"mode": MODE}}
+state = {"t0": time.monotonic(), "report": {"mode": MODE, "log": []}}
 _timers = []
+
+
+def _logged(message, tag, level):
+    """Warnings and errors of every tab of Log Messages (QGIS's own transform errors included)."""
+    if int(level) >= 1:
+        state["report"]["log"].append(f"{tag}: {message}")
+
+
+QgsApplication.messageLog().messageReceived.connect(_logged)
 
 
 def later(ms, fn):
@@ -81,7 +90,7 @@ def start():
     plugin.dock.question.setText(QUESTION)
     state.update(plugin=plugin, layer=layer)
     report["backend_on_show"] = plugin.dock.backend.text()  # the health check started when the dock showed
-    if MODE in ("answer", "big"):
+    if MODE in ("answer", "big", "nocrs"):
         plugin.dock.ask_button.click()
         later(250, wait_answer)
     elif MODE == "notices":
@@ -108,8 +117,27 @@ def wait_answer():
     report["groups"] = [g.name() for g in QgsProject.instance().layerTreeRoot().findGroups()]
     report["legend"] = legend_texts()
     report["dock_width"] = plugin.dock.width()
+    if MODE == "nocrs":
+        report.update(placement())
     iface.mapCanvas().refreshAllLayers()
     later(3000, shoot)
+
+
+def placement():
+    """Where the answer's layers are, next to the raster, and in which CRS each is drawn."""
+    layer = state["layer"]
+
+    def box(rect):
+        return [rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()]
+
+    results = state["plugin"].last_layers
+    note = getattr(state["plugin"].dock, "crs_note", None)
+    return {"raster_extent": box(layer.extent()), "raster_crs": layer.crs().authid() or layer.crs().toWkt(),
+            "project_crs": QgsProject.instance().crs().authid(),
+            "canvas_crs": iface.mapCanvas().mapSettings().destinationCrs().authid(),
+            "results": [{"name": lyr.name(), "extent": box(lyr.extent()), "crs_valid": lyr.crs().isValid()}
+                        for lyr in results],
+            "canvas_extent": box(iface.mapCanvas().extent()), "crs_note": note.text() if note is not None and not note.isHidden() else ""}
 
 
 def ask_and_cancel():

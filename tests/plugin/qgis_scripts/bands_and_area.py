@@ -134,7 +134,7 @@ report["asks"]["visible extent"] = ask(multi, "What is visible?", "visible exten
 
 
 def draw():
-    plugin._area_drawn(QgsRectangle(*spec["drawn_3857"]))  # what the map tool emits after a drag
+    plugin.area_picker.drawn_rectangle(QgsRectangle(*spec["drawn_3857"]))  # what the map tool emits after a drag
 
 
 report["asks"]["drawn rectangle"] = ask(multi, "What is in the box?", "drawn rectangle", draw)
@@ -154,8 +154,28 @@ def select():
 
 report["asks"]["selected features on rotated"] = ask(rotated, "What is in the polygon?", "selected features", select)
 report["asks"]["no overlap"] = ask(multi, "Outside?", "drawn rectangle",
-                                   lambda: plugin._area_drawn(QgsRectangle(0, 0, 10, 10)))
+                                   lambda: plugin.area_picker.drawn_rectangle(QgsRectangle(0, 0, 10, 10)))
 report["asks"]["bad bands"] = ask(multi, "Bands?", "whole raster", lambda: dock.bands.setText("9,1,2"))
 dock.bands.setText("")
+
+# a raster without georeferencing is drawn untransformed in the canvas CRS (here EPSG:3857): a
+# polygon selected in EPSG:4326 is where the user sees it once reprojected to the canvas's CRS
+from lrs_focus_plugin.ask_request import RequestProblem, area_window  # noqa: E402
+from lrs_focus_plugin.result_files import raster_ground  # noqa: E402
+
+plain = add_raster(spec["plain"], "plain")
+on_plain = QgsVectorLayer("Polygon?crs=EPSG:4326", "on plain", "memory")
+feature = QgsFeature()
+feature.setGeometry(QgsGeometry.fromWkt(spec["plain_wkt_4326"]))
+on_plain.dataProvider().addFeatures([feature])
+QgsProject.instance().addMapLayer(on_plain)
+on_plain.selectAll()
+iface.active = on_plain
+try:
+    window, _ = area_window("selected features", plain, raster_ground(spec["plain"]), iface, None)
+    report["plain_selected"] = list(window)
+except RequestProblem as exc:
+    report["plain_selected"] = str(exc)
+report["plain_canvas_crs"] = canvas.mapSettings().destinationCrs().authid()
 emit(report)
 plugin.unload()

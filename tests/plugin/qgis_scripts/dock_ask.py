@@ -74,9 +74,16 @@ report = {
     "canvas_extent": rect(iface.canvas.extent()),
     "history": [dock.history.item(i).text() for i in range(dock.history.count())],
     "backend_label": dock.backend.text(),
+    "crs_note": dock.crs_note.text() if not dock.crs_note.isHidden() else "",
     "messages": messages_after_asks,
     "export_messages": iface.messages[len(messages_after_asks):],
 }
+if not layer.crs().isValid():  # the user gives the layer a CRS: the dock's no-CRS line goes
+    from qgis.core import QgsCoordinateReferenceSystem  # noqa: E402
+
+    layer.setCrs(QgsCoordinateReferenceSystem("EPSG:32633"))
+    report["crs_note_after_crs_set"] = dock.crs_note.text() if not dock.crs_note.isHidden() else ""
+    layer.setCrs(QgsCoordinateReferenceSystem())
 if project_file:
     QgsProject.instance().write(project_file)
     QgsProject.instance().clear()

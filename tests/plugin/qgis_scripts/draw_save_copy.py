@@ -61,9 +61,9 @@ canvas.setExtent(scene.extent())
 e = scene.extent()
 drawn = QgsRectangle(e.xMinimum() + 0.1 * e.width(), e.yMinimum() + 0.3 * e.height(),
                      e.xMinimum() + 0.6 * e.width(), e.yMinimum() + 0.9 * e.height())
-plugin.draw_area()
-plugin.extent_tool.extentChanged.emit(drawn)
-band = plugin.area_band
+plugin.area_picker.draw()
+plugin.area_picker.tool.extentChanged.emit(drawn)
+band = plugin.area_picker.band
 report["drawn"] = {"rect": rect(drawn), "band": rect(band.asGeometry().boundingBox()) if band else None,
                    "band_visible": bool(band and band.isVisible()), "note": dock.area_note.text(),
                    "area_choice": dock.area_choice()}
@@ -73,13 +73,13 @@ root = project.layerTreeRoot()
 group = root.children()[0]
 names = [n.name() for n in group.children()]
 area = [n.layer() for n in group.findLayers() if n.layer().name() == "asked area"]
-report["drawn"].update(names=names, band_after_answer=bool(plugin.area_band and plugin.area_band.isVisible()),
+report["drawn"].update(names=names, band_after_answer=bool(plugin.area_picker.band and plugin.area_picker.band.isVisible()),
                        area_extent=rect(area[0].extent()) if area else None,
                        area_window=[f[k] for f in area[0].getFeatures() for k in ("x0", "y0", "x1", "y1")] if area else None)
 
 # -- a raster small enough to be seen whole ----------------------------------------------------
 dock.area.setCurrentText("whole raster")
-report["drawn"]["band_hidden_for_whole"] = not plugin.area_band.isVisible()
+report["drawn"]["band_hidden_for_whole"] = not plugin.area_picker.band.isVisible()
 dock.alpha.setValue(1.0)  # keep every scored token: nothing is pruned, as on a raster of a tile or two
 ask_in_dock(plugin, small, "What is in the picture?")
 wait_for(lambda: plugin.task is None, 180)
