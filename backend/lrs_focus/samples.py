@@ -197,15 +197,21 @@ def add_external_overviews(path, compress: Optional[str] = "DEFLATE") -> Path:
     return Path(str(path) + ".ovr")
 
 
-def mosaic_vrt(directory: Path, width: int = 20000, height: int = 15000, block: tuple[int, int] = (1000, 750)) -> Path:
+def mosaic_vrt(directory: Path, width: int = 20000, height: int = 15000, block: tuple[int, int] = (1000, 750),
+               compress: str | None = None) -> Path:
     """A width x height RGB raster made of one noisy GeoTIFF block repeated (a VRT): seconds to write,
-    and every pixel the base pass reads is really decoded by GDAL (progress tests, the plugin's bar)."""
+    and every pixel the base pass reads is really decoded by GDAL (progress tests, the plugin's bar).
+    `compress` (e.g. "DEFLATE"): the block is stored compressed, with noise of 16 levels so that
+    inflating it costs what an image's does (full-range noise would be stored, not compressed)."""
     bw, bh = block
     tif = directory / "block.tif"
-    ds = gdal.GetDriverByName("GTiff").Create(str(tif), bw, bh, 3, gdal.GDT_Byte, ["TILED=YES"])
+    options = ["TILED=YES"] + ([f"COMPRESS={compress}"] if compress else [])
+    ds = gdal.GetDriverByName("GTiff").Create(str(tif), bw, bh, 3, gdal.GDT_Byte, options)
     rng = np.random.default_rng(0)
     for b in range(3):
-        ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 256, size=(bh, bw), dtype=np.uint8))
+        values = rng.integers(0, 16, size=(bh, bw), dtype=np.uint8) * 17 if compress else \
+            rng.integers(0, 256, size=(bh, bw), dtype=np.uint8)
+        ds.GetRasterBand(b + 1).WriteArray(values)
     ds = None
     bands = []
     for b in range(1, 4):
