@@ -70,6 +70,10 @@ def test_bench_pyramid_reports_the_floor_and_the_ratio(tmp_path):
         assert case["floor_ratio"] == round(ours["seconds"] / floor["seconds"], 2)
         for side in (floor, ours):  # the best of two runs
             assert len(side["runs_seconds"]) == 2 and side["seconds"] == min(side["runs_seconds"])
+        # each run against the floor run just before it, and their median
+        pairs = [round(o / f, 3) for o, f in zip(ours["runs_seconds"], floor["runs_seconds"])]
+        assert case["paired_floor_ratios"] == pairs
+        assert case["paired_floor_ratio"] == round(sum(pairs) / 2, 2)
         assert ours["tiles_per_level"][0] == 9 and len(ours["seconds_per_level"]) == len(ours["tiles_per_level"]) - 1
 
 

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -55,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="reader threads of ours and of the floor (default: the CPU count, at most 8)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="runs of the floor and of ours per case: seconds and cpu_s are the best run's, "
-                             "peak_mb the highest (default 1)")
+                        help="runs of the floor and of ours per case, back to back: seconds and cpu_s are the best "
+                             "run's, peak_mb the highest, paired_floor_ratio the median of each run's ours / floor "
+                             "(default 1)")
 
 
 def _log(msg: str) -> None:
@@ -96,10 +98,9 @@ def _child(kind: str, raster: str, tiles: int, overviews: bool, seed: int, pixel
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _best_of(repeat: int, *child_args) -> dict:
-    """`_child` run `repeat` times: the fastest run's report, with the highest peak of all runs
-    and every run's seconds (a shared machine's noise hits single runs, not the best one)."""
-    runs = [_child(*child_args) for _ in range(max(1, int(repeat)))]
+def _best(runs: list[dict]) -> dict:
+    """The fastest run's report, with the highest peak of all runs and every run's seconds (a shared
+    machine's noise hits single runs, not the best one)."""
     ok = [r for r in runs if "seconds" in r]
     if not ok:
         return runs[0]
@@ -109,6 +110,14 @@ def _best_of(repeat: int, *child_args) -> dict:
         best["cpu_s"] = min(r["cpu_s"] for r in ok)
         best["runs_seconds"] = [r["seconds"] for r in ok]
     return best
+
+
+def _paired(ours_runs: list[dict], floor_runs: list[dict]) -> list[float]:
+    """ours / floor seconds of each repetition: the two ran back to back, so a machine that slows
+    down for a while (another VM on the host) slows both; the best of each side may come from
+    different spells."""
+    return [round(o["seconds"] / f["seconds"], 3) for o, f in zip(ours_runs, floor_runs)
+            if "seconds" in o and f.get("seconds")]
 
 
 def run(args) -> dict:
@@ -131,6 +140,7 @@ def run(args) -> dict:
 
         raise BadOptions(f"--repeat must be >= 1, not {args.repeat}")
     cache = Path(args.cache_dir)
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     cases = []
     for w, h in sizes:
         path = ensure_raster(cache, w, h)
@@ -138,15 +148,21 @@ def run(args) -> dict:
         if not args.no_baseline:
             _log(f"{w}x{h}: baseline (whole image as float32)")
             baseline = _child("baseline", str(path), tiles, True, args.seed)
-        floors = {}
+        sized = []
         for overviews in (True, False):
-            _log(f"{w}x{h}: floor, every block at full resolution, {workers} worker(s)")
-            floors[overviews] = _best_of(args.repeat, "floor", str(path), tiles, overviews, args.seed, "gdal", workers)
-        for pixels in [p.strip() for p in args.paths.split(",") if p.strip()]:
-            for overviews in (True, False):
-                _log(f"{w}x{h}: ours, {pixels} pixels ({'with' if overviews else 'without'} overviews)")
-                ours = _best_of(args.repeat, "ours", str(path), tiles, overviews, args.seed, pixels, workers)
-                floor = floors[overviews]
+            # each repetition: the floor, then every path, back to back (see `_paired`)
+            floor_runs, ours_runs = [], {p: [] for p in paths}
+            for rep in range(args.repeat):
+                _log(f"{w}x{h} ({'with' if overviews else 'without'} overviews, run {rep + 1} of {args.repeat}): "
+                     f"floor, every block at full resolution, {workers} worker(s)")
+                floor_runs.append(_child("floor", str(path), tiles, overviews, args.seed, "gdal", workers))
+                for pixels in paths:
+                    _log(f"{w}x{h}: ours, {pixels} pixels ({'with' if overviews else 'without'} overviews)")
+                    ours_runs[pixels].append(_child("ours", str(path), tiles, overviews, args.seed, pixels, workers))
+            floor = _best(floor_runs)
+            for pixels in paths:
+                ours = _best(ours_runs[pixels])
+                paired = _paired(ours_runs[pixels], floor_runs)
                 case = {
                     "name": f"{w}x{h} {pixels} {'overviews' if overviews else 'no-overviews'}",
                     "pixels": pixels,
@@ -162,16 +178,20 @@ def run(args) -> dict:
                                     if "seconds" in ours and floor.get("seconds") else None),
                     "floor_cpu_ratio": (round(ours["cpu_s"] / floor["cpu_s"], 2)
                                         if "cpu_s" in ours and floor.get("cpu_s") else None),
+                    "paired_floor_ratios": paired,
+                    "paired_floor_ratio": round(statistics.median(paired), 2) if paired else None,
                 }
                 if baseline and "peak_mb" in baseline and "peak_mb" in ours:
                     case["ratio"] = round(baseline["peak_mb"] / ours["peak_mb"], 2)  # x less memory
                     case["time_ratio"] = round(baseline["seconds"] / ours["seconds"], 2)  # x faster
-                cases.append(case)
+                sized.append(case)
+        cases += sorted(sized, key=lambda c: (paths.index(c["pixels"]), not c["overviews"]))
     return {
         "benchmark": "pyramid",
         "workload": f"open + thumbnail + all base-level tiles + every level's tiles of a peaked zoom, N_max {tiles}",
         "ratio_means": "baseline peak_mb / ours peak_mb (time_ratio: baseline seconds / ours seconds; "
-                       "floor_ratio: ours seconds / floor seconds)",
+                       "floor_ratio: ours seconds / floor seconds, the best runs; paired_floor_ratio: the median "
+                       "of each repetition's ours / floor, run back to back)",
         "workers": workers,
         "repeat": args.repeat,
         "cases": cases,
@@ -180,7 +200,7 @@ def run(args) -> dict:
 
 def format_table(doc: dict) -> str:
     lines = [doc.get("workload", ""),
-             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'floor s':>8} {'/floor':>7} {'cpu/fl':>7} {'base MB':>9} "
+             f"{'case':<34} {'ours MB':>9} {'ours s':>8} {'floor s':>8} {'/floor':>7} {'cpu/fl':>7} {'paired':>7} {'base MB':>9} "
              f"{'base s':>8} {'mem x':>7} {'time x':>7}"]
 
     def cell(d, key, fmt):
@@ -194,7 +214,7 @@ def format_table(doc: dict) -> str:
         o, b, f = c["ours"], c["baseline"] or {}, c.get("floor") or {}
         lines.append(
             f"{c['name']:<34} {cell(o, 'peak_mb', '9.0f')} {cell(o, 'seconds', '8.2f')} {cell(f, 'seconds', '8.2f')} "
-            f"{cell(c, 'floor_ratio', '7.2f')} {cell(c, 'floor_cpu_ratio', '7.2f')} "
+            f"{cell(c, 'floor_ratio', '7.2f')} {cell(c, 'floor_cpu_ratio', '7.2f')} {cell(c, 'paired_floor_ratio', '7.2f')} "
             f"{cell(b, 'peak_mb', '9.0f')} {cell(b, 'seconds', '8.2f')} "
             f"{cell(c, 'ratio', '7.1f')} {cell(c, 'time_ratio', '7.1f')}"
         )
