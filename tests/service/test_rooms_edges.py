@@ -7,7 +7,6 @@ import ast
 import math
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
