@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
+from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, pixel_items, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -85,7 +85,7 @@ class SampleGrid:
         wx0 = np.float32(1.0) - wx1
         mean, std = np.tile(_MEAN, lx.size), np.tile(_STD, lx.size)
         flat = out.reshape(ly.size, w3)
-        pixels = self.pixels.view(np.dtype((np.void, 3)))[..., 0]
+        pixels = pixel_items(self.pixels)
 
         def band(a: int) -> None:  # output rows [a, a + RESIZE_ROWS): float32 temporaries stay small
             b = min(ly.size, a + RESIZE_ROWS)

@@ -36,14 +36,19 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, n))
 
 
+def pixel_items(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (h, w, c) array as (h, w) items of c values each (a void view): numpy's take
+    and fancy indexing then move a whole pixel per item, not one value at a time."""
+    return a.view(np.dtype((np.void, a.shape[2] * a.itemsize)))[..., 0]
+
+
 def take_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """a[:, idx] of an (h, w, c) array, C-contiguous. numpy's fancy indexing copies one value at a
     time and, on axis 1, returns a column-major result that slows every later operation; `np.take`
-    of one c-value item per pixel (a void view) is several times faster and row-major."""
+    of one c-value item per pixel (`pixel_items`) is several times faster and row-major."""
     a = np.ascontiguousarray(a)
     h, _, c = a.shape
-    pixels = a.view(np.dtype((np.void, c * a.itemsize)))[..., 0]
-    return np.take(pixels, idx, axis=1)[..., None].view(a.dtype).reshape(h, len(idx), c)
+    return np.take(pixel_items(a), idx, axis=1)[..., None].view(a.dtype).reshape(h, len(idx), c)
 
 
 def take_grid(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
