@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, pixel_items, run_bounded, take_grid
+from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, plan_strips, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -79,36 +79,37 @@ class SampleGrid:
         if out is None or not out.flags.c_contiguous:  # a partial tile's part of a batch: blended aside
             out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
         # every array below is (rows, w * 3): numpy's loops then run along whole rows, not along the
-        # 3 channels of one pixel (several times faster); the weights are repeated per channel
+        # 3 channels of one pixel (several times faster); the weights are repeated per channel, and the
+        # columns are taken as single bytes of the grid's (rows, cols * 3) rows (numpy's take copies
+        # one-byte items in a tight loop, 3-byte ones with a memmove each)
         w3 = 3 * lx.size
         wx1 = np.repeat(lx, 3)[None, :]
         wx0 = np.float32(1.0) - wx1
+        channel = np.arange(3)
+        bytes0, bytes1 = (3 * cx0[:, None] + channel).ravel(), (3 * cx1[:, None] + channel).ravel()
         mean, std = np.tile(_MEAN, lx.size), np.tile(_STD, lx.size)
         flat = out.reshape(ly.size, w3)
-        pixels = pixel_items(self.pixels)
+        grid_rows = self.pixels.reshape(self.pixels.shape[0], -1)
 
         def band(a: int) -> None:  # output rows [a, a + RESIZE_ROWS): float32 temporaries stay small
             b = min(ly.size, a + RESIZE_ROWS)
             # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
             # normalisation is affine, so this is F.interpolate of the normalised image up to float32
             # rounding (the equivalence tests bound the difference), at a quarter of the normalising.
-            # In place where it can be: the same operations in the same order, fewer passes.
+            # In place where it can be: the same operations in the same order, fewer passes. The x
+            # pass runs on the grid rows between the band's first and last (a tile's grid has no
+            # others; a level's or the base pass's union has few), the uint8 values going to float32
+            # inside the multiply (exact), not in a pass of their own
             y0, y1 = ry0[a:b], ry1[a:b]
-            used_r = np.unique(np.concatenate([y0, y1]))
-
-            def weighted(cx: np.ndarray, wx: np.ndarray) -> np.ndarray:
-                # the band's rows x these columns in one step, a pixel per item: neither a copy of
-                # whole rows (5.6 MB a band of a level's grid at 27k) nor the columns of unused rows;
-                # the uint8 values go to float32 inside the multiply (exact), not in a pass of their own
-                picked = pixels[used_r[:, None], cx[None, :]].view(np.uint8)
-                return np.multiply(picked.reshape(used_r.size, w3), wx, dtype=np.float32)
-
-            left, right = weighted(cx0, wx0), weighted(cx1, wx1)
+            lo, hi = int(y0[0]), int(y1[-1]) + 1
+            rows = grid_rows[lo:hi]
+            left = np.multiply(np.take(rows, bytes0, axis=1), wx0, dtype=np.float32)
+            right = np.multiply(np.take(rows, bytes1, axis=1), wx1, dtype=np.float32)
             along_x = np.add(left, right, out=left)
             del right
             wy1 = ly[a:b, None]
             wy0 = np.float32(1.0) - wy1
-            top, bottom = along_x[np.searchsorted(used_r, y0)], along_x[np.searchsorted(used_r, y1)]
+            top, bottom = along_x[y0 - lo], along_x[y1 - lo]
             del along_x, left
             np.multiply(top, wy0, out=top)
             np.multiply(bottom, wy1, out=bottom)
@@ -346,9 +347,14 @@ class ExactPyramid(LazyTiles):
             self._base_and_thumbnail()
         return self._thumbnail
 
-    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int], **kw) -> np.ndarray:
+    def _tile_index(self, lv: Level, row: int, col: int):
+        """(index_y, index_x, (h, w)): a tile's resize indices and its content (the image part)."""
         b = self.cfg.tile_size
-        iy, ix = self._index(lv.resized, (row * b, row * b + content[0], col * b, col * b + content[1]))
+        h, w = self.geometry.tile_content(lv, row, col)
+        return (*self._index(lv.resized, (row * b, row * b + h, col * b, col * b + w)), (h, w))
+
+    def _read_tile(self, lv: Level, row: int, col: int, content: tuple[int, int], **kw) -> np.ndarray:
+        iy, ix, _ = self._tile_index(lv, row, col)
         grid = self.grids.get(lv.index)
         source = grid if grid is not None else self._gather(_needed(iy), _needed(ix), **kw)
         return source.resize(iy, ix)
@@ -358,13 +364,13 @@ class ExactPyramid(LazyTiles):
 
     def stack(self, level, positions) -> np.ndarray:
         """(n, B, B, 3) read-only: the tiles at `positions`, blended straight into one array (a batch
-        is not held twice). Tiles of a level without a sample grid are read a tile row at a time:
-        the row's tiles need the same source rows, so one gather over the union of their columns
-        decodes a block they share once (a tile's own window would decode its edge blocks again for
-        its neighbour), in parallel strips; their blends then run on `src.workers` threads."""
+        is not held twice) on `src.workers` threads. A level with a sample grid reads nothing; a finer
+        one reads the blocks its tiles need once for all of them (`_read_tiles`)."""
         lv = self.geometry.level(level)
         positions = [(int(r), int(c)) for r, c in positions]
         b = self.cfg.tile_size
+        # the previous batch, freed by now, may sit as a hole in the heap too small for this one
+        give_back_freed_memory()
         out = np.zeros((len(positions), b, b, 3), dtype=np.float32)  # zeros: the padding
         first: dict[tuple[int, int], int] = {}
         todo = []
@@ -377,32 +383,131 @@ class ExactPyramid(LazyTiles):
                 out[i] = hit
             else:
                 todo.append(p)
-        if lv.index > 0 and len(todo) > 1 and lv.index not in self.grids and hasattr(self.src, "gather"):
-            for row in sorted({r for r, _ in todo}):
-                cols_here = sorted(c for r, c in todo if r == row)
-                content = {c: self.geometry.tile_content(lv, row, c) for c in cols_here}
-                index = {c: self._index(lv.resized, (row * b, row * b + content[c][0], c * b, c * b + content[c][1]))
-                         for c in cols_here}
-                rows = _needed(index[cols_here[0]][0])  # the same for every tile of the row
-                grid = self._gather(rows, functools.reduce(np.union1d, [_needed(ix) for _, ix in index.values()]))
-
-                def blend(c: int) -> None:
-                    h, w = content[c]
-                    grid.resize(*index[c], out=out[first[(row, c)], :h, :w])
-
-                run_bounded(blend, cols_here, int(getattr(self.src, "workers", 1)))
-                del grid
-            give_back_freed_memory()  # the rows' samples, freed on several threads (once: rows reuse them)
-            for p in todo[-self.cache_tiles:] if self.cache_tiles else []:  # the LRU keeps the last ones only
-                self._remember((lv.index, *p), _frozen(out[first[p]].copy()))
+        dest = {p: out[first[p]] for p in todo}
+        grid = self.grids.get(lv.index) if lv.index > 0 else None
+        if grid is None and (lv.index == 0 or not hasattr(self.src, "gather")):
+            for p in todo:  # base tiles are crops of the base level; other sources read tile by tile
+                dest[p][...] = self.tile(lv, *p)
         else:
-            for p in todo:
-                out[first[p]] = self.tile(lv, *p)
+            if grid is not None:
+                def blend(p: tuple[int, int]) -> None:
+                    iy, ix, (h, w) = self._tile_index(lv, *p)
+                    grid.resize(iy, ix, out=dest[p][:h, :w])
+
+                run_bounded(blend, todo, int(getattr(self.src, "workers", 1)))
+                give_back_freed_memory()  # the blends' temporaries, freed on the workers' heaps
+            else:
+                self._read_tiles(lv, todo, dest)
+            for p in todo[-self.cache_tiles:] if self.cache_tiles else []:  # the LRU keeps the last ones only
+                self._remember((lv.index, *p), _frozen(dest[p].copy()))
         for i, p in enumerate(positions):
             if first[p] != i:
                 out[i] = out[first[p]]
         out.setflags(write=False)
         return out
+
+    def _read_tiles(self, lv: Level, todo: list, dest: dict) -> None:
+        """Tiles of a level without a sample grid, each blended into `dest[p]` from a grid of its own.
+
+        The blocks the tiles need are read once for all of them (a block under the edge of two tiles,
+        in one tile row or in two, is decoded once), in block-aligned strips (`_tile_strips`) on
+        `src.workers` threads, top to bottom. Each strip is scattered into the grids of the tiles it
+        feeds, and the thread that completes a tile's grid blends it at once: decoding and blending
+        overlap, and a grid lives from its first strip to its blend."""
+        need = {}
+        for p in todo:
+            iy, ix, content = self._tile_index(lv, *p)
+            need[p] = (iy, ix, content, _needed(iy), _needed(ix))
+        strips = self._tile_strips({p: n[3:] for p, n in need.items()}, int(getattr(self.src, "workers", 1)))
+        waiting = {p: sum(p in feeds for _, _, feeds in strips) for p in todo}
+        grids = {p: np.empty((n[3].size, n[4].size, 3), dtype=np.uint8) for p, n in need.items()}
+        lock = threading.Lock()
+
+        def one(strip: tuple[np.ndarray, np.ndarray, list]) -> None:
+            rows, cols, feeds = strip
+
+            def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+                for p in feeds:
+                    r, c = need[p][3:]
+                    lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
+                    clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
+                    if hi > lo and chi > clo:
+                        take_grid(pixels, np.searchsorted(piece_rows, r[lo:hi]),
+                                  np.searchsorted(piece_cols, c[clo:chi]), out=grids[p][lo:hi, clo:chi])
+
+            self._gather(rows, cols, workers=1, sink=scatter, check=None)  # checked between strips, here
+            with self._count:
+                self.source_pixels += self._gather_pixels(rows, cols)
+            with lock:
+                waiting.update((p, waiting[p] - 1) for p in feeds)
+                ready = [(p, grids.pop(p)) for p in feeds if waiting[p] == 0]
+            for p, pixels in ready:
+                iy, ix, (h, w), r, c = need[p]
+                SampleGrid(r, c, pixels).resize(iy, ix, out=dest[p][:h, :w])
+
+        run_bounded(one, strips, int(getattr(self.src, "workers", 1)), self.check)
+        give_back_freed_memory()  # the grids and strips, freed on several threads
+
+    def _tile_strips(self, targets: dict, workers: int) -> list[tuple[np.ndarray, np.ndarray, list]]:
+        """(rows, cols, keys fed): block-aligned strips over exactly the blocks that some target's rows
+        x cols touch (targets apart from each other are not crossed: the rows of one with the columns
+        of another), each at most STRIP_BYTES / workers, top to bottom."""
+        bw, bh = (max(1, int(v)) for v in getattr(self.src, "block_size", (1, 1)))
+        ox, oy = (int(v) for v in getattr(self.src, "origin", (0, 0)))  # a RasterWindow's blocks are shifted
+        needed: dict[int, set] = {}  # block row -> the block columns needed in it
+        for rows, cols in targets.values():
+            block_cols = set(np.unique((cols + ox) // bw).tolist())
+            for by in np.unique((rows + oy) // bh).tolist():
+                needed.setdefault(by, set()).update(block_cols)
+        # rectangles of blocks: a run of consecutive needed block columns, over the consecutive block
+        # rows that need the same run
+        rects: list[list[int]] = []
+        open_runs: dict[tuple[int, int], list[int]] = {}
+        for by in sorted(needed):
+            runs = _consecutive_runs(sorted(needed[by]))
+            open_runs = {run: (open_runs[run] if run in open_runs and open_runs[run][1] == by - 1 else None)
+                         for run in runs}
+            for run, rect in open_runs.items():
+                if rect is None:
+                    rect = [by, by, *run]
+                    rects.append(rect)
+                    open_runs[run] = rect
+                rect[1] = by
+        strips = []
+        for by0, by1, bx0, bx1 in rects:
+            y0, y1, x0, x1 = by0 * bh - oy, (by1 + 1) * bh - oy, bx0 * bw - ox, (bx1 + 1) * bw - ox
+            feeds = [k for k, (r, c) in targets.items() if _meets(r, y0, y1) and _meets(c, x0, x1)]
+            rows = functools.reduce(np.union1d, [_within(targets[k][0], y0, y1) for k in feeds])
+            cols = functools.reduce(np.union1d, [_within(targets[k][1], x0, x1) for k in feeds])
+            for sy0, sy1, sx0, sx1 in plan_strips(rows + oy, cols + ox, (bw, bh), 1, STRIP_BYTES // max(1, workers)):
+                s_rows, s_cols = _within(rows, sy0 - oy, sy1 - oy), _within(cols, sx0 - ox, sx1 - ox)
+                s_feeds = [k for k in feeds if _meets(targets[k][0], sy0 - oy, sy1 - oy)
+                           and _meets(targets[k][1], sx0 - ox, sx1 - ox)]
+                if s_rows.size and s_cols.size and s_feeds:
+                    strips.append((s_rows, s_cols, s_feeds))
+        return sorted(strips, key=lambda s: (int(s[0][0]), int(s[1][0])))
+
+
+def _consecutive_runs(values: list[int]) -> list[tuple[int, int]]:
+    """[first, last] runs of consecutive sorted integers."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs
+
+
+def _within(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The sorted values in [lo, hi)."""
+    a, b = np.searchsorted(values, [lo, hi])
+    return values[a:b]
+
+
+def _meets(values: np.ndarray, lo: int, hi: int) -> bool:
+    a, b = np.searchsorted(values, [lo, hi])
+    return bool(b > a)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ torch or GDAL (the caller passes the function that reads one strip).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -177,12 +178,16 @@ def block_chunks(rows: np.ndarray, block_height: int, max_rows: int) -> list[tup
     return spans
 
 
-def gather_strips(read: Callable[[Strip, np.ndarray], tuple[np.ndarray, np.ndarray]], rows: np.ndarray,
+StripRead = Callable[[Strip, np.ndarray], tuple[np.ndarray, np.ndarray, Optional[Callable[[], None]]]]
+
+
+def gather_strips(read: StripRead, rows: np.ndarray,
                   cols: np.ndarray, strips: list[Strip], workers: int = 1,
                   check: Optional[Callable[[], None]] = None, sink: Optional[Sink] = None) -> Optional[np.ndarray]:
-    """uint8 (len(rows), len(cols), 3): `read(strip, strip_rows)` -> (piece_rows, pixels), the pixels
-    (len(piece_rows), x1 - x0, 3) of sorted rows that include the asked `strip_rows` (any layout
-    `take_grid` takes); the asked rows and columns are copied into place; up to `workers` at once.
+    """uint8 (len(rows), len(cols), 3): `read(strip, strip_rows)` -> (piece_rows, pixels, done), the
+    pixels (len(piece_rows), x1 - x0, 3) of sorted rows that include the asked `strip_rows` (any layout
+    `take_grid` takes) and what to call once they are copied (or None); the asked rows and columns are
+    copied into place; up to `workers` at once.
 
     With `sink`, nothing is assembled: each strip's pixels go to `sink(piece_rows, arange(x0, x1),
     pixels)` on the thread that read them (strips cover disjoint rows x columns), and None is
@@ -197,11 +202,16 @@ def gather_strips(read: Callable[[Strip, np.ndarray], tuple[np.ndarray, np.ndarr
         r0, r1 = np.searchsorted(rows, [y0, y1])
         c0, c1 = np.searchsorted(cols, [x0, x1])
         if r1 > r0 and c1 > c0:
-            piece_rows, pixels = read(strip, rows[r0:r1])
-            if sink is not None:
-                sink(piece_rows, np.arange(x0, x1), pixels)
-            else:
-                take_grid(pixels, np.searchsorted(piece_rows, rows[r0:r1]), cols[c0:c1] - x0, out=out[r0:r1, c0:c1])
+            piece_rows, pixels, done = read(strip, rows[r0:r1])
+            try:
+                if sink is not None:
+                    sink(piece_rows, np.arange(x0, x1), pixels)
+                else:
+                    take_grid(pixels, np.searchsorted(piece_rows, rows[r0:r1]), cols[c0:c1] - x0,
+                              out=out[r0:r1, c0:c1])
+            finally:
+                if done is not None:
+                    done()
 
     try:
         run_bounded(one, strips, workers, check)
@@ -285,6 +295,35 @@ class HandlePool:
             self._idle.clear()
 
 
+class BufferPool:
+    """Strip buffers that outlive a gather: a thread borrows one of at least n bytes and gives it back.
+
+    A fresh buffer per strip costs a page fault per 4 KB GDAL writes into it (the gathers that trim
+    the heap after them give its pages back), about a fifth of the decoding time of the small
+    strips a zoom level reads. At most one buffer per thread reading at once is ever made."""
+
+    def __init__(self):
+        self._idle: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def borrow(self, n: int) -> np.ndarray:
+        with self._lock:
+            for i, buffer in enumerate(self._idle):
+                if buffer.size >= n:
+                    return self._idle.pop(i)
+            if self._idle:  # too small: replaced by a larger one (the count stays the threads')
+                self._idle.pop()
+        return np.empty(n, dtype=np.uint8)
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        with self._lock:
+            self._idle.append(buffer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._idle.clear()
+
+
 def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]], workers: int,
                   max_bytes: int = STRIP_BYTES, sink: Optional[Sink] = None) -> Optional[np.ndarray]:
     """`RasterSource.gather`: its strips read with `src.read_rgb` on handles borrowed from `src._handles`
@@ -299,15 +338,8 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
               and not src._mask_needed and not src._is_float)
 
     bh = max(1, int(src.block_size[1]))
-    spare = threading.local()  # each thread's strip buffer, reused: a fresh one per strip costs page faults
 
-    def planes(shape: tuple[int, int, int]) -> np.ndarray:
-        n = shape[0] * shape[1] * shape[2]
-        if getattr(spare, "buffer", None) is None or spare.buffer.size < n:
-            spare.buffer = np.empty(n, dtype=np.uint8)
-        return spare.buffer[:n].reshape(shape)
-
-    def read(strip: Strip, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read(strip: Strip, want: np.ndarray):
         """The strip's asked rows. 8-bit RGB whose asked rows leave no block row of the strip out (a
         tiled raster's strips never do): the whole strip in one GDAL read, band planes (see
         `take_grid`). Otherwise one read per run of consecutive rows, pixel-interleaved: every block
@@ -318,9 +350,11 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
         try:
             y0, y1 = int(want[0]), int(want[-1]) + 1
             if direct and y1 - y0 <= np.unique(want // bh).size * bh:
-                buffer = planes((len(src.bands), y1 - y0, x1 - x0))  # the sink copies what it keeps
-                ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands), buf_obj=buffer)
-                return np.arange(y0, y1), np.moveaxis(buffer, 0, -1)
+                shape = (len(src.bands), y1 - y0, x1 - x0)
+                buffer = src._buffers.borrow(shape[0] * shape[1] * shape[2])
+                planes = buffer[:shape[0] * shape[1] * shape[2]].reshape(shape)
+                ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands), buf_obj=planes)
+                return np.arange(y0, y1), np.moveaxis(planes, 0, -1), functools.partial(src._buffers.give_back, buffer)
             out = np.empty((want.size, x1 - x0, 3), dtype=np.uint8)
             starts = np.flatnonzero(np.diff(want, prepend=want[0] - 2) != 1)
             for a, b in zip(starts, list(starts[1:]) + [want.size]):
@@ -330,7 +364,7 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
                                   buf_line_space=3 * (x1 - x0), buf_band_space=1, buf_obj=out[a:b])
                 else:
                     out[a:b] = src.read_rgb((x0, y0, x1, y1), (y1 - y0, x1 - x0), pad_rgb, _ds=ds)
-            return want, out
+            return want, out, None
         finally:
             # strips are block-aligned, so no later strip wants these blocks: dropping them keeps
             # GDAL's block cache (64 MB, filled by every handle) from adding its size to the peak

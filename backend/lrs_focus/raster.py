@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from osgeo import gdal
 
-from .gather import STRIP_BYTES, HandlePool, default_workers, gather_source
+from .gather import STRIP_BYTES, BufferPool, HandlePool, default_workers, gather_source
 from .raster_checks import MAX_BLOCK_BYTES, check_blocks, dataset_files, file_entry, refuse_special_file  # noqa: F401
 from .raster_window import RasterWindow  # noqa: F401  (imported from here by callers)
 from .errors import (BadFileName, BadGeoreference, BandError, EmptyRaster, NotARaster, RasterNotFound, RasterTooLarge,
@@ -175,6 +175,7 @@ class RasterSource:
         # gather's threads (each on its own handle, opened with the same GDAL open options)
         self.open_options, self.workers = [], default_workers()
         self._handles = HandlePool(lambda: gdal.OpenEx(path, gdal.OF_RASTER, open_options=self.open_options))
+        self._buffers = BufferPool()  # the strip buffers of `gather`
         # An explicit stretch (the display's min/max) also applies to 8-bit data; without one,
         # 8-bit data is taken as is and other types get the 2-98 % percentiles, estimated lazily.
         self.explicit_stretch = stretch is not None and self.palette is None
@@ -416,6 +417,7 @@ class RasterSource:
 
     def close(self) -> None:
         self._ds, _ = None, self._handles.close()
+        self._buffers.clear()
 
     def __enter__(self) -> "RasterSource":
         return self

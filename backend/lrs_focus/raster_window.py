@@ -30,6 +30,11 @@ class RasterWindow:
         self.width, self.height = ix1 - ix0, iy1 - iy0
         self.block_size = getattr(src, "block_size", (1, 1))  # the source's blocks (origin-shifted)
 
+    @property
+    def workers(self) -> int:
+        """The source's gather threads: the pyramid blends a window's tiles on as many."""
+        return int(getattr(self.src, "workers", 1))
+
     def read_rgb(self, window: Window, out_size: tuple[int, int], pad_rgb=(0, 0, 0)) -> np.ndarray:
         x0, y0, x1, y1 = (float(v) for v in window)
         ox, oy = self.origin

@@ -273,3 +273,94 @@ def test_take_grid_equals_fancy_indexing_in_any_layout():
             take_grid(pixels, rows, cols, out=into[1:-1])
             np.testing.assert_array_equal(into[1:-1], want)
             assert not into[0].any() and not into[-1].any()
+
+
+@pytest.mark.parametrize("window", [None, (37, 61, 1000, 850)])
+def test_a_batch_of_tiles_equals_its_tiles_read_one_by_one(tmp_path, window):
+    """`stack` reads a batch's blocks once for all its tiles, each tile from a grid of its own, and
+    blends on several threads (a window's blocks are shifted): the same pixels as `tile`, bit for bit."""
+    rng = np.random.default_rng(11)
+    bands = rng.integers(0, 256, (3, 900, 1100), dtype=np.uint8)
+    src = RasterSource.open(_write(tmp_path / "img.tif", bands, block=64))
+    src.workers = 3
+    view = src if window is None else RasterWindow(src, window)
+    one, batch = ExactPyramid(view, TINY, cache_tiles=0), ExactPyramid(view, TINY, cache_tiles=4)
+    batch.thumbnail()  # coarse levels get sample grids: their batches only blend
+    assert batch.grids
+    for lv in batch.geometry.levels:
+        positions = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
+        positions = [positions[i] for i in rng.permutation(len(positions))][:40]
+        positions += positions[:3]  # a tile asked twice comes twice
+        got = batch.stack(lv.index, positions)
+        assert not got.flags.writeable
+        np.testing.assert_array_equal(got, np.stack([one.tile(lv.index, r, c) for r, c in positions]))
+    src.close()
+
+
+class _Blocks:
+    """A source's block layout only (what `_tile_strips` plans on)."""
+
+    def __init__(self, block_size, origin=(0, 0)):
+        self.height, self.width, self.block_size, self.origin = 5000, 7000, block_size, origin
+
+
+@pytest.mark.parametrize("origin", [(0, 0), (37, 100)])
+def test_tile_strips_decode_each_needed_block_once_and_no_other(origin):
+    """Targets far apart are not crossed (the rows of one with the columns of another): the strips
+    cover exactly the blocks some target needs, none twice, each block-aligned and bounded."""
+    from lrs_focus.gather import STRIP_BYTES
+
+    bw, bh = 64, 48
+    pyr = ExactPyramid.__new__(ExactPyramid)
+    pyr.src = _Blocks((bw, bh), origin)
+    ox, oy = origin
+    rng = np.random.default_rng(2)
+    targets = {}
+    for k, (y, x) in enumerate([(0, 0), (900, 2000), (930, 2050), (3000, 100), (3010, 5000)]):
+        targets[k] = (np.unique(y + rng.integers(0, 300, 120)), np.unique(x + rng.integers(0, 400, 150)))
+    strips = pyr._tile_strips(targets, workers=2)
+
+    def blocks(rows, cols):
+        return {(int(by), int(bx)) for by in np.unique((rows + oy) // bh) for bx in np.unique((cols + ox) // bw)}
+
+    needed = set().union(*[blocks(r, c) for r, c in targets.values()])
+    seen: list = []
+    for rows, cols, feeds in strips:
+        assert rows.size * cols.size * 3 <= STRIP_BYTES // 2 or len(blocks(rows, cols)) == 1
+        seen += sorted(blocks(rows, cols))
+        for k in feeds:  # a fed target has pixels in the strip
+            r, c = targets[k]
+            assert np.isin(r, rows).any() and np.isin(c, cols).any()
+    assert len(seen) == len(set(seen)) and set(seen) == needed
+    for k, (r, c) in targets.items():  # every asked pixel comes from a strip that feeds its target
+        covered = np.zeros((r.size, c.size), dtype=int)
+        for rows, cols, feeds in strips:
+            if k in feeds:
+                covered[np.ix_(np.isin(r, rows), np.isin(c, cols))] += 1
+        assert (covered == 1).all()
+    assert [(int(s[0][0]), int(s[1][0])) for s in strips] == sorted((int(s[0][0]), int(s[1][0])) for s in strips)
+
+
+def test_strip_buffers_are_reused_across_gathers_and_given_back_after_the_sink(rasters):
+    """Whole-strip reads land in buffers the source keeps (a fresh one per strip costs page faults):
+    at most one per thread, the same ones gather after gather, and never handed to another strip
+    while a sink still reads the pixels in one."""
+    src = RasterSource.open(rasters["plain"])
+    rows, cols = np.arange(0, 500, 2), np.arange(3, 900, 3)
+    want = src.gather(rows, cols, (0, 0, 0), workers=1)
+    kept = []
+    for _ in range(3):
+        got = np.zeros_like(want)
+
+        def sink(r, c, pixels):
+            time.sleep(0.002)  # another strip reads meanwhile
+            keep_r, keep_c = np.isin(r, rows), np.isin(c, cols)
+            got[np.ix_(np.searchsorted(rows, r[keep_r]), np.searchsorted(cols, c[keep_c]))] = \
+                pixels[np.ix_(keep_r, keep_c)]
+
+        src.gather(rows, cols, (0, 0, 0), workers=2, max_bytes=60_000, sink=sink)
+        np.testing.assert_array_equal(got, want)
+        kept.append({id(b) for b in src._buffers._idle})
+    assert 1 <= len(kept[0]) <= 2 and kept[0] == kept[1] == kept[2]
+    src.close()
+    assert not src._buffers._idle

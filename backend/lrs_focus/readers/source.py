@@ -116,10 +116,11 @@ class ConfinedSource:
         return out
 
     def gather(self, rows, cols, pad_rgb=(0, 0, 0), check: Optional[Callable[[], None]] = None,
-               sink=None) -> Optional[np.ndarray]:
+               sink=None, workers: Optional[int] = None) -> Optional[np.ndarray]:
         """uint8 (len(rows), len(cols), 3): source pixels at sorted unique rows/cols, the rows split
         over up to `pool.parallel` readers (chunks that fit their shared memory); with `sink`, each
-        chunk goes to `sink(rows, cols, pixels)` as it arrives and None is returned."""
+        chunk goes to `sink(rows, cols, pixels)` as it arrives and None is returned. `workers` is
+        RasterSource's (its threads); here the readers free at the time decide."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8) if sink is None else None
         if rows.size == 0 or cols.size == 0:
