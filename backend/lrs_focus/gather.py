@@ -69,9 +69,19 @@ def take_grid(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: Optio
         return out
     if out is None:
         out = np.empty((rows.size, cols.size, c), dtype=pixels.dtype)
+    row_run, col_run = _as_slice(rows), _as_slice(cols)  # every row (column) of a range: a view, no take
     for k in range(c):
-        out[..., k] = np.take(np.take(pixels[..., k], rows, axis=0), cols, axis=1)
+        plane = pixels[..., k]
+        picked = plane[row_run] if row_run is not None else np.take(plane, rows, axis=0)
+        out[..., k] = picked[:, col_run] if col_run is not None else np.take(picked, cols, axis=1)
     return out
+
+
+def _as_slice(idx: np.ndarray) -> Optional[slice]:
+    """The slice of sorted unique `idx` when it is a whole range (the dense levels' samples), else None."""
+    if idx.size and int(idx[-1]) - int(idx[0]) + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return None
 
 
 def _spans(idx: np.ndarray, block: int, limit: int) -> list[tuple[int, int]]:
@@ -245,8 +255,12 @@ _TRIM = None
 def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callable[[], None]] = None) -> None:
     """fn(item) for every item, at most `workers` at once on threads that end before this returns.
 
-    `check()` runs in the calling thread before each item starts; when it (or an fn) raises, no
-    new item starts, the running ones finish, and the exception propagates."""
+    `check()` runs in the calling thread before each item is queued; when it (or an fn) raises, no
+    new item starts (the queued ones are cancelled), the running ones finish, and the exception
+    propagates. One item per worker waits queued behind the running ones: a worker that finishes
+    takes the next at once instead of idling until this thread wakes and gets the GIL (up to its
+    5 ms switch interval while another thread runs Python), which left each worker idle a sixth of
+    a base pass of short strips."""
     workers = max(1, min(int(workers), len(items)))
     if workers == 1:
         for item in items:
@@ -258,7 +272,7 @@ def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callabl
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gather") as pool:
         try:
             for item in items:
-                while len(pending) >= workers:
+                while len(pending) >= 2 * workers:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for f in done:
                         f.result()
@@ -269,7 +283,7 @@ def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callabl
                 f.result()
         finally:
             for f in pending:
-                f.cancel()  # `with` then waits for the ones already running
+                f.cancel()  # the queued ones; `with` then waits for the ones already running
 
 
 class HandlePool:

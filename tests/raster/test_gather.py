@@ -264,7 +264,9 @@ def test_take_grid_equals_fancy_indexing_in_any_layout():
     rng = np.random.default_rng(2)
     planes = rng.integers(0, 256, (3, 40, 70), dtype=np.uint8)
     for pixels in (np.ascontiguousarray(np.moveaxis(planes, 0, -1)), np.moveaxis(planes, 0, -1)):
-        for rows, cols in ((np.arange(40), np.arange(70)), (np.array([0, 5, 6, 39]), np.array([1, 2, 50, 69]))):
+        for rows, cols in ((np.arange(40), np.arange(70)), (np.array([0, 5, 6, 39]), np.array([1, 2, 50, 69])),
+                           (np.arange(3, 17), np.array([1, 2, 50, 69])), (np.array([0, 5, 6, 39]), np.arange(20, 31)),
+                           (np.array([7]), np.array([9]))):  # ranges (taken as views) and not
             want = pixels[rows][:, cols]
             got = take_grid(pixels, rows, cols)
             assert got.flags.c_contiguous
