@@ -259,8 +259,8 @@ def run_bounded(fn: Callable, items: list, workers: int, check: Optional[Callabl
     new item starts (the queued ones are cancelled), the running ones finish, and the exception
     propagates. One item per worker waits queued behind the running ones: a worker that finishes
     takes the next at once instead of idling until this thread wakes and gets the GIL (up to its
-    5 ms switch interval while another thread runs Python), which left each worker idle a sixth of
-    a base pass of short strips."""
+    5 ms switch interval while another thread runs Python): a 27k base pass of 869 strips keeps 1.84
+    of 2 cores busy instead of 1.80."""
     workers = max(1, min(int(workers), len(items)))
     if workers == 1:
         for item in items:
