@@ -20,14 +20,13 @@ whole image in memory.
 
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, plan_strips, run_bounded, take_grid
+from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -137,7 +136,7 @@ def normalise(u8: np.ndarray) -> np.ndarray:
 
 
 def _needed(index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    return np.unique(np.concatenate([index[0], index[1]]))
+    return _sorted_union([index[0], index[1]])
 
 
 class ExactPyramid(LazyTiles):
@@ -222,8 +221,8 @@ class ExactPyramid(LazyTiles):
         each piece read (a strip, or a reader's chunk) is scattered into the targets by the thread
         that read it, so memory holds the targets and the pieces in flight, never the union; otherwise
         the union's rows are read in bands of about BASE_PASS_BYTES (cut on block rows) and scattered."""
-        rows = functools.reduce(np.union1d, [r for r, _ in targets.values()])
-        cols = functools.reduce(np.union1d, [c for _, c in targets.values()])
+        rows = _sorted_union([r for r, _ in targets.values()])
+        cols = _sorted_union([c for _, c in targets.values()])
         out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
 
         # `source_pixels` grows with every piece (the progress meter times the pass by it), to the
@@ -295,8 +294,8 @@ class ExactPyramid(LazyTiles):
         th, tw = self.geometry.thumbnail_size
         rh, rw = base.resized
         i_base, i_thumb = self._index((rh, rw), (0, rh, 0, rw)), self._index((th, tw), (0, th, 0, tw))
-        rows = np.union1d(_needed(i_base[0]), _needed(i_thumb[0]))
-        cols = np.union1d(_needed(i_base[1]), _needed(i_thumb[1]))
+        rows = _sorted_union([i_base[0][0], i_base[0][1], i_thumb[0][0], i_thumb[0][1]])
+        cols = _sorted_union([i_base[1][0], i_base[1][1], i_thumb[1][0], i_thumb[1][1]])
         return i_base, i_thumb, rows, cols, self._plan_base_pass(rows, cols)
 
     def base_pass_pixels(self) -> int:
@@ -305,7 +304,7 @@ class ExactPyramid(LazyTiles):
             return 0
         _, _, rows, cols, wanted = self._base_pass_plan()
         for r, c in wanted.values():
-            rows, cols = np.union1d(rows, r), np.union1d(cols, c)
+            rows, cols = _sorted_union([rows, r]), _sorted_union([cols, c])
         # counted as the pass counts `source_pixels` (the work meter divides one by the other): a plan
         # that skipped the rows between sparse samples was 6x short on a 48000 x 36000 raster read
         # through `gather`, and `overall` ran to 0.9 at 40 % of the run. Through `gather` the pass is
@@ -451,13 +450,15 @@ class ExactPyramid(LazyTiles):
     def _tile_strips(self, targets: dict, workers: int) -> list[tuple[np.ndarray, np.ndarray, list]]:
         """(rows, cols, keys fed): block-aligned strips over exactly the blocks that some target's rows
         x cols touch (targets apart from each other are not crossed: the rows of one with the columns
-        of another), each at most STRIP_BYTES / workers, top to bottom."""
+        of another), each at most STRIP_BYTES / workers, top to bottom. Planned on block indices (it
+        runs on the caller's thread while the workers wait: a plan per batch of tiles)."""
         bw, bh = (max(1, int(v)) for v in getattr(self.src, "block_size", (1, 1)))
         ox, oy = (int(v) for v in getattr(self.src, "origin", (0, 0)))  # a RasterWindow's blocks are shifted
+        budget = max(1, STRIP_BYTES // (3 * max(1, workers)))  # pixels a strip
+        blocks = {k: (_block_indices(r, oy, bh), _block_indices(c, ox, bw)) for k, (r, c) in targets.items()}
         needed: dict[int, set] = {}  # block row -> the block columns needed in it
-        for rows, cols in targets.values():
-            block_cols = set(np.unique((cols + ox) // bw).tolist())
-            for by in np.unique((rows + oy) // bh).tolist():
+        for block_rows, block_cols in blocks.values():
+            for by in block_rows:
                 needed.setdefault(by, set()).update(block_cols)
         # rectangles of blocks: a run of consecutive needed block columns, over the consecutive block
         # rows that need the same run
@@ -473,19 +474,40 @@ class ExactPyramid(LazyTiles):
                     rects.append(rect)
                     open_runs[run] = rect
                 rect[1] = by
-        strips = []
+        windows = []  # (by0, by1, bx0, bx1) inclusive: whole block rows while they fit, else blocks of one
         for by0, by1, bx0, bx1 in rects:
+            across = (bx1 - bx0 + 1) * bw * bh  # pixels of one block row of the rectangle
+            if across <= budget:
+                step = budget // across
+                windows += [(y, min(by1, y + step - 1), bx0, bx1) for y in range(by0, by1 + 1, step)]
+            else:
+                step = max(1, budget // (bw * bh))  # a block larger than the budget is one strip (bounded on open)
+                windows += [(y, y, x, min(bx1, x + step - 1)) for y in range(by0, by1 + 1)
+                            for x in range(bx0, bx1 + 1, step)]
+        strips = []
+        for by0, by1, bx0, bx1 in sorted(windows):
+            feeds = [k for k, (br, bc) in blocks.items()
+                     if not br.isdisjoint(range(by0, by1 + 1)) and not bc.isdisjoint(range(bx0, bx1 + 1))]
             y0, y1, x0, x1 = by0 * bh - oy, (by1 + 1) * bh - oy, bx0 * bw - ox, (bx1 + 1) * bw - ox
-            feeds = [k for k, (r, c) in targets.items() if _meets(r, y0, y1) and _meets(c, x0, x1)]
-            rows = functools.reduce(np.union1d, [_within(targets[k][0], y0, y1) for k in feeds])
-            cols = functools.reduce(np.union1d, [_within(targets[k][1], x0, x1) for k in feeds])
-            for sy0, sy1, sx0, sx1 in plan_strips(rows + oy, cols + ox, (bw, bh), 1, STRIP_BYTES // max(1, workers)):
-                s_rows, s_cols = _within(rows, sy0 - oy, sy1 - oy), _within(cols, sx0 - ox, sx1 - ox)
-                s_feeds = [k for k in feeds if _meets(targets[k][0], sy0 - oy, sy1 - oy)
-                           and _meets(targets[k][1], sx0 - ox, sx1 - ox)]
-                if s_rows.size and s_cols.size and s_feeds:
-                    strips.append((s_rows, s_cols, s_feeds))
-        return sorted(strips, key=lambda s: (int(s[0][0]), int(s[1][0])))
+            rows = [_within(targets[k][0], y0, y1) for k in feeds]
+            cols = [_within(targets[k][1], x0, x1) for k in feeds]
+            if len(feeds) > 1:
+                rows, cols = [_sorted_union(rows)], [_sorted_union(cols)]
+            if feeds:
+                strips.append((rows[0], cols[0], feeds))
+        return strips
+
+
+def _sorted_union(arrays: list) -> np.ndarray:
+    """The sorted unique values of several arrays (np.union1d hashes its input: 5x slower here)."""
+    a = np.sort(np.concatenate(arrays), kind="stable")
+    return a[np.flatnonzero(np.diff(a, prepend=a[0] - 1))] if a.size else a
+
+
+def _block_indices(idx: np.ndarray, origin: int, block: int) -> set:
+    """The blocks (indices along one axis) that sorted pixel indices fall in."""
+    blocks = (idx + origin) // block
+    return set(blocks[np.flatnonzero(np.diff(blocks, prepend=-1))].tolist())
 
 
 def _consecutive_runs(values: list[int]) -> list[tuple[int, int]]:
@@ -504,10 +526,6 @@ def _within(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     a, b = np.searchsorted(values, [lo, hi])
     return values[a:b]
 
-
-def _meets(values: np.ndarray, lo: int, hi: int) -> bool:
-    a, b = np.searchsorted(values, [lo, hi])
-    return bool(b > a)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
