@@ -25,8 +25,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .block_cache import BlockCache
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
+from .gather import BASE_STRIP_BYTES, MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -151,7 +152,10 @@ class ExactPyramid(LazyTiles):
     decode a large window for a few rows. The base level's pass decodes every block row anyway;
     it also gathers the sample rows and columns of every level whose samples fit GRID_BYTES with
     the base level's (`grids`, reusable across questions: the engine keeps them in its cache),
-    band by band, and tiles of those levels then cost no reading at all.
+    band by band, and tiles of those levels then cost no reading at all. Grids the pyramid owns (no
+    `grids` given) go once a finer level is read: a zoom goes down level by level and never back
+    up, and they are most of a question's pixel memory (140 MB at 27k); a later read of such a level
+    gathers its tiles from the raster, as for any level without a grid.
     """
 
     GRID_BYTES = 160 << 20  # bound of the base pass's gathered samples (all grids together)
@@ -160,6 +164,9 @@ class ExactPyramid(LazyTiles):
                  check: Optional[Callable[[], None]] = None, grids: Optional[dict] = None):
         super().__init__(src, cfg, cache_tiles)
         self.grids: dict[int, SampleGrid] = grids if grids is not None else {}
+        self._own_grids = grids is None
+        self._grid_bytes: dict[int, int] = {}  # bytes of the grids this pyramid gathered or used (held)
+        self._blocks: Optional[BlockCache] = None
         self.check = check  # called between strip reads: lets a cancel interrupt a long read
         self.source_pixels = 0  # source pixels read (windows spanned, with `src.gather`), for the benchmark
         self._count = threading.Lock()
@@ -250,7 +257,7 @@ class ExactPyramid(LazyTiles):
                 count(piece_rows, piece_cols)
                 scatter(piece_rows, piece_cols, pixels)
 
-            self._gather(rows, cols, sink=streamed)
+            self._gather(rows, cols, sink=streamed, max_bytes=BASE_STRIP_BYTES)
         else:
             for i, j in self._bands(rows, cols):
                 band = self._gather(rows[i:j], cols)
@@ -326,6 +333,7 @@ class ExactPyramid(LazyTiles):
         union = grids.pop(-1)
         for level, grid in grids.items():  # `grids` may be the engine's cache (get / in / setitem only)
             self.grids[level] = grid
+            self._grid_bytes[level] = grid.nbytes
         workers = int(getattr(self.src, "workers", 1))
         level = union.resize(*i_base, workers=workers)
         thumb = self._blank()
@@ -384,6 +392,10 @@ class ExactPyramid(LazyTiles):
                 todo.append(p)
         dest = {p: out[first[p]] for p in todo}
         grid = self.grids.get(lv.index) if lv.index > 0 else None
+        if grid is not None:
+            self._grid_bytes[lv.index] = grid.nbytes
+        if lv.index > 0 and todo:
+            self._drop_coarser_grids(lv.index)
         if grid is None and (lv.index == 0 or not hasattr(self.src, "gather")):
             for p in todo:  # base tiles are crops of the base level; other sources read tile by tile
                 dest[p][...] = self.tile(lv, *p)
@@ -405,26 +417,35 @@ class ExactPyramid(LazyTiles):
         out.setflags(write=False)
         return out
 
+    def _drop_coarser_grids(self, level: int) -> None:
+        """Forget the owned grids of levels coarser than `level` (see the class docstring)."""
+        if self._own_grids and self._thumbnail is not None:
+            for index in [i for i in self.grids if i < level]:
+                del self.grids[index]
+                self._grid_bytes.pop(index, None)
+
     def _read_tiles(self, lv: Level, todo: list, dest: dict) -> None:
         """Tiles of a level without a sample grid, each blended into `dest[p]` from a grid of its own.
 
         The blocks the tiles need are read once for all of them (a block under the edge of two tiles,
         in one tile row or in two, is decoded once), in block-aligned strips (`_tile_strips`) on
-        `src.workers` threads, top to bottom. Each strip is scattered into the grids of the tiles it
-        feeds, and the thread that completes a tile's grid blends it at once: decoding and blending
-        overlap, and a grid lives from its first strip to its blend."""
+        `src.workers` threads, top to bottom; blocks a coarser level decoded come from the block cache
+        (`block_cache.py`) while the budget lets it keep them. Each piece is scattered into the grids
+        of the tiles it feeds, and the thread that completes a tile's grid blends it at once: decoding
+        and blending overlap, and a grid lives from its first piece to its blend."""
         need = {}
         for p in todo:
             iy, ix, content = self._tile_index(lv, *p)
             need[p] = (iy, ix, content, _needed(iy), _needed(ix))
-        strips = self._tile_strips({p: n[3:] for p, n in need.items()}, int(getattr(self.src, "workers", 1)))
-        waiting = {p: sum(p in feeds for _, _, feeds in strips) for p in todo}
+        cache = self._block_cache()
+        strips, cached = self._tile_strips({p: n[3:] for p, n in need.items()}, int(getattr(self.src, "workers", 1)),
+                                           cache)
+        pieces = [("read", *strip) for strip in strips] + [("cached", *piece) for piece in cached]
+        waiting = {p: sum(p in piece[-1] for piece in pieces) for p in todo}
         grids = {p: np.empty((n[3].size, n[4].size, 3), dtype=np.uint8) for p, n in need.items()}
         lock = threading.Lock()
 
-        def one(strip: tuple[np.ndarray, np.ndarray, list]) -> None:
-            rows, cols, feeds = strip
-
+        def scatter_to(feeds: list):
             def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
                 for p in feeds:
                     r, c = need[p][3:]
@@ -433,10 +454,24 @@ class ExactPyramid(LazyTiles):
                     if hi > lo and chi > clo:
                         take_grid(pixels, np.searchsorted(piece_rows, r[lo:hi]),
                                   np.searchsorted(piece_cols, c[clo:chi]), out=grids[p][lo:hi, clo:chi])
+            return scatter
 
-            self._gather(rows, cols, workers=1, sink=scatter, check=None)  # checked between strips, here
-            with self._count:
-                self.source_pixels += self._gather_pixels(rows, cols)
+        def one(piece: tuple) -> None:
+            kind, feeds = piece[0], piece[-1]
+            if kind == "cached":
+                scatter_to(feeds)(*piece[1:4])
+            else:
+                rows, cols = piece[1:3]
+                scatter = scatter_to(feeds)
+
+                def sink(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+                    scatter(piece_rows, piece_cols, pixels)
+                    if cache is not None:
+                        cache.keep(piece_rows, piece_cols, pixels)
+
+                self._gather(rows, cols, workers=1, sink=sink, check=None)  # checked between pieces, here
+                with self._count:
+                    self.source_pixels += self._gather_pixels(rows, cols)
             with lock:
                 waiting.update((p, waiting[p] - 1) for p in feeds)
                 ready = [(p, grids.pop(p)) for p in feeds if waiting[p] == 0]
@@ -444,22 +479,49 @@ class ExactPyramid(LazyTiles):
                 iy, ix, (h, w), r, c = need[p]
                 SampleGrid(r, c, pixels).resize(iy, ix, out=dest[p][:h, :w])
 
-        run_bounded(one, strips, int(getattr(self.src, "workers", 1)), self.check)
+        run_bounded(one, pieces, int(getattr(self.src, "workers", 1)), self.check)
         give_back_freed_memory()  # the grids and strips, freed on several threads
 
-    def _tile_strips(self, targets: dict, workers: int) -> list[tuple[np.ndarray, np.ndarray, list]]:
-        """(rows, cols, keys fed): block-aligned strips over exactly the blocks that some target's rows
-        x cols touch (targets apart from each other are not crossed: the rows of one with the columns
-        of another), each at most STRIP_BYTES / workers, top to bottom. Planned on block indices (it
+    def _block_cache(self) -> Optional[BlockCache]:
+        """The zoom's block cache, its budget what the grids leave of GRID_BYTES (None: no budget). A
+        pyramid that owns its grids has dropped them by the time a level needs blocks; with an
+        engine cache the grids stay in memory, so blocks get the rest of GRID_BYTES only."""
+        if not hasattr(self.src, "gather"):
+            return None
+        held = sum(self._grid_bytes.values())
+        budget = max(0, self.GRID_BYTES - held)
+        if self._blocks is None:
+            self._blocks = BlockCache(self.geometry.height, self.geometry.width,
+                                      getattr(self.src, "block_size", (1, 1)), getattr(self.src, "origin", (0, 0)))
+        self._blocks.budget_bytes = budget
+        return self._blocks if budget > 0 else None
+
+    def _tile_strips(self, targets: dict, workers: int, cache: Optional[BlockCache] = None) -> tuple[list, list]:
+        """Block-aligned strips (rows, cols, keys fed) over exactly the blocks that some target's rows x
+        cols touch (targets apart from each other are not crossed: the rows of one with the columns of
+        another), each at most STRIP_BYTES / workers, top to bottom; and (rows, cols, pixels, keys fed)
+        of the needed blocks `cache` holds, which no strip reads. With a cache, strips ask for every
+        row and column of their blocks (the cache keeps whole blocks). Planned on block indices (it
         runs on the caller's thread while the workers wait: a plan per batch of tiles)."""
         bw, bh = (max(1, int(v)) for v in getattr(self.src, "block_size", (1, 1)))
         ox, oy = (int(v) for v in getattr(self.src, "origin", (0, 0)))  # a RasterWindow's blocks are shifted
         budget = max(1, STRIP_BYTES // (3 * max(1, workers)))  # pixels a strip
         blocks = {k: (_block_indices(r, oy, bh), _block_indices(c, ox, bw)) for k, (r, c) in targets.items()}
-        needed: dict[int, set] = {}  # block row -> the block columns needed in it
+        needed: dict[int, set] = {}  # block row -> the block columns needed in it (and not cached)
+        cached = []
         for block_rows, block_cols in blocks.values():
             for by in block_rows:
                 needed.setdefault(by, set()).update(block_cols)
+        if cache is not None:
+            for by, row in needed.items():
+                for bx in sorted(row):
+                    pixels = cache.get((by, bx))  # held from here on, even if the cache lets it go
+                    if pixels is None:
+                        continue
+                    row.discard(bx)
+                    y0, y1, x0, x1 = cache.window((by, bx))
+                    feeds = [k for k, (br, bc) in blocks.items() if by in br and bx in bc]
+                    cached.append((np.arange(y0, y1), np.arange(x0, x1), pixels, feeds))
         # rectangles of blocks: a run of consecutive needed block columns, over the consecutive block
         # rows that need the same run
         rects: list[list[int]] = []
@@ -489,13 +551,18 @@ class ExactPyramid(LazyTiles):
             feeds = [k for k, (br, bc) in blocks.items()
                      if not br.isdisjoint(range(by0, by1 + 1)) and not bc.isdisjoint(range(bx0, bx1 + 1))]
             y0, y1, x0, x1 = by0 * bh - oy, (by1 + 1) * bh - oy, bx0 * bw - ox, (bx1 + 1) * bw - ox
-            rows = [_within(targets[k][0], y0, y1) for k in feeds]
-            cols = [_within(targets[k][1], x0, x1) for k in feeds]
-            if len(feeds) > 1:
-                rows, cols = [_sorted_union(rows)], [_sorted_union(cols)]
-            if feeds:
-                strips.append((rows[0], cols[0], feeds))
-        return strips
+            if not feeds:
+                continue
+            if cache is not None:  # whole blocks, clipped to the view
+                rows = [np.arange(max(0, y0), min(self.geometry.height, y1))]
+                cols = [np.arange(max(0, x0), min(self.geometry.width, x1))]
+            else:
+                rows = [_within(targets[k][0], y0, y1) for k in feeds]
+                cols = [_within(targets[k][1], x0, x1) for k in feeds]
+                if len(feeds) > 1:
+                    rows, cols = [_sorted_union(rows)], [_sorted_union(cols)]
+            strips.append((rows[0], cols[0], feeds))
+        return strips, cached
 
 
 def _sorted_union(arrays: list) -> np.ndarray:

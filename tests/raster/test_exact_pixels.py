@@ -182,7 +182,7 @@ class _HugeGatherSource(_HugeSource):
 
     block_size = (256, 256)
 
-    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, sink=None):
+    def gather(self, rows, cols, pad_rgb=(0, 0, 0), check=None, sink=None, workers=None, max_bytes=None):
         self.reads.append(len(rows) * len(cols))
         if sink is None:
             return np.zeros((len(rows), len(cols), 3), dtype=np.uint8)

@@ -277,13 +277,14 @@ def test_take_grid_equals_fancy_indexing_in_any_layout():
             assert not into[0].any() and not into[-1].any()
 
 
-@pytest.mark.parametrize("window", [None, (37, 61, 1000, 850)])
-def test_a_batch_of_tiles_equals_its_tiles_read_one_by_one(tmp_path, window):
+@pytest.mark.parametrize("window, nodata", [(None, None), ((37, 61, 1000, 850), None), ((37, 61, 1000, 850), 0)])
+def test_a_batch_of_tiles_equals_its_tiles_read_one_by_one(tmp_path, window, nodata):
     """`stack` reads a batch's blocks once for all its tiles, each tile from a grid of its own, and
-    blends on several threads (a window's blocks are shifted): the same pixels as `tile`, bit for bit."""
+    blends on several threads (a window's blocks are shifted); finer levels take the blocks coarser
+    ones decoded from the block cache: the same pixels as `tile`, bit for bit."""
     rng = np.random.default_rng(11)
     bands = rng.integers(0, 256, (3, 900, 1100), dtype=np.uint8)
-    src = RasterSource.open(_write(tmp_path / "img.tif", bands, block=64))
+    src = RasterSource.open(_write(tmp_path / "img.tif", bands, block=64, nodata=nodata))
     src.workers = 3
     view = src if window is None else RasterWindow(src, window)
     one, batch = ExactPyramid(view, TINY, cache_tiles=0), ExactPyramid(view, TINY, cache_tiles=4)
@@ -296,6 +297,8 @@ def test_a_batch_of_tiles_equals_its_tiles_read_one_by_one(tmp_path, window):
         got = batch.stack(lv.index, positions)
         assert not got.flags.writeable
         np.testing.assert_array_equal(got, np.stack([one.tile(lv.index, r, c) for r, c in positions]))
+    assert not batch.grids  # owned grids go once finer levels are read; their blocks went to the cache
+    assert batch._blocks is not None and batch._blocks.used_bytes > 0
     src.close()
 
 
@@ -307,25 +310,36 @@ class _Blocks:
 
 
 @pytest.mark.parametrize("origin", [(0, 0), (37, 100)])
-def test_tile_strips_decode_each_needed_block_once_and_no_other(origin):
+@pytest.mark.parametrize("with_cache", [False, True])
+def test_tile_strips_decode_each_needed_block_once_and_no_other(origin, with_cache):
     """Targets far apart are not crossed (the rows of one with the columns of another): the strips
-    cover exactly the blocks some target needs, none twice, each block-aligned and bounded."""
+    cover exactly the blocks some target needs that the block cache does not hold, none twice,
+    each block-aligned and bounded; the cached blocks come as pieces of their own."""
+    from lrs_focus.block_cache import BlockCache
     from lrs_focus.gather import STRIP_BYTES
 
     bw, bh = 64, 48
     pyr = ExactPyramid.__new__(ExactPyramid)
     pyr.src = _Blocks((bw, bh), origin)
+    pyr.geometry = pyr.src
     ox, oy = origin
     rng = np.random.default_rng(2)
     targets = {}
     for k, (y, x) in enumerate([(0, 0), (900, 2000), (930, 2050), (3000, 100), (3010, 5000)]):
         targets[k] = (np.unique(y + rng.integers(0, 300, 120)), np.unique(x + rng.integers(0, 400, 150)))
-    strips = pyr._tile_strips(targets, workers=2)
 
     def blocks(rows, cols):
         return {(int(by), int(bx)) for by in np.unique((rows + oy) // bh) for bx in np.unique((cols + ox) // bw)}
 
     needed = set().union(*[blocks(r, c) for r, c in targets.values()])
+    cache = None
+    if with_cache:  # every third needed block already decoded
+        cache = BlockCache(5000, 7000, (bw, bh), origin, budget_bytes=1 << 30)
+        for block in sorted(needed)[::3]:
+            y0, y1, x0, x1 = cache.window(block)
+            cache.keep(np.arange(y0, y1), np.arange(x0, x1), np.zeros((y1 - y0, x1 - x0, 3), np.uint8))
+    strips, cached = pyr._tile_strips(targets, 2, cache)
+    assert len(cached) == (len(sorted(needed)[::3]) if with_cache else 0)
     seen: list = []
     for rows, cols, feeds in strips:
         assert rows.size * cols.size * 3 <= STRIP_BYTES // 2 or len(blocks(rows, cols)) == 1
@@ -333,10 +347,16 @@ def test_tile_strips_decode_each_needed_block_once_and_no_other(origin):
         for k in feeds:  # a fed target has pixels in the strip
             r, c = targets[k]
             assert np.isin(r, rows).any() and np.isin(c, cols).any()
+    read = set(seen)
+    for rows, cols, pixels, feeds in cached:
+        assert pixels.shape == (rows.size, cols.size, 3)
+        seen += sorted(blocks(rows, cols))
     assert len(seen) == len(set(seen)) and set(seen) == needed
-    for k, (r, c) in targets.items():  # every asked pixel comes from a strip that feeds its target
+    assert not read & {b for b in needed if cache is not None and b in cache}
+    for k, (r, c) in targets.items():  # every asked pixel comes from one piece that feeds its target
         covered = np.zeros((r.size, c.size), dtype=int)
-        for rows, cols, feeds in strips:
+        for piece in strips + cached:
+            rows, cols, feeds = piece[0], piece[1], piece[-1]
             if k in feeds:
                 covered[np.ix_(np.isin(r, rows), np.isin(c, cols))] += 1
         assert (covered == 1).all()

@@ -116,11 +116,11 @@ class ConfinedSource:
         return out
 
     def gather(self, rows, cols, pad_rgb=(0, 0, 0), check: Optional[Callable[[], None]] = None,
-               sink=None, workers: Optional[int] = None) -> Optional[np.ndarray]:
+               sink=None, workers: Optional[int] = None, max_bytes: int = STRIP_BYTES) -> Optional[np.ndarray]:
         """uint8 (len(rows), len(cols), 3): source pixels at sorted unique rows/cols, the rows split
         over up to `pool.parallel` readers (chunks that fit their shared memory); with `sink`, each
-        chunk goes to `sink(rows, cols, pixels)` as it arrives and None is returned. `workers` is
-        RasterSource's (its threads); here the readers free at the time decide."""
+        chunk goes to `sink(rows, cols, pixels)` as it arrives and None is returned, in pieces of at
+        most `max_bytes`. `workers` is RasterSource's (its threads); here the readers free decide."""
         rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
         out = np.empty((rows.size, cols.size, 3), dtype=np.uint8) if sink is None else None
         if rows.size == 0 or cols.size == 0:
@@ -129,16 +129,16 @@ class ConfinedSource:
         self._charge(span)
         helpers = self._lease_helpers() if span >= PARALLEL_MIN_PIXELS else []
         try:
-            self._gather_into(out, rows, cols, pad_rgb, _both(self.check, check), sink)
+            self._gather_into(out, rows, cols, pad_rgb, _both(self.check, check), sink, max_bytes)
             return out
         finally:
             self._give_back(helpers)
 
-    def _gather_into(self, out, rows, cols, pad_rgb, both, sink=None) -> None:
+    def _gather_into(self, out, rows, cols, pad_rgb, both, sink=None, max_bytes: int = STRIP_BYTES) -> None:
         # one group of whole block rows per reader (no block decoded by two), cut again where a
         # group would not fit a reader's shared memory (in columns too where one row would not);
-        # streamed to a sink: pieces of at most STRIP_BYTES, so that the caller never holds much more
-        budget = self.pool.shm_bytes if sink is None else min(self.pool.shm_bytes, STRIP_BYTES)
+        # streamed to a sink: pieces of at most max_bytes, so that the caller never holds much more
+        budget = self.pool.shm_bytes if sink is None else min(self.pool.shm_bytes, max_bytes)
         piece_rows, piece_cols = _piece_shape(cols.size, budget)
         chunks, start = [], 0
         for group in split_rows(rows, self.block_size[1], len(self._readers)):
