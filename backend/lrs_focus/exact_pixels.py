@@ -27,7 +27,7 @@ import numpy as np
 
 from .block_cache import BlockCache
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
-from .gather import BASE_STRIP_BYTES, MERGE_GAP, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
+from .gather import MERGE_GAP, PYRAMID_STRIP_BYTES, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
 
 # transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
@@ -144,9 +144,10 @@ class ExactPyramid(LazyTiles):
     """Lazy tiles of a raster with the released code's pixels: float32, CLIP-normalised, zero padded.
 
     `src` is anything with `height`, `width` and `read_rgb(window, out_size, pad_rgb=...)` (a
-    `raster.RasterSource`, its stretch and band choice included); when it also has
-    `gather(rows, cols, pad_rgb, check=...)` (RasterSource, RasterWindow) reads go through it. Tiles come back as float32
-    (B, B, 3) already normalised, which `LrsFocusModel.pixels` takes as they are.
+    `raster.RasterSource`, its stretch and band choice included); when it also has `gather(rows,
+    cols, pad_rgb, check=, sink=, workers=, max_bytes=)` (RasterSource, RasterWindow, the readers'
+    ConfinedSource) reads go through it. Tiles come back as float32 (B, B, 3) already normalised,
+    which `LrsFocusModel.pixels` takes as they are.
 
     Coarse levels sample sparse rows spread over the whole raster, so a tile of theirs would
     decode a large window for a few rows. The base level's pass decodes every block row anyway;
@@ -257,7 +258,7 @@ class ExactPyramid(LazyTiles):
                 count(piece_rows, piece_cols)
                 scatter(piece_rows, piece_cols, pixels)
 
-            self._gather(rows, cols, sink=streamed, max_bytes=BASE_STRIP_BYTES)
+            self._gather(rows, cols, sink=streamed, max_bytes=PYRAMID_STRIP_BYTES)
         else:
             for i, j in self._bands(rows, cols):
                 band = self._gather(rows[i:j], cols)
@@ -499,13 +500,13 @@ class ExactPyramid(LazyTiles):
     def _tile_strips(self, targets: dict, workers: int, cache: Optional[BlockCache] = None) -> tuple[list, list]:
         """Block-aligned strips (rows, cols, keys fed) over exactly the blocks that some target's rows x
         cols touch (targets apart from each other are not crossed: the rows of one with the columns of
-        another), each at most STRIP_BYTES / workers, top to bottom; and (rows, cols, pixels, keys fed)
+        another), each at most PYRAMID_STRIP_BYTES / workers, top to bottom; and (rows, cols, pixels, keys fed)
         of the needed blocks `cache` holds, which no strip reads. With a cache, strips ask for every
         row and column of their blocks (the cache keeps whole blocks). Planned on block indices (it
         runs on the caller's thread while the workers wait: a plan per batch of tiles)."""
         bw, bh = (max(1, int(v)) for v in getattr(self.src, "block_size", (1, 1)))
         ox, oy = (int(v) for v in getattr(self.src, "origin", (0, 0)))  # a RasterWindow's blocks are shifted
-        budget = max(1, STRIP_BYTES // (3 * max(1, workers)))  # pixels a strip
+        budget = max(1, PYRAMID_STRIP_BYTES // (3 * max(1, workers)))  # pixels a strip
         blocks = {k: (_block_indices(r, oy, bh), _block_indices(c, ox, bw)) for k, (r, c) in targets.items()}
         needed: dict[int, set] = {}  # block row -> the block columns needed in it (and not cached)
         cached = []

@@ -316,7 +316,7 @@ def test_tile_strips_decode_each_needed_block_once_and_no_other(origin, with_cac
     cover exactly the blocks some target needs that the block cache does not hold, none twice,
     each block-aligned and bounded; the cached blocks come as pieces of their own."""
     from lrs_focus.block_cache import BlockCache
-    from lrs_focus.gather import STRIP_BYTES
+    from lrs_focus.gather import PYRAMID_STRIP_BYTES
 
     bw, bh = 64, 48
     pyr = ExactPyramid.__new__(ExactPyramid)
@@ -342,7 +342,7 @@ def test_tile_strips_decode_each_needed_block_once_and_no_other(origin, with_cac
     assert len(cached) == (len(sorted(needed)[::3]) if with_cache else 0)
     seen: list = []
     for rows, cols, feeds in strips:
-        assert rows.size * cols.size * 3 <= STRIP_BYTES // 2 or len(blocks(rows, cols)) == 1
+        assert rows.size * cols.size * 3 <= PYRAMID_STRIP_BYTES // 2 or len(blocks(rows, cols)) == 1
         seen += sorted(blocks(rows, cols))
         for k in feeds:  # a fed target has pixels in the strip
             r, c = targets[k]

@@ -313,18 +313,18 @@ def _measure_ours(raster: str, n_max: int, overviews: bool, seed: int, pixels: s
 
 def _measure_floor(raster: str, overviews: bool, workers: int) -> dict:
     """Every block of the raster read once at full resolution (raw bytes, no conversion), in the
-    block-aligned strips the exact base pass plans (BASE_STRIP_BYTES), `workers` threads with a
+    block-aligned strips the exact base pass plans (PYRAMID_STRIP_BYTES), `workers` threads with a
     dataset handle each."""
     import numpy as np
     from osgeo import gdal
 
-    from ..gather import BASE_STRIP_BYTES, plan_strips, run_bounded
+    from ..gather import PYRAMID_STRIP_BYTES, plan_strips, run_bounded
     from ..raster import RasterSource
 
     import_mb = _peak_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     src = RasterSource.open(raster, open_options=None if overviews else ["OVERVIEW_LEVEL=NONE"])
-    strips = plan_strips(np.arange(src.height), np.arange(src.width), src.block_size, workers, BASE_STRIP_BYTES)
+    strips = plan_strips(np.arange(src.height), np.arange(src.width), src.block_size, workers, PYRAMID_STRIP_BYTES)
     handles = [gdal.OpenEx(raster, gdal.OF_RASTER, open_options=src.open_options) for _ in range(workers)]
     idle = list(handles)
 
