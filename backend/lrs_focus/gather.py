@@ -23,9 +23,11 @@ import numpy as np
 
 STRIP_BYTES = 4 << 20  # source pixels (3 bytes each) in flight, all workers together
 #: the exact pyramid's strips in flight (all workers), for its base pass and its batches of tiles:
-#: they read whole blocks, so larger strips halve the per-strip work (a GDAL call, a flush of its
-#: cache, the scatter into every grid) for 4 MB more; a 27k question took 0.2-0.4 s less
-PYRAMID_STRIP_BYTES = 8 << 20
+#: they read whole blocks, so larger strips cut the per-strip work (a GDAL call, a flush of its
+#: cache, the scatter into every grid, the caller's thread handing out the next strip): a 27k
+#: question ran 0.3-0.4 s faster at 8 MB than at STRIP_BYTES, 0.05-0.4 s more at 16 MB, for 9 MB
+#: more peak (289 MB)
+PYRAMID_STRIP_BYTES = 16 << 20
 MERGE_GAP = 8  # rows/columns closer than this are read in one strip (unblocked sources)
 MAX_WORKERS = 8
 
