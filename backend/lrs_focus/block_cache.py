@@ -65,7 +65,9 @@ class BlockCache:
                 c = _whole(cols, x0, x1)
                 if r is None or c is None or (by, bx) in self:
                     continue
-                planes = np.ascontiguousarray(np.moveaxis(pixels[r, c], -1, 0))
+                # a copy, always: a piece is often a view of a strip buffer the next strip reuses
+                # (np.ascontiguousarray would return a one-block piece's planes as they are)
+                planes = np.moveaxis(pixels[r, c], -1, 0).copy(order="C")
                 with self._lock:
                     if planes.nbytes > self.budget_bytes:
                         return

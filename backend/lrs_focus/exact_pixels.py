@@ -29,16 +29,11 @@ from .block_cache import BlockCache
 from .index_rule import source_index, torch_fuses_index  # noqa: F401  (tests and callers import them here)
 from .gather import MERGE_GAP, PYRAMID_STRIP_BYTES, STRIP_BYTES, give_back_freed_memory, run_bounded, take_grid
 from .pyramid import LazyTiles, Level, PyramidConfig
+from .sample_grid import OPENAI_CLIP_MEAN, SampleGrid
+from .sample_grid import OPENAI_CLIP_STD  # noqa: F401  (a test reads both constants here)
+from .tile_strips import plan_tile_strips, sorted_union
 
-# transformers.utils.constants' OPENAI_CLIP_MEAN / _STD (a test holds them equal): imported from
-# there they pull in ~400 modules and 33 MB, which the pixel path (`bench pyramid`'s processes, the
-# `pyramid` command) otherwise never loads
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-RESIZE_ROWS = 128  # output rows blended at a time
 BASE_PASS_BYTES = 16 << 20  # source rows x columns the base pass gathers at a time (then scatters)
-_MEAN = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
-_STD = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
 _PAD_RGB = tuple(int(round(255 * m)) for m in OPENAI_CLIP_MEAN)  # nodata pixels inside the image
 
 
@@ -56,88 +51,8 @@ def _runs(rows: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
     return runs
 
 
-class SampleGrid:
-    """Source pixels at a sorted set of rows and columns (uint8, stretched): what resizes sample."""
-
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, pixels: np.ndarray):
-        self.rows, self.cols, self.pixels = rows, cols, pixels
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.pixels.nbytes)
-
-    def resize(self, index_y, index_x, out: Optional[np.ndarray] = None, workers: int = 1) -> np.ndarray:
-        """Bilinear output (h, w, 3) float32, normalised, from (i0, i1, lambda) per axis (into `out`);
-        bands of output rows on up to `workers` threads (a whole level: the base, the thumbnail)."""
-        (yi0, yi1, ly), (xi0, xi1, lx) = index_y, index_x
-        ry0, ry1 = np.searchsorted(self.rows, yi0), np.searchsorted(self.rows, yi1)
-        cx0, cx1 = np.searchsorted(self.cols, xi0), np.searchsorted(self.cols, xi1)
-        if not (np.array_equal(self.rows[ry0], yi0) and np.array_equal(self.rows[ry1], yi1)
-                and np.array_equal(self.cols[cx0], xi0) and np.array_equal(self.cols[cx1], xi1)):
-            raise ValueError("sample grid lacks rows or columns this resize needs")
-        into = out
-        if out is None or not out.flags.c_contiguous:  # a partial tile's part of a batch: blended aside
-            out = np.empty((ly.size, lx.size, 3), dtype=np.float32)
-        # every array below is (rows, w * 3): numpy's loops then run along whole rows, not along the
-        # 3 channels of one pixel (several times faster); the weights are repeated per channel, and the
-        # columns are taken as single bytes of the grid's (rows, cols * 3) rows (numpy's take copies
-        # one-byte items in a tight loop, 3-byte ones with a memmove each)
-        w3 = 3 * lx.size
-        wx1 = np.repeat(lx, 3)[None, :]
-        wx0 = np.float32(1.0) - wx1
-        channel = np.arange(3)
-        bytes0, bytes1 = (3 * cx0[:, None] + channel).ravel(), (3 * cx1[:, None] + channel).ravel()
-        mean, std = np.tile(_MEAN, lx.size), np.tile(_STD, lx.size)
-        flat = out.reshape(ly.size, w3)
-        grid_rows = self.pixels.reshape(self.pixels.shape[0], -1)
-
-        def band(a: int) -> None:  # output rows [a, a + RESIZE_ROWS): float32 temporaries stay small
-            b = min(ly.size, a + RESIZE_ROWS)
-            # separable, on the 8-bit values as float32 (exact), CLIP-normalised once per output pixel:
-            # normalisation is affine, so this is F.interpolate of the normalised image up to float32
-            # rounding (the equivalence tests bound the difference), at a quarter of the normalising.
-            # In place where it can be: the same operations in the same order, fewer passes. The x
-            # pass runs on the grid rows between the band's first and last (a tile's grid has no
-            # others; a level's or the base pass's union has few), the uint8 values going to float32
-            # inside the multiply (exact), not in a pass of their own
-            y0, y1 = ry0[a:b], ry1[a:b]
-            lo, hi = int(y0[0]), int(y1[-1]) + 1
-            rows = grid_rows[lo:hi]
-            left = np.multiply(np.take(rows, bytes0, axis=1), wx0, dtype=np.float32)
-            right = np.multiply(np.take(rows, bytes1, axis=1), wx1, dtype=np.float32)
-            along_x = np.add(left, right, out=left)
-            del right
-            wy1 = ly[a:b, None]
-            wy0 = np.float32(1.0) - wy1
-            top, bottom = along_x[y0 - lo], along_x[y1 - lo]
-            del along_x, left
-            np.multiply(top, wy0, out=top)
-            np.multiply(bottom, wy1, out=bottom)
-            rows_out = flat[a:b]
-            np.add(top, bottom, out=rows_out)
-            rows_out /= np.float32(255.0)
-            rows_out -= mean
-            rows_out /= std
-
-        run_bounded(band, list(range(0, ly.size, RESIZE_ROWS)), workers)
-        if into is not None and into is not out:
-            into[...] = out
-            return into
-        return out
-
-    def subset(self, rows: np.ndarray, cols: np.ndarray) -> "SampleGrid":
-        return SampleGrid(rows, cols, self.pixels[np.ix_(np.searchsorted(self.rows, rows),
-                                                         np.searchsorted(self.cols, cols))])
-
-
-def normalise(u8: np.ndarray) -> np.ndarray:
-    """torchvision's ToTensor + Normalize(CLIP) in float32, channels last."""
-    x = u8.astype(np.float32) / np.float32(255.0)
-    return (x - _MEAN) / _STD
-
-
 def _needed(index: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    return _sorted_union([index[0], index[1]])
+    return sorted_union([index[0], index[1]])
 
 
 class ExactPyramid(LazyTiles):
@@ -229,8 +144,8 @@ class ExactPyramid(LazyTiles):
         each piece read (a strip, or a reader's chunk) is scattered into the targets by the thread
         that read it, so memory holds the targets and the pieces in flight, never the union; otherwise
         the union's rows are read in bands of about BASE_PASS_BYTES (cut on block rows) and scattered."""
-        rows = _sorted_union([r for r, _ in targets.values()])
-        cols = _sorted_union([c for _, c in targets.values()])
+        rows = sorted_union([r for r, _ in targets.values()])
+        cols = sorted_union([c for _, c in targets.values()])
         out = {k: np.empty((r.size, c.size, 3), dtype=np.uint8) for k, (r, c) in targets.items()}
 
         # `source_pixels` grows with every piece (the progress meter times the pass by it), to the
@@ -302,8 +217,8 @@ class ExactPyramid(LazyTiles):
         th, tw = self.geometry.thumbnail_size
         rh, rw = base.resized
         i_base, i_thumb = self._index((rh, rw), (0, rh, 0, rw)), self._index((th, tw), (0, th, 0, tw))
-        rows = _sorted_union([i_base[0][0], i_base[0][1], i_thumb[0][0], i_thumb[0][1]])
-        cols = _sorted_union([i_base[1][0], i_base[1][1], i_thumb[1][0], i_thumb[1][1]])
+        rows = sorted_union([i_base[0][0], i_base[0][1], i_thumb[0][0], i_thumb[0][1]])
+        cols = sorted_union([i_base[1][0], i_base[1][1], i_thumb[1][0], i_thumb[1][1]])
         return i_base, i_thumb, rows, cols, self._plan_base_pass(rows, cols)
 
     def base_pass_pixels(self) -> int:
@@ -312,7 +227,7 @@ class ExactPyramid(LazyTiles):
             return 0
         _, _, rows, cols, wanted = self._base_pass_plan()
         for r, c in wanted.values():
-            rows, cols = _sorted_union([rows, r]), _sorted_union([cols, c])
+            rows, cols = sorted_union([rows, r]), sorted_union([cols, c])
         # counted as the pass counts `source_pixels` (the work meter divides one by the other): a plan
         # that skipped the rows between sparse samples was 6x short on a 48000 x 36000 raster read
         # through `gather`, and `overall` ran to 0.9 at 40 % of the run. Through `gather` the pass is
@@ -498,102 +413,9 @@ class ExactPyramid(LazyTiles):
         return self._blocks if budget > 0 else None
 
     def _tile_strips(self, targets: dict, workers: int, cache: Optional[BlockCache] = None) -> tuple[list, list]:
-        """Block-aligned strips (rows, cols, keys fed) over exactly the blocks that some target's rows x
-        cols touch (targets apart from each other are not crossed: the rows of one with the columns of
-        another), each at most PYRAMID_STRIP_BYTES / workers, top to bottom; and (rows, cols, pixels, keys fed)
-        of the needed blocks `cache` holds, which no strip reads. With a cache, strips ask for every
-        row and column of their blocks (the cache keeps whole blocks). Planned on block indices (it
-        runs on the caller's thread while the workers wait: a plan per batch of tiles)."""
-        bw, bh = (max(1, int(v)) for v in getattr(self.src, "block_size", (1, 1)))
-        ox, oy = (int(v) for v in getattr(self.src, "origin", (0, 0)))  # a RasterWindow's blocks are shifted
-        budget = max(1, PYRAMID_STRIP_BYTES // (3 * max(1, workers)))  # pixels a strip
-        blocks = {k: (_block_indices(r, oy, bh), _block_indices(c, ox, bw)) for k, (r, c) in targets.items()}
-        needed: dict[int, set] = {}  # block row -> the block columns needed in it (and not cached)
-        cached = []
-        for block_rows, block_cols in blocks.values():
-            for by in block_rows:
-                needed.setdefault(by, set()).update(block_cols)
-        if cache is not None:
-            for by, row in needed.items():
-                for bx in sorted(row):
-                    pixels = cache.get((by, bx))  # held from here on, even if the cache lets it go
-                    if pixels is None:
-                        continue
-                    row.discard(bx)
-                    y0, y1, x0, x1 = cache.window((by, bx))
-                    feeds = [k for k, (br, bc) in blocks.items() if by in br and bx in bc]
-                    cached.append((np.arange(y0, y1), np.arange(x0, x1), pixels, feeds))
-        # rectangles of blocks: a run of consecutive needed block columns, over the consecutive block
-        # rows that need the same run
-        rects: list[list[int]] = []
-        open_runs: dict[tuple[int, int], list[int]] = {}
-        for by in sorted(needed):
-            runs = _consecutive_runs(sorted(needed[by]))
-            open_runs = {run: (open_runs[run] if run in open_runs and open_runs[run][1] == by - 1 else None)
-                         for run in runs}
-            for run, rect in open_runs.items():
-                if rect is None:
-                    rect = [by, by, *run]
-                    rects.append(rect)
-                    open_runs[run] = rect
-                rect[1] = by
-        windows = []  # (by0, by1, bx0, bx1) inclusive: whole block rows while they fit, else blocks of one
-        for by0, by1, bx0, bx1 in rects:
-            across = (bx1 - bx0 + 1) * bw * bh  # pixels of one block row of the rectangle
-            if across <= budget:
-                step = budget // across
-                windows += [(y, min(by1, y + step - 1), bx0, bx1) for y in range(by0, by1 + 1, step)]
-            else:
-                step = max(1, budget // (bw * bh))  # a block larger than the budget is one strip (bounded on open)
-                windows += [(y, y, x, min(bx1, x + step - 1)) for y in range(by0, by1 + 1)
-                            for x in range(bx0, bx1 + 1, step)]
-        strips = []
-        for by0, by1, bx0, bx1 in sorted(windows):
-            feeds = [k for k, (br, bc) in blocks.items()
-                     if not br.isdisjoint(range(by0, by1 + 1)) and not bc.isdisjoint(range(bx0, bx1 + 1))]
-            y0, y1, x0, x1 = by0 * bh - oy, (by1 + 1) * bh - oy, bx0 * bw - ox, (bx1 + 1) * bw - ox
-            if not feeds:
-                continue
-            if cache is not None:  # whole blocks, clipped to the view
-                rows = [np.arange(max(0, y0), min(self.geometry.height, y1))]
-                cols = [np.arange(max(0, x0), min(self.geometry.width, x1))]
-            else:
-                rows = [_within(targets[k][0], y0, y1) for k in feeds]
-                cols = [_within(targets[k][1], x0, x1) for k in feeds]
-                if len(feeds) > 1:
-                    rows, cols = [_sorted_union(rows)], [_sorted_union(cols)]
-            strips.append((rows[0], cols[0], feeds))
-        return strips, cached
-
-
-def _sorted_union(arrays: list) -> np.ndarray:
-    """The sorted unique values of several arrays (np.union1d hashes its input: 5x slower here)."""
-    a = np.sort(np.concatenate(arrays), kind="stable")
-    return a[np.flatnonzero(np.diff(a, prepend=a[0] - 1))] if a.size else a
-
-
-def _block_indices(idx: np.ndarray, origin: int, block: int) -> set:
-    """The blocks (indices along one axis) that sorted pixel indices fall in."""
-    blocks = (idx + origin) // block
-    return set(blocks[np.flatnonzero(np.diff(blocks, prepend=-1))].tolist())
-
-
-def _consecutive_runs(values: list[int]) -> list[tuple[int, int]]:
-    """[first, last] runs of consecutive sorted integers."""
-    runs: list[tuple[int, int]] = []
-    for v in values:
-        if runs and v == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], v)
-        else:
-            runs.append((v, v))
-    return runs
-
-
-def _within(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    """The sorted values in [lo, hi)."""
-    a, b = np.searchsorted(values, [lo, hi])
-    return values[a:b]
-
+        """`tile_strips.plan_tile_strips` on this source's blocks."""
+        return plan_tile_strips(targets, getattr(self.src, "block_size", (1, 1)), getattr(self.src, "origin", (0, 0)),
+                                (self.geometry.height, self.geometry.width), workers, cache)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

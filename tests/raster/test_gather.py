@@ -386,3 +386,33 @@ def test_strip_buffers_are_reused_across_gathers_and_given_back_after_the_sink(r
     assert 1 <= len(kept[0]) <= 2 and kept[0] == kept[1] == kept[2]
     src.close()
     assert not src._buffers._idle
+
+
+def test_random_batches_over_questions_equal_their_tiles_read_one_by_one(tmp_path):
+    """As the engine reads: batches of a zoom's selected tiles, level by level, question after
+    question, the grids owned by the pyramid or shared through the engine's cache. Tiles much
+    smaller than a block make one-block strips, whose pixels are a strip buffer the next strip
+    reuses: the block cache must have copied them (a view there served another strip's pixels)."""
+    from lrs_focus.block_cache import BlockCache
+
+    rng = np.random.default_rng(0)
+    bands = rng.integers(0, 256, (3, 700, 900), dtype=np.uint8)
+    src = RasterSource.open(_write(tmp_path / "img.tif", bands, block=128))
+    src.workers = 2
+    one = ExactPyramid(src, TINY, cache_tiles=0)
+    shared: dict = {}
+    for question in range(4):
+        pyr = ExactPyramid(src, TINY, grids=shared if question % 2 else None)
+        pyr.thumbnail()
+        for lv in pyr.geometry.levels[1:]:
+            positions = [(r, c) for r in range(lv.grid[0]) for c in range(lv.grid[1])]
+            pick = [positions[i] for i in rng.permutation(len(positions))[:int(rng.integers(1, 40))]]
+            for i in range(0, len(pick), 16):
+                got = pyr.stack(lv.index, pick[i:i + 16])
+                np.testing.assert_array_equal(got, np.stack([one.tile(lv.index, r, c) for r, c in pick[i:i + 16]]))
+    src.close()
+    cache = BlockCache(10, 10, (4, 4), budget_bytes=1 << 20)
+    planes = np.arange(3 * 4 * 4, dtype=np.uint8).reshape(3, 4, 4)
+    cache.keep(np.arange(4), np.arange(4), np.moveaxis(planes, 0, -1))  # exactly one block, contiguous planes
+    planes[...] = 0
+    assert cache.get((0, 0)).any()  # a copy, not a view of the piece
