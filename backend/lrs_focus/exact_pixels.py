@@ -162,11 +162,7 @@ class ExactPyramid(LazyTiles):
 
         def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
             for key, (r, c) in targets.items():
-                lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
-                clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
-                if hi > lo and chi > clo:
-                    out[key][lo:hi, clo:chi] = take_grid(pixels, np.searchsorted(piece_rows, r[lo:hi]),
-                                                         np.searchsorted(piece_cols, c[clo:chi]))
+                _scatter(piece_rows, piece_cols, pixels, r, c, out[key])
 
         if getattr(self.src, "gather", None) is not None:
             def streamed(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
@@ -356,35 +352,24 @@ class ExactPyramid(LazyTiles):
         cache = self._block_cache()
         strips, cached = self._tile_strips({p: n[3:] for p, n in need.items()}, int(getattr(self.src, "workers", 1)),
                                            cache)
-        pieces = [("read", *strip) for strip in strips] + [("cached", *piece) for piece in cached]
-        waiting = {p: sum(p in piece[-1] for piece in pieces) for p in todo}
+        # (rows, cols, pixels, keys fed): a strip to read has no pixels yet, a cached block has them
+        pieces = [(rows, cols, None, feeds) for rows, cols, feeds in strips] + cached
+        waiting = {p: sum(p in piece[3] for piece in pieces) for p in todo}
         grids = {p: np.empty((n[3].size, n[4].size, 3), dtype=np.uint8) for p, n in need.items()}
         lock = threading.Lock()
 
-        def scatter_to(feeds: list):
-            def scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
-                for p in feeds:
-                    r, c = need[p][3:]
-                    lo, hi = np.searchsorted(r, [piece_rows[0], piece_rows[-1] + 1])
-                    clo, chi = np.searchsorted(c, [piece_cols[0], piece_cols[-1] + 1])
-                    if hi > lo and chi > clo:
-                        take_grid(pixels, np.searchsorted(piece_rows, r[lo:hi]),
-                                  np.searchsorted(piece_cols, c[clo:chi]), out=grids[p][lo:hi, clo:chi])
-            return scatter
-
         def one(piece: tuple) -> None:
-            kind, feeds = piece[0], piece[-1]
-            if kind == "cached":
-                scatter_to(feeds)(*piece[1:4])
+            rows, cols, held, feeds = piece
+
+            def sink(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
+                for p in feeds:
+                    _scatter(piece_rows, piece_cols, pixels, *need[p][3:], grids[p])
+                if cache is not None and held is None:  # read just now: kept for finer levels
+                    cache.keep(piece_rows, piece_cols, pixels)
+
+            if held is not None:
+                sink(rows, cols, held)
             else:
-                rows, cols = piece[1:3]
-                scatter = scatter_to(feeds)
-
-                def sink(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray) -> None:
-                    scatter(piece_rows, piece_cols, pixels)
-                    if cache is not None:
-                        cache.keep(piece_rows, piece_cols, pixels)
-
                 self._gather(rows, cols, workers=1, sink=sink, check=None)  # checked between pieces, here
                 with self._count:
                     self.source_pixels += self._gather_pixels(rows, cols)
@@ -416,6 +401,17 @@ class ExactPyramid(LazyTiles):
         """`tile_strips.plan_tile_strips` on this source's blocks."""
         return plan_tile_strips(targets, getattr(self.src, "block_size", (1, 1)), getattr(self.src, "origin", (0, 0)),
                                 (self.geometry.height, self.geometry.width), workers, cache)
+
+
+def _scatter(piece_rows: np.ndarray, piece_cols: np.ndarray, pixels: np.ndarray, rows: np.ndarray,
+             cols: np.ndarray, grid: np.ndarray) -> None:
+    """Copy what a read piece (sorted `piece_rows` x `piece_cols`) holds of a target's sorted rows x
+    cols into the target's grid."""
+    lo, hi = np.searchsorted(rows, [piece_rows[0], piece_rows[-1] + 1])
+    clo, chi = np.searchsorted(cols, [piece_cols[0], piece_cols[-1] + 1])
+    if hi > lo and chi > clo:
+        take_grid(pixels, np.searchsorted(piece_rows, rows[lo:hi]), np.searchsorted(piece_cols, cols[clo:chi]),
+                  out=grid[lo:hi, clo:chi])
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

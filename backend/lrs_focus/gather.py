@@ -66,16 +66,16 @@ def take_grid(pixels: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: Optio
     pixel-interleaved, since it copies its cached band blocks whole) is taken plane by plane, rows
     then columns, into the interleaved result: cheaper than interleaving the planes first and then
     picking from them (the base pass keeps about a third of what it decodes). With `out`, into it."""
-    h, w, c = pixels.shape
+    c = pixels.shape[2]
+    row_run, col_run = _as_slice(rows), _as_slice(cols)  # every row (column) of a range: a view, no take
     if pixels.strides[2] == pixels.itemsize and pixels.strides[1] == c * pixels.itemsize:
-        picked = pixels if rows.size == h and rows[0] == 0 and rows[-1] == h - 1 else pixels[rows]
+        picked = pixels[row_run] if row_run is not None else pixels[rows]
         if out is None:
             return take_columns(picked, cols)
         out[...] = take_columns(picked, cols)
         return out
     if out is None:
         out = np.empty((rows.size, cols.size, c), dtype=pixels.dtype)
-    row_run, col_run = _as_slice(rows), _as_slice(cols)  # every row (column) of a range: a view, no take
     for k in range(c):
         plane = pixels[..., k]
         picked = plane[row_run] if row_run is not None else np.take(plane, rows, axis=0)
@@ -369,10 +369,12 @@ def gather_source(src, rows, cols, pad_rgb, check: Optional[Callable[[], None]],
         ds = src._handles.borrow()
         try:
             y0, y1 = int(want[0]), int(want[-1]) + 1
-            if direct and y1 - y0 <= np.unique(want // bh).size * bh:
+            block_rows = np.count_nonzero(np.diff(want // bh)) + 1  # `want` is sorted
+            if direct and y1 - y0 <= block_rows * bh:
                 shape = (len(src.bands), y1 - y0, x1 - x0)
-                buffer = src._buffers.borrow(shape[0] * shape[1] * shape[2])
-                planes = buffer[:shape[0] * shape[1] * shape[2]].reshape(shape)
+                size = shape[0] * shape[1] * shape[2]
+                buffer = src._buffers.borrow(size)
+                planes = buffer[:size].reshape(shape)
                 ds.ReadRaster(x0, y0, x1 - x0, y1 - y0, band_list=list(src.bands), buf_obj=planes)
                 return np.arange(y0, y1), np.moveaxis(planes, 0, -1), functools.partial(src._buffers.give_back, buffer)
             out = np.empty((want.size, x1 - x0, 3), dtype=np.uint8)
