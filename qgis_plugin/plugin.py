@@ -239,9 +239,9 @@ class LrsFocusPlugin:
         self.dock.show_answer(answer)
         self.dock.zoom_button.setEnabled(False)
         self.dock.show_stage(f"answered after its project was closed: not added to this project. {where}.")
-        notify_after_task_notice(self.iface, 
-            f"The answer to \"{task.request.question}\" arrived after its project was closed, so it was not added "
-            f"to this project. {where}. Answer: {answer}", "warning", 0, task.description())
+        notify_after_task_notice(
+            self.iface, f"The answer to \"{task.request.question}\" arrived after its project was closed, so it was "
+            f"not added to this project. {where}. Answer: {answer}", "warning", 0, task.description())
 
     def _failed(self, task, code: str, message: str) -> None:
         self.task = None
